@@ -1,0 +1,455 @@
+"""Datasets: registry, sources (Kaggle, local folder or archive, offline demo) and the cache.
+
+Every dataset ends up in the same place: a compact uint8 cache under
+``data/processed/<dataset>/`` holding decoded images, labels (0 = real, 1 = AI-generated),
+file names and the train/val/test split. It is decoded once; every later step loads it in
+well under a second. Raw data (Kaggle's cache, a local copy, the generated demo set) is only
+ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tarfile
+import time
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import paths
+from .images import IMAGE_SUFFIXES, BadImageError, decode
+from .repro import atomic_path, environment_fingerprint, fingerprint_bytes, write_json
+
+CLASS_NAMES = ("REAL", "FAKE")  # label 0 = real photo, label 1 = AI-generated
+SPLITS = ("train", "val", "test")
+DROPPED = -1  # split code of images removed from evaluation (leakage)
+CACHE_VERSION = 1
+
+
+class DataUnavailableError(RuntimeError):
+    """The data cannot be obtained here; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the project knows about one dataset."""
+
+    name: str
+    title: str
+    native_size: int  # side of the images as published
+    image_size: int  # default side of the cached images
+    kaggle_handle: str | None = None
+    kaggle_version: int | None = None
+    official_split: bool = False  # True: the layout has train/ and test/ folders
+    is_demo: bool = False
+    citation: str = ""
+    # lower-case folder names that mark each class
+    class_folders: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
+        "REAL": ("real",),
+        "FAKE": ("fake", "ai", "ai-generated", "ai-midjourney", "midjourney", "generated"),
+    })
+
+    @property
+    def kaggle_ref(self) -> str:
+        return f"{self.kaggle_handle}/versions/{self.kaggle_version}"
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec(
+            name="cifake", title="CIFAKE: real (CIFAR-10) vs Stable Diffusion 1.4 images",
+            native_size=32, image_size=32, official_split=True,
+            kaggle_handle="birdy654/cifake-real-and-ai-generated-synthetic-images",
+            kaggle_version=3,
+            citation="Bird & Lotfi (2024), CIFAKE, IEEE Access 12:15642-15650",
+        ),
+        DatasetSpec(
+            name="sneakers", title="Shoes: real photos vs Midjourney images",
+            native_size=240, image_size=128,
+            kaggle_handle="sunnykakar/shoes-dataset-real-and-ai-generated-images",
+            kaggle_version=1,
+            citation="Kakar (2024), Shoes Dataset: Real and AI-Generated Images (MIT licence)",
+        ),
+        DatasetSpec(
+            name="demo", title="DEMO (offline, synthetic): scikit-image photo crops vs a small GAN",
+            native_size=32, image_size=32, official_split=True, is_demo=True,
+            citation="built by helpers.demo; not a benchmark",
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The registry entry for ``name``, or a clear error listing the known datasets."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise KeyError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}") from None
+
+
+# --------------------------------------------------------------------------- sources
+
+def _skip_member(rel: str) -> bool:
+    parts = PurePosixPath(rel).parts
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+def iter_source(source: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    """Yield ``(relative path, read)`` for every file in a folder, zip or tar(.gz) archive."""
+    source = Path(source)
+    if source.is_dir():
+        for path in sorted(source.rglob("*")):
+            rel = path.relative_to(source).as_posix()
+            if path.is_file() and not _skip_member(rel):
+                yield rel, path.read_bytes
+    elif zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as archive:
+            for member in sorted(archive.infolist(), key=lambda m: m.filename):
+                if not member.is_dir() and not _skip_member(member.filename):
+                    yield member.filename, (lambda m=member: archive.read(m))
+    elif source.is_file() and tarfile.is_tarfile(source):
+        with tarfile.open(source) as archive:
+            members = sorted((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.name)
+            for member in members:
+                if not _skip_member(member.name):
+                    yield member.name, (lambda m=member: archive.extractfile(m).read())
+    else:
+        raise DataUnavailableError(
+            f"{source}: not a folder, .zip or .tar(.gz) archive. Point DATA_SOURCE at the "
+            "dataset's folder or at the archive downloaded from Kaggle."
+        )
+
+
+def source_fingerprint(source: Path) -> str:
+    """Cheap identity of a source: names and sizes of its files (no file is read)."""
+    source = Path(source)
+    if source.is_dir():
+        entries = sorted(
+            f"{p.relative_to(source).as_posix()}:{p.stat().st_size}"
+            for p in source.rglob("*") if p.is_file()
+        )
+    elif zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as archive:
+            entries = sorted(f"{m.filename}:{m.file_size}:{m.CRC}" for m in archive.infolist())
+    elif source.is_file():
+        stat = source.stat()
+        entries = [f"{source.name}:{stat.st_size}"]
+    else:
+        raise DataUnavailableError(f"{source}: does not exist. Check the DATA_SOURCE path.")
+    return fingerprint_bytes("\n".join(entries).encode())
+
+
+def classify_path(rel: str, spec: DatasetSpec) -> tuple[int | None, str | None]:
+    """Label and official split of a file from the folder names on its path.
+
+    The nearest folder named like a class decides the label; a ``train``/``test`` folder
+    above it gives the split. Returns ``(None, None)`` for files outside any class folder.
+    """
+    folders = [p.lower() for p in PurePosixPath(rel).parts[:-1]]
+    label = split = None
+    for folder in reversed(folders):
+        for index, name in enumerate(CLASS_NAMES):
+            if label is None and folder in spec.class_folders[name]:
+                label = index
+        if split is None and folder in ("train", "test"):
+            split = folder
+    return label, split
+
+
+# --------------------------------------------------------------------------- locating data
+
+def _kaggle_cache_dir(spec: DatasetSpec) -> Path:
+    root = Path(os.environ.get("KAGGLEHUB_CACHE", Path.home() / ".cache" / "kagglehub"))
+    return root / "datasets" / spec.kaggle_handle / "versions" / str(spec.kaggle_version)
+
+
+def _network_reachable(host: str = "www.kaggle.com", port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def offline_message(spec: DatasetSpec, reason: str) -> str:
+    """The error text for a dataset that cannot be downloaded here: what to do instead."""
+    return (
+        f"Cannot download {spec.name!r} from Kaggle ({spec.kaggle_ref}): {reason}.\n"
+        "Either\n"
+        "  1. get network access and Kaggle credentials: create an API token at\n"
+        "     https://www.kaggle.com/settings/api and save it as ~/.kaggle/kaggle.json\n"
+        "     (or export KAGGLE_USERNAME and KAGGLE_KEY), then run the step again; or\n"
+        "  2. use a local copy: download the dataset elsewhere and point the project at the\n"
+        f"     folder or archive, e.g. `make all DATASET={spec.name} DATA_SOURCE=/path/to/copy`\n"
+        f"     (in a notebook: DATA_SOURCE = '/path/to/copy'); or\n"
+        "  3. run the offline demo: `make all` (DATASET=demo)."
+    )
+
+
+def download_kaggle(spec: DatasetSpec) -> Path:
+    """Download (once, into kagglehub's cache) the pinned version of a Kaggle dataset."""
+    cached = _kaggle_cache_dir(spec)
+    if cached.is_dir() and any(cached.iterdir()):
+        return cached
+    if not _network_reachable():
+        raise DataUnavailableError(offline_message(spec, "www.kaggle.com is not reachable"))
+    import kagglehub
+
+    try:
+        return Path(kagglehub.dataset_download(spec.kaggle_ref))
+    except Exception as err:  # kagglehub raises many kinds (HTTP, auth, consent)
+        raise DataUnavailableError(offline_message(spec, f"{type(err).__name__}: {err}")) from err
+
+
+def locate(dataset: str, source: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """Where the raw data of ``dataset`` is: a local copy, the demo folder, or a download."""
+    spec = get_spec(dataset)
+    if source:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataUnavailableError(
+                f"DATA_SOURCE={source} does not exist. Give the path of a folder or a .zip / "
+                f".tar(.gz) archive in the layout of {spec.name!r}."
+            )
+        return path
+    if spec.is_demo:
+        from .demo import build_demo
+
+        return build_demo(seed=seed)
+    return download_kaggle(spec)
+
+
+# --------------------------------------------------------------------------- the cache
+
+@dataclass
+class ImageCache:
+    """Decoded images of one dataset at one size, with labels, names and split."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8
+    labels: np.ndarray  # (N,) uint8, 0 = REAL, 1 = FAKE
+    split: np.ndarray  # (N,) int8, index into SPLITS, DROPPED for removed duplicates
+    files: np.ndarray  # (N,) relative file names in the source
+    meta: dict
+    path: Path
+
+    def part(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of one split (``train``, ``val`` or ``test``)."""
+        mask = self.split == SPLITS.index(name)
+        return self.images[mask], self.labels[mask]
+
+    def indices(self, name: str) -> np.ndarray:
+        return np.flatnonzero(self.split == SPLITS.index(name))
+
+    def records(self) -> pd.DataFrame:
+        """Per-file details (original size, mode, format, JPEG quality and tables, split)."""
+        return pd.read_csv(self.path / "records.csv")
+
+    def report(self) -> pd.DataFrame:
+        """Skipped files and removed duplicates, each with its reason."""
+        return pd.read_csv(self.path / "report.csv")
+
+    def counts(self) -> pd.DataFrame:
+        """Images per split x class (removed duplicates as their own row)."""
+        names = {**{i: s for i, s in enumerate(SPLITS)}, DROPPED: "removed (leakage)"}
+        frame = pd.DataFrame({"split": [names[s] for s in self.split],
+                              "class": [CLASS_NAMES[label] for label in self.labels]})
+        table = pd.crosstab(frame["split"], frame["class"], margins=True, margins_name="total")
+        order = [s for s in (*SPLITS, "removed (leakage)", "total") if s in table.index]
+        return table.loc[order]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["data_fingerprint"]
+
+
+def cache_dir(dataset: str, source_fp: str, image_size: int, seed: int) -> Path:
+    """The cache folder's name is its key: dataset, source fingerprint, size, split seed."""
+    return paths.processed_dir(dataset) / f"cache-v{CACHE_VERSION}-{image_size}px-{source_fp}-seed{seed}"
+
+
+def load_cache(path: Path) -> ImageCache:
+    """Load a cache folder written by :func:`build_cache`."""
+    path = Path(path)
+    meta = json.loads((path / "meta.json").read_text())
+    arrays = {k: np.load(path / f"{k}.npy") for k in ("images", "labels", "split", "files")}
+    return ImageCache(meta=meta, path=path, **arrays)
+
+
+def prepare(dataset: str = "demo", source: str | os.PathLike | None = None,
+            image_size: int | None = None, seed: int = 0, val_fraction: float = 0.1,
+            test_fraction: float = 0.15, force: bool = False, progress: bool = True) -> ImageCache:
+    """Locate (or download, or build) a dataset and return its decoded cache.
+
+    The cache is reused when one with the same key exists; ``force`` rebuilds it.
+    """
+    spec = get_spec(dataset)
+    image_size = image_size or spec.image_size
+    raw = locate(dataset, source, seed)
+    source_fp = source_fingerprint(raw)
+    target = cache_dir(dataset, source_fp, image_size, seed)
+    if (target / "meta.json").exists() and not force:
+        return load_cache(target)
+    return build_cache(spec, raw, target, image_size, seed, val_fraction, test_fraction,
+                       source_fp, progress)
+
+
+def _decode_all(spec: DatasetSpec, raw: Path, size: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    images, kept, skipped = [], [], []
+    for rel, read in tqdm(list(iter_source(raw)), desc=f"decoding {spec.name}", unit="file",
+                          disable=not progress, mininterval=1.0):
+        label, split = classify_path(rel, spec)
+        if label is None:
+            skipped.append((rel, "not inside a class folder (REAL/FAKE, real/ai-...)"))
+            continue
+        try:
+            array, info = decode(read(), size, rel)
+        except BadImageError as err:
+            reason = str(err).split(": ", 1)[-1]
+            if PurePosixPath(rel).suffix.lower() not in IMAGE_SUFFIXES:
+                reason = f"not an image file (suffix {PurePosixPath(rel).suffix or 'none'})"
+            skipped.append((rel, reason))
+            continue
+        note = []
+        if info.mode != "RGB":
+            note.append(f"converted {info.mode} to RGB")
+        if (info.width, info.height) != (size, size):
+            note.append(f"resized {info.width}x{info.height} to {size}x{size}")
+        images.append(array)
+        kept.append(dict(file=rel, label=label, official_split=split or "",
+                         width=info.width, height=info.height, mode=info.mode,
+                         format=info.format, jpeg_quality=info.jpeg_quality,
+                         qtables_id=info.qtables_id, conversion="; ".join(note)))
+    return images, pd.DataFrame(kept), skipped
+
+
+def assign_split(labels: np.ndarray, official: np.ndarray | None, seed: int,
+                 val_fraction: float, test_fraction: float) -> np.ndarray:
+    """Split codes (0 train, 1 val, 2 test), stratified by label and deterministic in ``seed``.
+
+    With an official split, its test part is kept and validation is carved from its train
+    part; otherwise train/val/test are drawn from everything.
+    """
+    from sklearn.model_selection import train_test_split
+
+    split = np.zeros(len(labels), dtype=np.int8)
+    index = np.arange(len(labels))
+    if official is not None:
+        split[official == "test"] = 2
+        pool = index[official != "test"]
+    else:
+        pool, test = train_test_split(index, test_size=test_fraction, random_state=seed,
+                                      stratify=labels)
+        split[test] = 2
+    val_size = val_fraction / (1 - (0 if official is not None else test_fraction))
+    _, val = train_test_split(pool, test_size=val_size, random_state=seed, stratify=labels[pool])
+    split[val] = 1
+    return split
+
+
+def remove_leakage(images: np.ndarray, labels: np.ndarray, split: np.ndarray,
+                   files: np.ndarray) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Drop val/test images whose decoded pixels also occur in an earlier split.
+
+    Returns the new split codes and ``(file, reason)`` rows for the report. Duplicates inside
+    one split and identical pixels under both labels are reported too (and kept in train).
+    """
+    hashes = np.array([fingerprint_bytes(img) for img in images])
+    split = split.copy()
+    rows: list[tuple[str, str]] = []
+    first_seen: dict[str, int] = {}
+    # visit train, then val, then test: an evaluation image is kept only if new
+    for i in np.lexsort((np.arange(len(split)), split)):
+        h = hashes[i]
+        if h not in first_seen:
+            first_seen[h] = i
+            continue
+        j = first_seen[h]
+        clash = " (with the OTHER label)" if labels[i] != labels[j] else ""
+        if split[i] > split[j]:
+            rows.append((files[i], f"removed from {SPLITS[split[i]]}: pixels identical to "
+                                   f"{SPLITS[split[j]]} file {files[j]}{clash}"))
+            split[i] = DROPPED
+        else:
+            rows.append((files[i], f"duplicate within {SPLITS[split[i]]} of {files[j]}{clash}"))
+    return split, rows
+
+
+def build_cache(spec: DatasetSpec, raw: Path, target: Path, image_size: int, seed: int,
+                val_fraction: float, test_fraction: float, source_fp: str,
+                progress: bool = True) -> ImageCache:
+    """Decode every image of ``raw`` once, split, de-duplicate and write the cache atomically."""
+    start = time.perf_counter()
+    images, records, skipped = _decode_all(spec, raw, image_size, progress)
+    if not images:
+        raise DataUnavailableError(
+            f"{raw}: no images found inside class folders. Expected the layout of "
+            f"{spec.name!r} (class folders named {dict(spec.class_folders)})."
+        )
+    images = np.stack(images)
+    labels = records["label"].to_numpy(np.uint8)
+    files = records["file"].to_numpy(str)
+    has_official = spec.official_split and (records["official_split"] == "test").any()
+    official = records["official_split"].to_numpy(str) if has_official else None
+    split = assign_split(labels, official, seed, val_fraction, test_fraction)
+    split, leak_rows = remove_leakage(images, labels, split, files)
+    records["split"] = [SPLITS[s] if s >= 0 else "removed" for s in split]
+
+    report = pd.DataFrame(
+        [(f, "skipped", r) for f, r in skipped]
+        + [(f, "removed" if r.startswith("removed") else "kept", r) for f, r in leak_rows]
+        + [(f, "converted", c) for f, c in zip(records["file"], records["conversion"]) if c],
+        columns=["file", "action", "reason"],
+    )
+    meta = {
+        "dataset": spec.name, "title": spec.title, "is_demo": spec.is_demo,
+        "source": str(raw), "source_fingerprint": source_fp, "image_size": image_size,
+        "split_seed": seed, "val_fraction": val_fraction,
+        "test_fraction": None if has_official else test_fraction,
+        "official_split": bool(has_official), "cache_version": CACHE_VERSION,
+        "n_images": int(len(labels)), "n_skipped": len(skipped),
+        "n_removed_leakage": int((split == DROPPED).sum()),
+        "counts": {s: {c: int(((split == i) & (labels == k)).sum())
+                       for k, c in enumerate(CLASS_NAMES)} for i, s in enumerate(SPLITS)},
+        "data_fingerprint": fingerprint_bytes(images, labels, split),
+        "build_seconds": round(time.perf_counter() - start, 2),
+        "environment": environment_fingerprint(),
+    }
+    _write_cache(target, images, labels, split, files, records, report, meta)
+    return load_cache(target)
+
+
+def _write_cache(target: Path, images, labels, split, files, records, report, meta) -> None:
+    """Write into a temporary sibling folder, then rename: a cache is complete or absent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    staging.mkdir(exist_ok=True)
+    for name, array in dict(images=images, labels=labels, split=split, files=files).items():
+        np.save(staging / f"{name}.npy", array)
+    records.to_csv(staging / "records.csv", index=False)
+    report.to_csv(staging / "report.csv", index=False)
+    write_json(staging / "meta.json", meta)
+    if target.exists():  # a forced rebuild: swap the old cache out
+        import shutil
+
+        shutil.rmtree(target)
+    os.replace(staging, target)
+
+
+def summarise_report(cache: ImageCache) -> pd.DataFrame:
+    """Counts of report rows by action and reason family (for the notebooks)."""
+    report = cache.report()
+    if report.empty:
+        return pd.DataFrame(columns=["action", "reason", "files"])
+    family = report["reason"].str.replace(r"\b(of|to|with) .*$", "", regex=True)
+    return (report.assign(reason=family).groupby(["action", "reason"]).size()
+            .rename("files").reset_index())
