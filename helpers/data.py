@@ -15,7 +15,6 @@ import socket
 import tarfile
 import time
 import zipfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
@@ -25,12 +24,12 @@ import pandas as pd
 
 from . import paths
 from .images import IMAGE_SUFFIXES, BadImageError, decode
-from .repro import atomic_path, environment_fingerprint, fingerprint_bytes, write_json
+from .repro import environment_fingerprint, fingerprint_bytes, write_json
 
 CLASS_NAMES = ("REAL", "FAKE")  # label 0 = real photo, label 1 = AI-generated
 SPLITS = ("train", "val", "test")
 DROPPED = -1  # split code of images removed from evaluation (leakage)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump whenever the decoding rule or the cache layout changes
 
 
 class DataUnavailableError(RuntimeError):
@@ -49,6 +48,9 @@ class DatasetSpec:
     kaggle_version: int | None = None
     official_split: bool = False  # True: the layout has train/ and test/ folders
     is_demo: bool = False
+    # re-encode every image at this JPEG quality before resizing (images.decode, rule 3):
+    # set where the classes were published with different quantisation tables
+    harmonise_jpeg: int | None = None
     citation: str = ""
     # lower-case folder names that mark each class
     class_folders: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
@@ -73,7 +75,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="sneakers", title="Shoes: real photos vs Midjourney images",
-            native_size=240, image_size=128,
+            native_size=240, image_size=128, harmonise_jpeg=90,
             kaggle_handle="sunnykakar/shoes-dataset-real-and-ai-generated-images",
             kaggle_version=1,
             citation="Kakar (2024), Shoes Dataset: Real and AI-Generated Images (MIT licence)",
@@ -271,8 +273,13 @@ class ImageCache:
 
 
 def cache_dir(dataset: str, source_fp: str, image_size: int, seed: int) -> Path:
-    """The cache folder's name is its key: dataset, source fingerprint, size, split seed."""
-    return paths.processed_dir(dataset) / f"cache-v{CACHE_VERSION}-{image_size}px-{source_fp}-seed{seed}"
+    """The cache folder's name is its key: dataset, source fingerprint, size, split seed.
+
+    The decoding rule (JPEG harmonisation) is part of the dataset's spec and of CACHE_VERSION.
+    """
+    jpeg = get_spec(dataset).harmonise_jpeg
+    tag = f"-jpeg{jpeg}" if jpeg else ""
+    return paths.processed_dir(dataset) / f"cache-v{CACHE_VERSION}-{image_size}px{tag}-{source_fp}-seed{seed}"
 
 
 def load_cache(path: Path) -> ImageCache:
@@ -312,14 +319,14 @@ def _decode_all(spec: DatasetSpec, raw: Path, size: int, progress: bool):
             skipped.append((rel, "not inside a class folder (REAL/FAKE, real/ai-...)"))
             continue
         try:
-            array, info = decode(read(), size, rel)
+            array, info = decode(read(), size, rel, spec.harmonise_jpeg)
         except BadImageError as err:
             reason = str(err).split(": ", 1)[-1]
             if PurePosixPath(rel).suffix.lower() not in IMAGE_SUFFIXES:
                 reason = f"not an image file (suffix {PurePosixPath(rel).suffix or 'none'})"
             skipped.append((rel, reason))
             continue
-        note = []
+        note = [f"re-encoded at JPEG quality {spec.harmonise_jpeg}"] if spec.harmonise_jpeg else []
         if info.mode != "RGB":
             note.append(f"converted {info.mode} to RGB")
         if (info.width, info.height) != (size, size):
@@ -413,6 +420,7 @@ def build_cache(spec: DatasetSpec, raw: Path, target: Path, image_size: int, see
     meta = {
         "dataset": spec.name, "title": spec.title, "is_demo": spec.is_demo,
         "source": str(raw), "source_fingerprint": source_fp, "image_size": image_size,
+        "harmonise_jpeg": spec.harmonise_jpeg,
         "split_seed": seed, "val_fraction": val_fraction,
         "test_fraction": None if has_official else test_fraction,
         "official_split": bool(has_official), "cache_version": CACHE_VERSION,

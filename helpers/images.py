@@ -6,7 +6,10 @@ The rule (documented in the README):
 2. Convert to 8-bit RGB: grayscale is replicated to three channels; 16-bit and float images
    are scaled to 0-255; palette images are expanded; CMYK is converted by Pillow; an alpha
    channel is composited onto a white background.
-3. If the image is not ``size`` x ``size``: scale it so its *shorter* side equals ``size``
+3. Only for datasets whose classes were saved with different JPEG tables (the shoes set: real
+   photos at quality 95, Midjourney images at 90): re-encode every image once at one common
+   quality (``jpeg_quality``), so the last compression carries no label information.
+4. If the image is not ``size`` x ``size``: scale it so its *shorter* side equals ``size``
    (bicubic, antialiased) and cut out the centre ``size`` x ``size`` square. A 1024x768
    photo at ``size=32`` becomes 43x32, then its central 32x32 crop.
 
@@ -52,7 +55,7 @@ class ImageInfo:
     qtables_id: str | None  # hash of all quantisation tables; None if not JPEG
 
 
-def jpeg_quality(luma_table) -> int:
+def estimate_jpeg_quality(luma_table) -> int:
     """Estimate the IJG quality (1-100) whose scaled standard table best matches ``luma_table``.
 
     Pillow exposes the tables in zig-zag order while ``_IJG_LUMA`` is in natural order, so the
@@ -105,8 +108,20 @@ def fit_square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def decode(data: bytes, size: int, name: str = "<bytes>") -> tuple[np.ndarray, ImageInfo]:
+def recompress(img: Image.Image, quality: int) -> Image.Image:
+    """Encode an RGB image as JPEG (4:2:0, standard tables at ``quality``) and decode it again."""
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=quality, subsampling=2)
+    buffer.seek(0)
+    with Image.open(buffer) as out:
+        return out.convert("RGB")
+
+
+def decode(data: bytes, size: int, name: str = "<bytes>",
+           jpeg_quality: int | None = None) -> tuple[np.ndarray, ImageInfo]:
     """Decode image bytes into a ``size`` x ``size`` x 3 uint8 array and what was seen.
+
+    ``jpeg_quality`` re-encodes the image once at that quality before resizing (rule 3).
 
     Raises :class:`BadImageError` with the reason for anything that is not a readable image.
     """
@@ -117,11 +132,14 @@ def decode(data: bytes, size: int, name: str = "<bytes>") -> tuple[np.ndarray, I
             img.load()  # force the full decode here: truncated files fail now, not later
             info = ImageInfo(
                 width=img.width, height=img.height, mode=img.mode, format=fmt,
-                jpeg_quality=jpeg_quality(tables[0]) if tables else None,
+                jpeg_quality=estimate_jpeg_quality(tables[0]) if tables else None,
                 qtables_id=_qtables_id(tables) if tables else None,
             )
             img = ImageOps.exif_transpose(img)
-            rgb = fit_square(to_rgb(img), size)
+            rgb = to_rgb(img)
+            if jpeg_quality:
+                rgb = recompress(rgb, jpeg_quality)
+            rgb = fit_square(rgb, size)
     except UnidentifiedImageError:
         raise BadImageError(f"{name}: not an image file (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as err:
@@ -131,10 +149,10 @@ def decode(data: bytes, size: int, name: str = "<bytes>") -> tuple[np.ndarray, I
     return np.asarray(rgb, dtype=np.uint8).copy(), info
 
 
-def decode_file(path, size: int) -> tuple[np.ndarray, ImageInfo]:
+def decode_file(path, size: int, jpeg_quality: int | None = None) -> tuple[np.ndarray, ImageInfo]:
     """:func:`decode` for a file on disk; a missing file is a :class:`BadImageError` too."""
     try:
         data = open(path, "rb").read()
     except OSError as err:
         raise BadImageError(f"{path}: cannot read file ({err.strerror})") from None
-    return decode(data, size, str(path))
+    return decode(data, size, str(path), jpeg_quality)

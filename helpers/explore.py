@@ -1,0 +1,137 @@
+"""Looking at a dataset before training on it: samples, statistics and possible shortcuts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .data import CLASS_NAMES, SPLITS, ImageCache
+
+
+def sample_grid(cache: ImageCache, per_class: int = 12, split: str = "train", seed: int = 0):
+    """A figure with one row of random ``split`` images per class, file names as titles."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    index = cache.indices(split)
+    fig, axes = plt.subplots(2, per_class, figsize=(1.2 * per_class, 3.0))
+    for row, name in enumerate(CLASS_NAMES):
+        chosen = rng.choice(index[cache.labels[index] == row], per_class, replace=False)
+        for ax, i in zip(axes[row], chosen):
+            ax.imshow(cache.images[i], interpolation="nearest")
+            ax.set_title(str(cache.files[i]).rsplit("/", 1)[-1][:12], fontsize=6)
+            ax.axis("off")
+        axes[row, 0].text(-0.15, 0.5, name, transform=axes[row, 0].transAxes, ha="right",
+                          va="center", fontsize=11, fontweight="bold")
+    fig.suptitle(f"{cache.meta['title']}: random {split} images", fontsize=10)
+    return fig
+
+
+def channel_statistics(cache: ImageCache, split: str = "train") -> pd.DataFrame:
+    """Per-class, per-channel mean and standard deviation of pixel values (0-1)."""
+    images, labels = cache.part(split)
+    rows = []
+    for k, name in enumerate(CLASS_NAMES):
+        pixels = images[labels == k].reshape(-1, 3).astype(np.float32) / 255.0
+        for c, channel in enumerate("RGB"):
+            rows.append({"class": name, "channel": channel, "mean": pixels[:, c].mean(),
+                         "std": pixels[:, c].std()})
+    table = pd.DataFrame(rows).pivot(index="class", columns="channel", values=["mean", "std"])
+    return table.reindex(columns=pd.MultiIndex.from_product([["mean", "std"], list("RGB")])).round(4)
+
+
+def format_table(cache: ImageCache) -> pd.DataFrame:
+    """Files per class by container format, original size and colour mode."""
+    records = cache.records()
+    records["class"] = [CLASS_NAMES[k] for k in records["label"]]
+    records["size"] = records["width"].astype(str) + "x" + records["height"].astype(str)
+    return records.groupby(["class", "format", "size", "mode"]).size().rename("files").reset_index()
+
+
+def jpeg_table(cache: ImageCache) -> pd.DataFrame:
+    """Files per class by JPEG quantisation tables (id) and their estimated IJG quality."""
+    records = cache.records()
+    records["class"] = [CLASS_NAMES[k] for k in records["label"]]
+    jpeg = records.dropna(subset=["qtables_id"])
+    if jpeg.empty:
+        return pd.DataFrame(columns=["class", "jpeg_quality", "qtables_id", "files"])
+    return (jpeg.groupby(["class", "jpeg_quality", "qtables_id"]).size().rename("files")
+            .reset_index())
+
+
+def shortcut_verdict(cache: ImageCache) -> str:
+    """One sentence: do file format, size or JPEG tables differ between the classes?"""
+    records = cache.records()
+    findings = []
+    for column, what in (("format", "file format"), ("width", "original width"),
+                         ("height", "original height"), ("mode", "colour mode"),
+                         ("qtables_id", "JPEG quantisation tables")):
+        values = [set(records.loc[records["label"] == k, column].dropna()) for k in (0, 1)]
+        if values[0] and values[1] and values[0].isdisjoint(values[1]):
+            findings.append(f"{what} differ completely between the classes "
+                            f"(REAL {sorted(map(str, values[0]))[:3]} vs FAKE {sorted(map(str, values[1]))[:3]})")
+    images, labels = cache.part("train")
+    brightness = [images[labels == k].mean() / 255.0 for k in (0, 1)]
+    colour = ""
+    if abs(brightness[0] - brightness[1]) > 0.1:
+        colour = (f" Content differs too: mean brightness REAL {brightness[0]:.2f} vs FAKE "
+                  f"{brightness[1]:.2f}; a colour-only classifier would already score well, so "
+                  "a detector's accuracy here is not all about generation artefacts.")
+    if not findings:
+        return ("No file-level shortcut found: file format, original size, colour mode and JPEG "
+                "tables overlap between the classes." + colour)
+    fix = cache.meta.get("harmonise_jpeg")
+    tail = (f" The cache re-encodes every image at JPEG quality {fix} before resizing, so the "
+            "last compression no longer carries the label." if fix else
+            " A detector could learn these instead of generation artefacts.")
+    return "Possible shortcut: " + "; ".join(findings) + "." + tail + colour
+
+
+def mean_log_spectrum(images: np.ndarray, max_images: int = 5000) -> np.ndarray:
+    """Mean log-magnitude 2-D Fourier spectrum (centred) of the grey-level images.
+
+    Generators leave periodic up-sampling traces that show up as peaks here.
+    """
+    sample = images[:: max(1, len(images) // max_images)].astype(np.float32) / 255.0
+    grey = sample @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    grey -= grey.mean(axis=(1, 2), keepdims=True)  # drop the DC term's brightness
+    spectrum = np.abs(np.fft.fftshift(np.fft.fft2(grey), axes=(1, 2)))
+    return np.log1p(spectrum).mean(axis=0)
+
+
+def spectrum_figure(cache: ImageCache, split: str = "train"):
+    """Mean log spectrum of REAL, of FAKE, and their difference."""
+    import matplotlib.pyplot as plt
+
+    images, labels = cache.part(split)
+    spectra = [mean_log_spectrum(images[labels == k]) for k in (0, 1)]
+    diff = spectra[1] - spectra[0]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    for ax, spec, title in zip(axes[:2], spectra, CLASS_NAMES):
+        im = ax.imshow(spec, cmap="viridis")
+        ax.set_title(f"{title}: mean log |FFT|")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    bound = np.abs(diff).max()
+    im = axes[2].imshow(diff, cmap="coolwarm", vmin=-bound, vmax=bound)
+    axes[2].set_title("FAKE - REAL")
+    fig.colorbar(im, ax=axes[2], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"{cache.meta['title']} ({split} split)", fontsize=10)
+    return fig
+
+
+def balance_figure(cache: ImageCache):
+    """Bar chart of images per split and class."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    counts = cache.counts().drop(index="total", errors="ignore").drop(columns="total")
+    frame = counts.reset_index().melt(id_vars="split", var_name="class", value_name="images")
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    sns.barplot(frame, x="split", y="images", hue="class", ax=ax,
+                order=[s for s in (*SPLITS, "removed (leakage)") if s in counts.index])
+    for container in ax.containers:
+        ax.bar_label(container, fontsize=8)
+    ax.set_title("Images per split and class")
+    return fig
