@@ -312,7 +312,8 @@ def _decode_all(spec: DatasetSpec, raw: Path, size: int, progress: bool):
     from tqdm.auto import tqdm
 
     images, kept, skipped = [], [], []
-    for rel, read in tqdm(list(iter_source(raw)), desc=f"decoding {spec.name}", unit="file",
+    total = sum(1 for _ in iter_source(raw))  # lists names only; archives stay open below
+    for rel, read in tqdm(iter_source(raw), total=total, desc=f"decoding {spec.name}", unit="file",
                           disable=not progress, mininterval=1.0):
         label, split = classify_path(rel, spec)
         if label is None:

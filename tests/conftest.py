@@ -1,0 +1,62 @@
+"""Shared fixtures: an isolated data/results tree and tiny image datasets written on the fly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import paths
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def project_dirs(tmp_path, monkeypatch):
+    """Point helpers.paths at a temporary data/ and results/ (the real ones stay untouched)."""
+    data, results = tmp_path / "data", tmp_path / "results"
+    monkeypatch.setattr(paths, "DATA", data)
+    monkeypatch.setattr(paths, "RESULTS", results)
+    monkeypatch.setenv("AIDETECT_DATA", str(data))  # for subprocesses and notebook kernels
+    monkeypatch.setenv("AIDETECT_RESULTS", str(results))
+    return data, results
+
+
+def textured(rng: np.random.Generator, size: int, fake: bool) -> np.ndarray:
+    """A random image; FAKE ones carry a faint periodic pattern (a stand-in for artefacts)."""
+    img = rng.integers(0, 256, (size, size, 3)).astype(np.float32)
+    if fake:
+        img[::2, ::2] = img[::2, ::2] * 0.5 + 100
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def write_dataset(root: Path, n_per_class: int = 12, size: int = 32, layout: str = "cifake",
+                  seed: int = 0, suffix: str = ".png") -> Path:
+    """Write a tiny dataset in CIFAKE's (``train|test/REAL|FAKE``) or the shoes layout."""
+    rng = np.random.default_rng(seed)
+    for label, fake in (("REAL", False), ("FAKE", True)):
+        if layout == "cifake":
+            folders = {root / "train" / label: n_per_class, root / "test" / label: n_per_class // 2}
+        else:
+            folders = {root / ("ai-midjourney" if fake else "real"): n_per_class}
+        for folder, n in folders.items():
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(textured(rng, size, fake)).save(folder / f"{label.lower()}{i:03d}{suffix}")
+    return root
+
+
+@pytest.fixture
+def tiny_cifake(tmp_path) -> Path:
+    return write_dataset(tmp_path / "tiny_cifake", n_per_class=16)
+
+
+def shared_path(name: str) -> Path:
+    """A file under ../shared/data, or skip the test with the reason."""
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"{path} not present (shared CI data is optional)")
+    return path

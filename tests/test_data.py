@@ -1,0 +1,273 @@
+"""The data layer: registry, sources, cache keying, splits, leakage, bad files, offline errors."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import data, images
+from tests.conftest import write_dataset
+
+
+def tree_digest(root: Path, pattern: str = "*") -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob(pattern)):
+        if path.is_file():
+            digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- registry and paths
+
+def test_registry_knows_the_three_datasets():
+    assert set(data.DATASETS) == {"cifake", "sneakers", "demo"}
+    cifake = data.get_spec("cifake")
+    assert cifake.kaggle_ref == "birdy654/cifake-real-and-ai-generated-synthetic-images/versions/3"
+    assert cifake.official_split and cifake.native_size == 32
+    assert data.get_spec("sneakers").kaggle_handle == "sunnykakar/shoes-dataset-real-and-ai-generated-images"
+    assert data.get_spec("demo").is_demo
+
+
+def test_unknown_dataset_lists_the_choices():
+    with pytest.raises(KeyError, match="cifake"):
+        data.get_spec("imagenet")
+
+
+@pytest.mark.parametrize("rel, expected", [
+    ("train/REAL/0001.jpg", (0, "train")),
+    ("cifake/test/FAKE/0001 (2).jpg", (1, "test")),
+    ("ai-midjourney/abc.jpg", (1, None)),
+    ("Shoes/real/12.jpg", (0, None)),
+    ("LICENSE", (None, None)),
+    ("train/other/x.jpg", (None, "train")),
+])
+def test_labels_and_splits_come_from_folder_names(rel, expected):
+    spec = data.get_spec("cifake") if "train" in rel or "test" in rel else data.get_spec("sneakers")
+    assert data.classify_path(rel, spec) == expected
+
+
+# ---------------------------------------------------------------- sources
+
+def _zip(folder: Path, out: Path) -> Path:
+    with zipfile.ZipFile(out, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder.parent).as_posix())
+    return out
+
+
+def _tar(folder: Path, out: Path) -> Path:
+    with tarfile.open(out, "w:gz") as archive:
+        archive.add(folder, arcname=folder.name)
+    return out
+
+
+def test_folder_zip_and_tar_sources_give_the_same_cache(project_dirs, tiny_cifake, tmp_path):
+    caches = [data.prepare("cifake", src, seed=0, progress=False) for src in
+              (tiny_cifake, _zip(tiny_cifake, tmp_path / "c.zip"), _tar(tiny_cifake, tmp_path / "c.tar.gz"))]
+    assert len({c.path for c in caches}) == 3  # different sources, different keys
+    assert len({c.fingerprint for c in caches}) == 1  # ... the same decoded data
+    assert caches[0].images.shape == (48, 32, 32, 3) and caches[0].images.dtype == np.uint8
+
+
+def test_a_missing_local_copy_names_the_path(project_dirs, tmp_path):
+    with pytest.raises(data.DataUnavailableError, match="does not exist"):
+        data.prepare("sneakers", tmp_path / "nowhere", progress=False)
+
+
+def test_a_folder_without_class_folders_says_what_layout_is_expected(project_dirs, tmp_path):
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(data.DataUnavailableError, match="class folders"):
+        data.prepare("sneakers", tmp_path / "flat", progress=False)
+
+
+# ---------------------------------------------------------------- cache
+
+def test_cache_is_reused_and_keyed_by_source_size_and_seed(project_dirs, tiny_cifake):
+    first = data.prepare("cifake", tiny_cifake, progress=False)
+    stamp = (first.path / "meta.json").stat().st_mtime_ns
+    again = data.prepare("cifake", tiny_cifake, progress=False)
+    assert again.path == first.path and (again.path / "meta.json").stat().st_mtime_ns == stamp
+    assert data.prepare("cifake", tiny_cifake, image_size=16, progress=False).path != first.path
+    assert data.prepare("cifake", tiny_cifake, seed=1, progress=False).path != first.path
+    Image.new("RGB", (32, 32), "red").save(tiny_cifake / "train" / "REAL" / "extra.png")
+    changed = data.prepare("cifake", tiny_cifake, progress=False)
+    assert changed.path != first.path and changed.meta["n_images"] == first.meta["n_images"] + 1
+
+
+def test_cache_loads_fast_and_holds_what_it_should(project_dirs, tiny_cifake):
+    cache = data.prepare("cifake", tiny_cifake, progress=False)
+    loaded = data.load_cache(cache.path)
+    assert np.array_equal(loaded.images, cache.images) and loaded.files.dtype.kind == "U"
+    assert set(np.unique(loaded.labels)) == {0, 1}
+    assert loaded.meta["environment"]["packages"]["torch"]
+    assert len(loaded.records()) == len(loaded.labels)
+
+
+def test_raw_data_is_never_modified(project_dirs, tiny_cifake):
+    Path(tiny_cifake / "train" / "REAL" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    before = tree_digest(tiny_cifake)
+    data.prepare("cifake", tiny_cifake, progress=False)
+    data.prepare("cifake", tiny_cifake, force=True, progress=False)
+    assert tree_digest(tiny_cifake) == before
+
+
+# ---------------------------------------------------------------- splits and leakage
+
+def test_official_split_is_kept_and_validation_is_carved_from_train(project_dirs, tiny_cifake):
+    cache = data.prepare("cifake", tiny_cifake, progress=False)
+    records = cache.records()
+    assert (records.loc[records["official_split"] == "test", "split"] == "test").all()
+    assert set(records.loc[records["official_split"] == "train", "split"]) == {"train", "val"}
+
+
+def test_split_is_deterministic_stratified_and_seed_dependent():
+    labels = np.repeat([0, 1], [300, 500]).astype(np.uint8)
+    a = data.assign_split(labels, None, seed=3, val_fraction=0.1, test_fraction=0.15)
+    b = data.assign_split(labels, None, seed=3, val_fraction=0.1, test_fraction=0.15)
+    c = data.assign_split(labels, None, seed=4, val_fraction=0.1, test_fraction=0.15)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    for code, fraction in ((1, 0.1), (2, 0.15)):
+        part = labels[a == code]
+        assert abs(len(part) / len(labels) - fraction) < 0.01
+        assert abs(part.mean() - labels.mean()) < 0.02  # same class balance as the whole
+
+
+def test_identical_pixels_across_splits_are_removed_from_evaluation(project_dirs, tiny_cifake):
+    src = tiny_cifake / "train" / "FAKE" / "fake000.png"
+    shutil.copy(src, tiny_cifake / "test" / "FAKE" / "copy_of_train.png")
+    shutil.copy(src, tiny_cifake / "test" / "REAL" / "mislabelled_copy.png")
+    cache = data.prepare("cifake", tiny_cifake, progress=False)
+    removed = set(cache.files[cache.split == data.DROPPED])
+    assert {"test/FAKE/copy_of_train.png", "test/REAL/mislabelled_copy.png"} <= removed
+    report = cache.report()
+    reasons = report.set_index("file").loc["test/REAL/mislabelled_copy.png", "reason"]
+    assert "identical" in reasons and "OTHER label" in reasons
+    test_hashes = {img.tobytes() for img in cache.part("test")[0]}
+    assert not test_hashes & {img.tobytes() for img in cache.part("train")[0]}
+    assert cache.meta["n_removed_leakage"] == 2
+
+
+# ---------------------------------------------------------------- bad files
+
+def _save(img: Image.Image, path: Path, **kw) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kw)
+
+
+def test_every_kind_of_bad_file_is_converted_or_skipped_with_a_reason(project_dirs, tiny_cifake):
+    real = tiny_cifake / "train" / "REAL"
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    _save(rgb.convert("L"), real / "gray.png")
+    _save(rgb.convert("RGBA"), real / "rgba.png")
+    _save(rgb.convert("CMYK"), real / "cmyk.jpg")
+    _save(rgb.convert("P"), real / "palette.png")
+    _save(Image.fromarray((np.arange(1024).reshape(32, 32) * 64).astype(np.uint16)), real / "deep16.png")
+    _save(rgb.resize((64, 48)), real / "bigger.png")
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG")
+    (real / "truncated.jpg").write_bytes(buffer.getvalue()[:200])
+    (real / "notes.txt").write_text("not an image")
+    (real / "fake_suffix.jpg").write_bytes(b"this is text, not a JPEG")
+    (tiny_cifake / "README.md").write_text("top-level readme")
+
+    cache = data.prepare("cifake", tiny_cifake, progress=False)
+    report = cache.report().set_index("file")
+    skipped = report[report["action"] == "skipped"]["reason"]
+    assert "truncated" in skipped["train/REAL/truncated.jpg"] or "corrupt" in skipped["train/REAL/truncated.jpg"]
+    assert "not an image" in skipped["train/REAL/notes.txt"]
+    assert "not an image" in skipped["train/REAL/fake_suffix.jpg"]
+    assert "class folder" in skipped["README.md"]
+    converted = report[report["action"] == "converted"]["reason"]
+    assert "L to RGB" in converted["train/REAL/gray.png"]
+    assert "RGBA to RGB" in converted["train/REAL/rgba.png"]
+    assert "CMYK to RGB" in converted["train/REAL/cmyk.jpg"]
+    assert "P to RGB" in converted["train/REAL/palette.png"]
+    assert "to RGB" in converted["train/REAL/deep16.png"]
+    assert "resized 64x48 to 32x32" in converted["train/REAL/bigger.png"]
+    assert cache.images.shape[1:] == (32, 32, 3)
+    deep = cache.images[list(cache.files).index("train/REAL/deep16.png")]
+    assert deep.max() > 200 and deep.min() < 10  # 16-bit range scaled, not clipped to white
+
+
+def test_alpha_is_composited_on_white_and_sizes_follow_the_rule():
+    transparent = Image.new("RGBA", (1024, 768), (0, 0, 0, 0))
+    buffer = io.BytesIO()
+    transparent.save(buffer, format="PNG")
+    array, info = images.decode(buffer.getvalue(), 32)
+    assert array.shape == (32, 32, 3) and (array == 255).all()
+    assert (info.width, info.height, info.mode) == (1024, 768, "RGBA")
+
+
+def test_images_at_the_target_size_are_not_resampled():
+    pixels = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    assert np.array_equal(images.decode(buffer.getvalue(), 32)[0], pixels)
+
+
+@pytest.mark.parametrize("quality", [50, 75, 90, 95])
+def test_jpeg_quality_is_estimated_from_the_tables(quality):
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), "gray").save(buffer, format="JPEG", quality=quality)
+    assert images.decode(buffer.getvalue(), 16)[1].jpeg_quality == quality
+
+
+def test_harmonisation_gives_both_classes_the_same_last_compression():
+    pixels = np.random.default_rng(2).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    encoded = {}
+    for q in (95, 90):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=q)
+        encoded[q] = images.decode(buffer.getvalue(), 48, jpeg_quality=90)[0]
+    plain = images.decode(buffer.getvalue(), 48)[0]
+    assert not np.array_equal(encoded[95], plain)  # re-encoding happened
+    # after harmonisation both copies sit equally close to the original pixels
+    errors = [np.abs(encoded[q].astype(int) - pixels).mean() for q in (95, 90)]
+    assert abs(errors[0] - errors[1]) < 0.25 * max(errors)
+
+
+# ---------------------------------------------------------------- Kaggle, offline
+
+def test_offline_download_fails_fast_with_instructions(project_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: False)
+    start = time.perf_counter()
+    with pytest.raises(data.DataUnavailableError) as err:
+        data.prepare("cifake", progress=False)
+    message = str(err.value)
+    for hint in ("kaggle.json", "KAGGLE_USERNAME", "DATA_SOURCE", "make all"):
+        assert hint in message
+    assert time.perf_counter() - start < 5
+
+
+def test_a_dataset_already_in_kagglehubs_cache_needs_no_network(project_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    spec = data.get_spec("cifake")
+    write_dataset(data._kaggle_cache_dir(spec) / "cifake", n_per_class=8)
+    monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: pytest.fail("network used"))
+    assert data.prepare("cifake", progress=False).meta["n_images"] == 24
+
+
+# ---------------------------------------------------------------- demo
+
+def test_demo_set_is_deterministic_and_labelled_as_demo(project_dirs):
+    from helpers.demo import build_demo
+
+    a = build_demo(seed=5, n_train=16, n_test=8, gan_epochs=1, progress=False)
+    first = tree_digest(a, "*.png")  # the manifest also records timings, which vary
+    b = build_demo(seed=5, n_train=16, n_test=8, gan_epochs=1, force=True, progress=False)
+    assert a == b and tree_digest(b, "*.png") == first
+    assert len(list((a / "train" / "FAKE").glob("*.png"))) == 16
+    readme = " ".join((a / "README.txt").read_text().split())
+    assert "DEMO" in readme and "*not* a benchmark" in readme

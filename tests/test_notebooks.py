@@ -1,0 +1,54 @@
+"""Execute the notebooks headlessly with papermill, as `make all` does, on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, shared_path, write_dataset
+
+papermill = pytest.importorskip("papermill")
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def run(name: str, out_dir: Path, **parameters) -> dict:
+    out = out_dir / name
+    papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters,
+                               cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3")
+    return json.loads(out.read_text())
+
+
+def test_notebook_sources_have_no_outputs_and_one_parameters_cell():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert not any(c.get("outputs") or c.get("execution_count") for c in code), path.name
+        tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
+        assert "colab-badge" in nb["cells"][0]["source"] if isinstance(nb["cells"][0]["source"], str) \
+            else "colab-badge" in "".join(nb["cells"][0]["source"]), path.name
+
+
+@pytest.mark.slow
+def test_data_and_explore_notebooks_run_on_a_tiny_demo_layout(project_dirs, tmp_path):
+    _, results = project_dirs
+    source = write_dataset(tmp_path / "tiny", n_per_class=24)
+    for name in ("01_download.ipynb", "02_explore.ipynb"):
+        run(name, tmp_path, DATASET="demo", DATA_SOURCE=str(source))
+    report = json.loads((results / "demo" / "data_report.json").read_text())
+    assert report["n_images"] == 72 and report["is_demo"]
+    assert {p.name for p in (results / "demo" / "figures").glob("*.png")} >= {
+        "class_balance.png", "samples.png", "spectrum.png"}
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_data_step_on_the_shared_shoes_copy(project_dirs, tmp_path):
+    source = shared_path("sneakers")
+    _, results = project_dirs
+    run("01_download.ipynb", tmp_path, DATASET="sneakers", DATA_SOURCE=str(source))
+    report = json.loads((results / "sneakers" / "data_report.json").read_text())
+    assert report["n_images"] > 1500 and report["harmonise_jpeg"] == 90
+    assert report["counts"]["test"]["REAL"] > 0 and report["counts"]["test"]["FAKE"] > 0
