@@ -72,7 +72,7 @@ define execute
 	    $(NB_PARAMS) || { mv -f $@.tmp.ipynb $(@:.ipynb=.failed.ipynb) 2>/dev/null; \
 	    echo "!!! $< failed: see $(@:.ipynb=.failed.ipynb)"; exit 1; }
 	@mv $@.tmp.ipynb $@
-	@$(PY) -m jupyter nbconvert --to html --log-level WARN $@ --output-dir $(@D)
+	@$(PY) -m jupyter nbconvert --to html --log-level ERROR $@ --output-dir $(@D)
 endef
 
 $(RUN)/01_download.ipynb: notebooks/01_download.ipynb $(DATA_HELPERS) $(ENV) $(PARAMS_STAMP)
