@@ -27,7 +27,7 @@ FIGURE_SECTIONS = (
     ("gradcam", "Grad-CAM"),
 )
 METRIC_COLUMNS = ("model", "accuracy", "ci_low", "ci_high", "auc", "average_precision", "f1",
-                  "ece", "n_test", "params", "train_seconds", "images_per_s")
+                  "ece", "n_test", "val_accuracy", "params", "train_seconds", "inference_images_per_s")
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 STEP_COMMANDS = {
     "demo": "make all",
@@ -45,13 +45,13 @@ def load_metrics(dataset: str) -> pd.DataFrame | None:
 def _fmt(column: str, value) -> str:
     if pd.isna(value):
         return "–"
-    if column in ("accuracy", "ci_low", "ci_high"):
+    if column in ("accuracy", "ci_low", "ci_high", "val_accuracy"):
         return f"{100 * value:.2f} %"
     if column in ("auc", "average_precision", "f1", "ece"):
         return f"{value:.4f}"
     if column in ("params", "n_test"):
         return f"{int(value):,}"
-    if column in ("train_seconds", "images_per_s"):
+    if column in ("train_seconds", "inference_images_per_s"):
         return f"{value:,.0f}"
     return html.escape(str(value))
 
@@ -118,12 +118,13 @@ def dataset_index(dataset: str) -> Path:
 
 
 def best_rows() -> list[tuple[str, pd.Series]]:
-    """The best model (by accuracy) of every dataset that has metrics."""
+    """The model of every dataset chosen on *validation* accuracy (never on the test split)."""
     rows = []
     for folder in sorted(p for p in paths.RESULTS.iterdir() if p.is_dir()) if paths.RESULTS.exists() else []:
         metrics = load_metrics(folder.name)
         if metrics is not None and not metrics.empty and "accuracy" in metrics:
-            rows.append((folder.name, metrics.sort_values("accuracy", ascending=False).iloc[0]))
+            key = "val_accuracy" if "val_accuracy" in metrics else "accuracy"
+            rows.append((folder.name, metrics.sort_values(key, ascending=False).iloc[0]))
     return rows
 
 

@@ -1,0 +1,192 @@
+"""Inference speed of a detector: measured figure next to a naive baseline, in one run.
+
+    .venv/bin/python benchmarks/bench_inference.py [--model fast] [--image-size 32]
+        [--batch-size 512] [--seconds 3] [--compile] [--checkpoint PATH] [--width N]
+
+Variants, each timed for ``--seconds`` after a warm-up, on random inputs (speed does not
+depend on the weights):
+
+1. baseline: one image per forward pass, fp32, default (NCHW) memory format, ``no_grad``;
+2. batched: ``--batch-size`` images per pass, otherwise the same;
+3. + channels_last and ``inference_mode``;
+4. + batch norm folded into the convolutions (``torch.fx.experimental.optimization.fuse``);
+5. (``--compile``) + ``torch.compile`` (inductor; needs a C++ compiler, slow to start);
+6. end to end: :func:`helpers.inference.predict_proba` on uint8 images, what notebook 05 and
+   ``predict`` run (needs a checkpoint: ``--checkpoint`` or the best one of ``--dataset``).
+
+It also counts the model's FLOPs per image, so the figure can be set against what the CPU
+can do at all: images/s x FLOPs per image = the arithmetic rate actually achieved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from helpers.models import build_model, count_parameters
+from helpers.repro import set_cpu_threads
+
+TARGET = 5_000  # images/s at 32x32 on 2 CPU cores for the `fast` model (issue #5)
+
+
+def timed(fn, n_per_call: int, seconds: float) -> tuple[float, int]:
+    """Images per second of ``fn`` (called repeatedly for ``seconds`` after one warm-up)."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return calls * n_per_call / elapsed, calls
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def flops_per_image(model: torch.nn.Module, size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="fast")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--width", type=int, default=None, help="`fast` only: first-stage width")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--checkpoint", default=None, help="for the end-to-end line")
+    parser.add_argument("--dataset", default="demo", help="best checkpoint of this dataset")
+    parser.add_argument("--sweep-widths", default="16,32",
+                        help="`fast` only: also time the best variant at these widths ('' for none)")
+    args = parser.parse_args(argv)
+
+    threads = set_cpu_threads(args.threads)
+    torch.manual_seed(0)
+    options = {"width": args.width} if args.width else {}
+    model = build_model(args.model, args.image_size, **options).eval()
+    size, bs = args.image_size, args.batch_size
+    flops = flops_per_image(model, size)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"model {args.model}{f' width {args.width}' if args.width else ''} at {size}x{size}: "
+          f"{count_parameters(model):,} parameters, {flops / 1e6:.1f} MFLOP per image")
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {threads} threads, "
+          f"load average {load:.2f} at start (a shared machine runs slower)")
+
+    x1 = torch.randn(1, 3, size, size)
+    xb = torch.randn(bs, 3, size, size)
+    xb_cl = xb.contiguous(memory_format=torch.channels_last)
+    rows: list[tuple[str, float]] = []
+    baseline = [float("nan")]
+
+    def run(name: str, fn, n: int) -> None:
+        rate, _ = timed(fn, n, args.seconds)
+        rows.append((name, rate))
+        ratio = f"x{rate / baseline[0]:.1f}" if baseline[0] == baseline[0] else ""
+        print(f"  {name:<58} {rate:10,.0f} images/s   {ratio}", flush=True)
+
+    print(f"timing each variant for {args.seconds:g} s:")
+    with torch.no_grad():
+        # Batch 1 with several OpenMP threads collapses when another process holds a core
+        # (each tiny parallel region waits for a descheduled thread), so the baseline is the
+        # better of `threads` and 1 thread: the speed-ups below are not inflated by that.
+        run(f"baseline: batch 1, fp32 NCHW, no_grad, {threads} threads", lambda: model(x1), 1)
+        if threads > 1:
+            torch.set_num_threads(1)
+            run("baseline: batch 1, fp32 NCHW, no_grad, 1 thread", lambda: model(x1), 1)
+            torch.set_num_threads(threads)
+        baseline[0] = max(rate for _, rate in rows)
+        print(f"  (speed-ups below are against the better baseline, {baseline[0]:,.0f} images/s)")
+        n_baselines = len(rows)
+        run(f"batch {bs}, fp32 NCHW, no_grad", lambda: model(xb), bs)
+    model_cl = model.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        run(f"batch {bs}, channels_last, inference_mode", lambda: model_cl(xb_cl), bs)
+        reference = model_cl(xb_cl)
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        fused = fuse(model).to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            diff = (fused(xb_cl) - reference).abs().max().item()
+            run(f"+ conv-BN folded (max |logit diff| {diff:.1e})", lambda: fused(xb_cl), bs)
+    except Exception as err:  # noqa: BLE001 - a model fx cannot trace: say so, keep going
+        print(f"  conv-BN folding not possible for {args.model}: {type(err).__name__}: {err}")
+    if args.compile:
+        compiled = torch.compile(model_cl)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            compiled(xb_cl)
+            print(f"  (torch.compile took {time.perf_counter() - start:.0f} s)")
+            run("+ torch.compile (inductor)", lambda: compiled(xb_cl), bs)
+
+    if threads > 1:  # on a shared machine fewer OpenMP threads can be faster (no spin-waiting)
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            run(f"batch {bs}, channels_last, inference_mode, 1 thread", lambda: model_cl(xb_cl), bs)
+        torch.set_num_threads(threads)
+    if args.model == "fast" and args.sweep_widths:
+        for width in (int(w) for w in args.sweep_widths.split(",")):
+            other = build_model("fast", size, width=width).eval()
+            with contextlib.suppress(Exception):  # untraceable: time it unfused
+                from torch.fx.experimental.optimization import fuse
+
+                other = fuse(other)
+            other = other.to(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                run(f"width {width} ({flops_per_image(other, size) / 1e6:.0f} MFLOP): best variant",
+                    lambda m=other: m(xb_cl), bs)
+
+    checkpoint = args.checkpoint
+    try:
+        from helpers.inference import best_checkpoint, load_detector, predict_proba
+
+        checkpoint = checkpoint or best_checkpoint(args.dataset)
+        detector, info = load_detector(checkpoint, device="cpu")
+        n = 4 * bs
+        images = np.random.default_rng(0).integers(0, 256, (n, info["image_size"],
+                                                            info["image_size"], 3), dtype=np.uint8)
+        width = (info.get("config") or {}).get("width")
+        run(f"end to end: predict_proba, uint8 in ({Path(checkpoint).name}, width {width})",
+            lambda: predict_proba(detector, info, images, device="cpu", batch_size=bs), n)
+    except Exception as err:  # noqa: BLE001 - no checkpoint yet: the rest still stands
+        print(f"  end-to-end line skipped ({type(err).__name__}: {err})")
+
+    main_rows = [r for r in rows[n_baselines:] if not r[0].startswith(("width ", "end to end"))]
+    best_name, best = max(main_rows, key=lambda r: r[1])
+    print(f"\nbest: {best:,.0f} images/s ({best_name}), baseline {baseline[0]:,.0f} images/s, "
+          f"x{best / baseline[0]:.1f}")
+    print(f"achieved {best * flops / 1e9:.1f} GFLOP/s; the target of {TARGET:,} images/s would need "
+          f"{TARGET * flops / 1e9:.0f} GFLOP/s for this model")
+    if args.model == "fast" and size == 32 and not args.width:
+        verdict = "MET" if best >= TARGET else "NOT MET"
+        print(f"target {TARGET:,} images/s at 32x32 for `fast`: {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""Classify your own images: the probability that each one is AI-generated.
+
+    python -m helpers.predict PATH... [--model CHECKPOINT] [--dataset NAME] [--csv OUT]
+    make predict IMAGES="photo.jpg folder/" DATASET=demo
+
+PATHs are image files or folders (searched recursively for common image suffixes). Every
+image goes through exactly the preprocessing of training, :func:`helpers.images.decode`
+(EXIF orientation, RGB conversion, the dataset's JPEG harmonisation if it has one, shorter
+side to the model's size and a centre crop).
+All images are decoded first (in threads), then classified in batches by one model load.
+
+Files that cannot be read are listed with the reason and do not stop the run. Exit code:
+0 all images classified, 1 some failed, 2 usage error or no usable model.
+
+:func:`classify_files` and :func:`classify_images` (for uploaded bytes) are the same
+pipeline as functions, returning a table; the Streamlit app uses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import images as image_rule
+from .data import CLASS_NAMES
+from .images import IMAGE_SUFFIXES, BadImageError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+#: Decision threshold on P(FAKE), as in the evaluation (notebook 05).
+THRESHOLD = 0.5
+COLUMNS = ["file", "p_fake", "label", "error"]
+#: Files decoded before each round of forward passes (bounds memory for large folders).
+CHUNK_IMAGES = 4096
+
+
+def expand_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files to classify and ``(input, reason)`` for inputs that give none.
+
+    A file is taken whatever its suffix (the decoder decides); a folder contributes every
+    file below it whose suffix is one of :data:`helpers.images.IMAGE_SUFFIXES`, sorted.
+    """
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                reason = f"folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                problems.append((str(item), reason))
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            problems.append((str(item), "no such file or folder"))
+    return files, problems
+
+
+def _reason(err: BadImageError, name: str) -> str:
+    text = str(err)
+    return text[len(name) + 2:] if text.startswith(f"{name}: ") else text
+
+
+def _decode_all(names: Sequence[str], decoders: Sequence[Callable[[], np.ndarray]],
+                workers: int | None) -> tuple[list[np.ndarray | None], list[str | None]]:
+    """Run the decoders in a thread pool (Pillow releases the GIL while decoding)."""
+    def run(i: int):
+        try:
+            return decoders[i](), None
+        except BadImageError as err:
+            return None, _reason(err, names[i])
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(decoders) <= 1:
+        out = [run(i) for i in range(len(decoders))]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            out = list(pool.map(run, range(len(decoders))))
+    return [a for a, _ in out], [e for _, e in out]
+
+
+def _classify(names: Sequence[str], decoders: Sequence[Callable[[], np.ndarray]], model,
+              info: dict, device: str, batch_size: int, threshold: float,
+              workers: int | None) -> pd.DataFrame:
+    from .inference import predict_proba
+
+    p_fake = np.full(len(names), np.nan)
+    errors: list[str | None] = []
+    chunk = max(CHUNK_IMAGES, batch_size)  # bounded memory for any number of files
+    for start in range(0, len(names), chunk):
+        arrays, chunk_errors = _decode_all(names[start:start + chunk],
+                                           decoders[start:start + chunk], workers)
+        errors += chunk_errors
+        ok = [i for i, a in enumerate(arrays) if a is not None]
+        if ok:
+            batch = np.stack([arrays[i] for i in ok])
+            p_fake[[start + i for i in ok]] = predict_proba(model, info, batch, device=device,
+                                                            batch_size=batch_size)
+    labels = [None if e else CLASS_NAMES[int(p >= threshold)] for p, e in zip(p_fake, errors)]
+    return pd.DataFrame({"file": list(names), "p_fake": p_fake, "label": labels,
+                         "error": errors}, columns=COLUMNS)
+
+
+def classify_files(paths: Sequence[str | os.PathLike], model, info: dict, device: str = "cpu",
+                   batch_size: int = 512, threshold: float = THRESHOLD,
+                   workers: int | None = None) -> pd.DataFrame:
+    """Classify image files with a loaded detector (:func:`helpers.inference.load_detector`).
+
+    Returns one row per path, in order: ``file``, ``p_fake`` (P(AI-generated), NaN when
+    unreadable), ``label`` (``FAKE`` when ``p_fake >= threshold``, else ``REAL``; None when
+    unreadable) and ``error`` (None, or why the file could not be read).
+    """
+    size, quality = int(info["image_size"]), preprocessing_jpeg_quality(info)
+    names = [str(p) for p in paths]
+    decoders = [lambda p=p: image_rule.decode_file(p, size, quality)[0] for p in paths]
+    return _classify(names, decoders, model, info, device, batch_size, threshold, workers)
+
+
+def classify_images(named_bytes: Sequence[tuple[str, bytes]], model, info: dict,
+                    device: str = "cpu", batch_size: int = 512, threshold: float = THRESHOLD,
+                    workers: int | None = None) -> pd.DataFrame:
+    """:func:`classify_files` for in-memory files, e.g. uploads: ``[(name, bytes), ...]``."""
+    size, quality = int(info["image_size"]), preprocessing_jpeg_quality(info)
+    names = [str(name) for name, _ in named_bytes]
+    decoders = [lambda d=data, n=name: image_rule.decode(d, size, n, quality)[0]
+                for name, data in named_bytes]
+    return _classify(names, decoders, model, info, device, batch_size, threshold, workers)
+
+
+def _preprocessing_rule() -> str:
+    """The numbered rule from :mod:`helpers.images`' docstring (one source of truth)."""
+    import re
+
+    doc = image_rule.__doc__ or ""
+    match = re.search(r"^1\. .*?(?=\n\s*\n)", doc, flags=re.DOTALL | re.MULTILINE)
+    rule = match.group(0) if match else doc.strip()
+    return "\n".join(("  " if re.match(r"\d+\. ", line.strip()) else "     ") + line.strip()
+                     for line in rule.splitlines())
+
+
+def preprocessing_jpeg_quality(info: dict) -> int | None:
+    """The JPEG harmonisation quality (rule 3 of :mod:`helpers.images`) of the detector's
+    training data: recorded in the checkpoint or, failing that, its dataset's spec."""
+    for key in ("harmonise_jpeg", "jpeg_quality"):
+        if key in info:
+            return info[key] or None
+        config = info.get("config") or {}
+        if isinstance(config, dict) and key in config:
+            return config[key] or None
+    from .data import DATASETS
+
+    spec = DATASETS.get(str(info.get("dataset")))
+    return spec.harmonise_jpeg if spec else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.predict",
+        description="Print, for each image, the probability that it is AI-generated (FAKE) "
+                    "according to a trained detector, and its label at threshold "
+                    f"{THRESHOLD} (FAKE if P >= {THRESHOLD}).",
+        epilog="Preprocessing is the same as in training (helpers/images.py, module docstring):\n"
+               f"{_preprocessing_rule()}\n\n"
+               "Exit code: 0 all images classified, 1 some could not be read (listed with the "
+               "reason),\n2 usage error or no usable model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image files or folders (searched recursively)")
+    parser.add_argument("--model", metavar="CHECKPOINT",
+                        help="detector checkpoint (.pt); default: the best checkpoint of --dataset")
+    parser.add_argument("--dataset", default="demo",
+                        help="dataset whose best detector is used when --model is not given "
+                             "(default: demo)")
+    parser.add_argument("--csv", metavar="OUT", help="also write the table (file, p_fake, "
+                                                     "label, error) to this CSV file")
+    parser.add_argument("--batch-size", type=int, default=512, metavar="N",
+                        help="images per forward pass (default: 512)")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD,
+                        help=f"decision threshold on P(AI-generated) (default: {THRESHOLD})")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, mps or auto (default: auto)")
+    return parser
+
+
+def _load(args) -> tuple[object, dict, Path, str]:
+    from .inference import best_checkpoint, load_detector
+    from .repro import pick_device
+
+    device = str(pick_device(args.device))
+    path = Path(args.model).expanduser() if args.model else Path(best_checkpoint(args.dataset))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    model, info = load_detector(path, device=device)
+    return model, info, path, device
+
+
+def print_table(table: pd.DataFrame, stream=None) -> None:
+    """Human-readable output: one line per classified image, then the failures."""
+    stream = stream or sys.stdout
+    good = table[table["error"].isna()]
+    bad = table[table["error"].notna()]
+    if len(good):
+        print(f"{'P(AI)':>7}  {'label':<5}  file", file=stream)
+        for row in good.itertuples():
+            print(f"{row.p_fake:7.4f}  {row.label:<5}  {row.file}", file=stream)
+    if len(bad):
+        print(f"\n{len(bad)} of {len(table)} could not be classified:", file=stream)
+        for row in bad.itertuples():
+            print(f"  {row.file}: {row.error}", file=stream)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``aidetect-predict``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2)
+        return int(exit_.code or 0)
+    if args.batch_size < 1:
+        print("error: --batch-size must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    if not 0.0 <= args.threshold <= 1.0:
+        print("error: --threshold must lie in [0, 1]", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        model, info, path, device = _load(args)
+    except Exception as err:  # noqa: BLE001 - missing, foreign or corrupt checkpoint: say what to do
+        print(f"error: no usable detector: {err}\nTrain one first (make train "
+              f"DATASET={args.dataset}) or pass --model PATH/TO/CHECKPOINT.pt", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"model {path} ({info.get('model')}, trained on {info.get('dataset')}, "
+          f"{info['image_size']}x{info['image_size']} input, device {device})", file=sys.stderr)
+    if info.get("dataset") == "demo":
+        print("warning: this is the DEMO detector, trained on a small synthetic set; its verdicts "
+              "on real-world images mean nothing.", file=sys.stderr)
+
+    files, problems = expand_paths(args.paths)
+    table = classify_files(files, model, info, device=device, batch_size=args.batch_size,
+                           threshold=args.threshold)
+    if problems:
+        table = pd.concat([table, pd.DataFrame(
+            {"file": [p for p, _ in problems], "p_fake": np.nan, "label": None,
+             "error": [r for _, r in problems]}, columns=COLUMNS)], ignore_index=True)
+    print_table(table)
+    if args.csv:
+        from .repro import atomic_path
+
+        with atomic_path(Path(args.csv).expanduser()) as tmp:
+            table.to_csv(tmp, index=False)
+        print(f"table written to {args.csv}", file=sys.stderr)
+    return EXIT_SOME_FAILED if table["error"].notna().any() else EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""predict: any image file or folder in, P(AI-generated) out; bad files listed, exit codes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from helpers import data, paths, predict
+from helpers.images import decode_file
+from tests.conftest import write_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny `fast` detector trained by helpers.train on a tiny CIFAKE-layout set, in a tmp tree."""
+    from helpers import train
+
+    root = tmp_path_factory.mktemp("predict")
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(paths, "DATA", root / "data")
+        mp.setattr(paths, "RESULTS", root / "results")
+        source = write_dataset(root / "source", n_per_class=16)
+        cache = data.prepare("cifake", source, progress=False)
+        config = train.TrainConfig(dataset="cifake", model="fast", width=8, epochs=1, batch_size=16,
+                                   device="cpu", threads=1)
+        result = train.fit(cache, config, progress=False)
+    torch.set_num_threads(threads)
+    return {"root": root, "checkpoint": result.checkpoint, "source": source, "cache": cache}
+
+
+@pytest.fixture
+def results_tree(trained, monkeypatch):
+    """helpers.paths pointed at the tmp tree holding the trained detector."""
+    monkeypatch.setattr(paths, "RESULTS", trained["root"] / "results")
+    monkeypatch.setattr(paths, "DATA", trained["root"] / "data")
+    return trained
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A real JPEG photo, a PNG with alpha, a grayscale image, a corrupt file and a folder."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:150, 0:200]
+    photo = np.stack([(np.sin(xx / 9) * 80 + 128), (np.cos(yy / 7) * 80 + 128), xx % 256], -1)
+    photo = np.clip(photo + rng.normal(0, 8, photo.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(photo).save(folder / "photo.jpg", quality=88)
+    rgba = np.dstack([photo[:64, :64], np.linspace(0, 255, 64 * 64).reshape(64, 64).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    Image.fromarray(photo[:, :, 0], "L").save(folder / "gray.png")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG" + bytes(50))
+    sub = folder / "album" / "nested"
+    sub.mkdir(parents=True)
+    Image.fromarray(photo[10:42, 10:42]).save(sub / "small.webp")
+    Image.fromarray(photo).save(folder / "album" / "big.bmp")
+    (folder / "album" / "notes.txt").write_text("not an image, and not named on the command line")
+    return folder
+
+
+def _ok(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["error"].isna()]
+
+
+@pytest.mark.slow
+def test_predict_files_folder_and_corrupt(results_tree, images, tmp_path, capsys):
+    out = tmp_path / "out.csv"
+    args = [str(images / n) for n in ("photo.jpg", "alpha.png", "gray.png", "corrupt.jpg")]
+    code = predict.main([*args, str(images / "album"), "--model", str(results_tree["checkpoint"]),
+                         "--csv", str(out), "--batch-size", "2", "--device", "cpu"])
+    assert code == predict.EXIT_SOME_FAILED
+    table = pd.read_csv(out)
+    assert list(table.columns) == predict.COLUMNS
+    names = [p.rsplit("/", 1)[-1] for p in table["file"]]
+    assert names == ["photo.jpg", "alpha.png", "gray.png", "corrupt.jpg", "big.bmp", "small.webp"]
+    good = _ok(table)
+    assert len(good) == 5 and good["p_fake"].between(0, 1).all()
+    assert (good["label"] == np.where(good["p_fake"] >= 0.5, "FAKE", "REAL")).all()
+    bad = table[table["error"].notna()]
+    assert bad["file"].str.endswith("corrupt.jpg").all() and len(bad) == 1
+    assert bad["p_fake"].isna().all()
+    printed = capsys.readouterr().out
+    assert "1 of 6 could not be classified" in printed and "corrupt.jpg: corrupt" in printed
+    assert "photo.jpg" in printed and "notes.txt" not in printed
+
+
+@pytest.mark.slow
+def test_predict_default_model_and_exit_codes(results_tree, images, tmp_path, capsys):
+    good = [str(images / "photo.jpg"), str(images / "gray.png")]
+    # no --model: the best checkpoint of --dataset
+    assert predict.main([*good, "--dataset", "cifake", "--device", "cpu"]) == predict.EXIT_OK
+    assert "photo.jpg" in capsys.readouterr().out
+    # a missing path and an empty folder are listed, not fatal
+    (tmp_path / "empty").mkdir()
+    code = predict.main([*good, str(tmp_path / "nope.png"), str(tmp_path / "empty"),
+                         "--dataset", "cifake", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == predict.EXIT_SOME_FAILED
+    assert "nope.png: no such file or folder" in printed and "holds no image files" in printed
+    # no model for the dataset, a missing checkpoint, a foreign checkpoint, bad usage: exit 2
+    assert predict.main([*good, "--dataset", "demo"]) == predict.EXIT_USAGE
+    assert predict.main([*good, "--model", str(tmp_path / "missing.pt")]) == predict.EXIT_USAGE
+    torch.save({"G": {}}, tmp_path / "dcgan.pt")
+    assert predict.main([*good, "--model", str(tmp_path / "dcgan.pt")]) == predict.EXIT_USAGE
+    assert "no usable detector" in capsys.readouterr().err
+    assert predict.main([]) == predict.EXIT_USAGE
+    assert predict.main([*good, "--batch-size", "0"]) == predict.EXIT_USAGE
+
+
+@pytest.mark.slow
+def test_same_preprocessing_as_training(results_tree):
+    """A dataset file through predict gets exactly the probability of its cached pixels."""
+    from helpers.inference import load_detector, predict_proba
+
+    model, info = load_detector(results_tree["checkpoint"])
+    cache = results_tree["cache"]
+    index = cache.indices("test")[:4]
+    files = [results_tree["source"] / f for f in cache.files[index]]
+    table = predict.classify_files(files, model, info)
+    expected = predict_proba(model, info, cache.images[index])
+    np.testing.assert_allclose(table["p_fake"].to_numpy(), expected, rtol=1e-6)
+    # uploaded bytes take the same path as files
+    uploads = [(f.name, f.read_bytes()) for f in files] + [("junk.png", b"nope")]
+    from_bytes = predict.classify_images(uploads, model, info)
+    np.testing.assert_allclose(from_bytes["p_fake"].to_numpy()[:4], expected, rtol=1e-6)
+    assert from_bytes["file"].tolist()[-1] == "junk.png"
+    assert from_bytes["error"].tolist()[-1].startswith("not an image file")
+
+
+@pytest.mark.slow
+def test_classify_files_decodes_once_per_file(results_tree, images, monkeypatch):
+    from helpers import images as image_rule
+    from helpers.inference import load_detector
+
+    model, info = load_detector(results_tree["checkpoint"])
+    calls = []
+    original = image_rule.decode_file
+    monkeypatch.setattr(image_rule, "decode_file", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    files = [images / "photo.jpg", images / "gray.png", images / "alpha.png"]
+    table = predict.classify_files(files, model, info, batch_size=2, workers=2)
+    assert sorted(map(str, calls)) == sorted(map(str, files))
+    assert table["error"].isna().all()
+    # the alpha PNG is composited on white, as the training data rule says
+    pixels = decode_file(images / "alpha.png", 32)[0]
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+
+
+def test_expand_paths(images, tmp_path):
+    files, problems = predict.expand_paths([images / "album", images / "photo.jpg",
+                                            tmp_path / "missing.gif"])
+    assert [f.name for f in files] == ["big.bmp", "small.webp", "photo.jpg"]
+    assert problems == [(str(tmp_path / "missing.gif"), "no such file or folder")]
+
+
+def test_help_states_the_preprocessing_rule(capsys):
+    assert predict.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "helpers/images.py" in text and "1024x768" in text and "centre" in text
+    assert "Exit code" in text
+
+
+def test_jpeg_harmonisation_follows_the_dataset():
+    assert predict.preprocessing_jpeg_quality({"dataset": "sneakers"}) == data.get_spec("sneakers").harmonise_jpeg
+    assert predict.preprocessing_jpeg_quality({"dataset": "demo"}) is None
+    assert predict.preprocessing_jpeg_quality({"dataset": "x", "config": {"harmonise_jpeg": 80}}) == 80
+
+
+def test_grayscale_and_alpha_decode_like_rgb(images):
+    gray = decode_file(images / "gray.png", 32)[0]
+    assert gray.shape == (32, 32, 3) and (gray[..., 0] == gray[..., 2]).all()
+    buffer = io.BytesIO()
+    Image.new("RGBA", (40, 40), (0, 0, 0, 0)).save(buffer, format="PNG")
+    from helpers.images import decode
+
+    assert decode(buffer.getvalue(), 32)[0].min() == 255  # transparent -> white background
+
+
+@pytest.mark.slow
+def test_chunks_give_the_same_table(results_tree, images, monkeypatch):
+    from helpers.inference import load_detector
+
+    model, info = load_detector(results_tree["checkpoint"])
+    files = [images / n for n in ("photo.jpg", "corrupt.jpg", "gray.png", "alpha.png")]
+    whole = predict.classify_files(files, model, info)
+    monkeypatch.setattr(predict, "CHUNK_IMAGES", 1)
+    chunked = predict.classify_files(files, model, info, batch_size=1)
+    pd.testing.assert_frame_equal(whole, chunked, rtol=1e-6)
+    assert chunked["error"].notna().tolist() == [False, True, False, False]
