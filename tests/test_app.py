@@ -1,0 +1,220 @@
+"""The Streamlit app, headless: uploads give a probability, a label and a Grad-CAM overlay; bad
+uploads an error while the app keeps running; no checkpoint a message naming the `make` target;
+and the real server answers on localhost."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import data, paths, predict
+from tests.conftest import ROOT, write_dataset
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+APP = str(ROOT / "helpers" / "app.py")
+TIMEOUT = 120  # seconds per AppTest run: the first one imports torch and loads the model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny `fast` detector for the DEMO dataset (trained on a tiny source) in a tmp tree."""
+    from helpers import train
+
+    root = tmp_path_factory.mktemp("app")
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(paths, "DATA", root / "data")
+        mp.setattr(paths, "RESULTS", root / "results")
+        source = write_dataset(root / "source", n_per_class=16)
+        cache = data.prepare("demo", source, progress=False)
+        config = train.TrainConfig(dataset="demo", model="fast", width=8, epochs=1, batch_size=16,
+                                   device="cpu", threads=1)
+        result = train.fit(cache, config, progress=False)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+    return {"root": root, "checkpoint": result.checkpoint}
+
+
+@pytest.fixture
+def results_tree(trained, monkeypatch):
+    """helpers.paths (read in-process by the app under AppTest) pointed at the tmp tree."""
+    monkeypatch.setattr(paths, "RESULTS", trained["root"] / "results")
+    monkeypatch.setattr(paths, "DATA", trained["root"] / "data")
+    monkeypatch.setattr(sys, "argv", ["app.py", "--dataset", "demo"])
+    return trained
+
+
+def encoded(array: np.ndarray, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def uploads() -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:120, 0:160]
+    photo = np.stack([np.sin(xx / 9) * 80 + 128, np.cos(yy / 7) * 80 + 128, xx % 256], -1)
+    photo = np.clip(photo + rng.normal(0, 8, photo.shape), 0, 255).astype(np.uint8)
+    jpeg = encoded(photo, "JPEG", quality=90)
+    return {"photo.jpg": jpeg, "small.png": encoded(photo[:40, :40], "PNG"),
+            "photo.webp": encoded(photo, "WEBP"), "truncated.jpg": jpeg[: len(jpeg) // 3],
+            "notes.png": b"this is a text file with an image name\n" * 5, "huge.png": bomb_png()}
+
+
+def bomb_png(side: int = 30_000) -> bytes:
+    """A tiny PNG file that claims side x side pixels (a decompression bomb)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def mime(name: str) -> str:
+    return {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}[name.rsplit(".", 1)[1]]
+
+
+def upload(at, files: list[tuple[str, bytes]]):
+    at.file_uploader[0].set_value([(name, content, mime(name)) for name, content in files])
+    return at.run(timeout=TIMEOUT)
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def test_upload_shows_probability_label_and_overlay(results_tree, uploads):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    assert "Upload one or more images" in texts(at.info)
+    sidebar = texts(at.sidebar.markdown)
+    assert "`fast`" in sidebar and "Validation accuracy" in sidebar
+    assert "DEMO" in texts(at.sidebar.warning)
+
+    names = ["photo.jpg", "small.png", "photo.webp"]
+    upload(at, [(n, uploads[n]) for n in names])
+    assert not at.exception, at.exception
+    assert not at.error, texts(at.error)
+
+    # The numbers are those of predict.classify_images on the same bytes.
+    from helpers.inference import load_detector
+
+    model, info = load_detector(results_tree["checkpoint"])
+    expected = predict.classify_images([(n, uploads[n]) for n in names], model, info)
+    metrics = [m for m in at.metric if m.label == "P(AI-generated)"]
+    assert [m.value for m in metrics] == [f"{p:.1%}" for p in expected["p_fake"]]
+    verdicts = [m.value for m in at.markdown if str(m.value).startswith("**Verdict:")]
+    assert len(verdicts) == 3
+    for verdict, label in zip(verdicts, expected["label"], strict=True):
+        assert f"({label})" in verdict
+    # per image: the upload, the model's view and the Grad-CAM overlay
+    captions = [c for image in at.image for c in image.captions]
+    assert len(captions) == 3 * len(names), captions
+    assert sum(c == "uploaded" for c in captions) == len(names)
+    assert sum(c.startswith("what the model sees (32x32)") for c in captions) == len(names)
+    assert sum(c.startswith("Grad-CAM: evidence for") for c in captions) == len(names)
+
+
+def test_bad_uploads_get_a_message_and_the_app_keeps_running(results_tree, uploads):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    upload(at, [("notes.png", uploads["notes.png"]), ("truncated.jpg", uploads["truncated.jpg"]),
+                ("huge.png", uploads["huge.png"]), ("photo.jpg", uploads["photo.jpg"])])
+    assert not at.exception, at.exception
+    errors = texts(at.error)
+    assert "notes.png: not an image file" in errors
+    assert "truncated.jpg: corrupt or truncated" in errors
+    assert "huge.png: too large to decode safely" in errors and "Scale it down" in errors
+    assert "Upload a JPEG, PNG or WebP image" in errors
+    assert len([m for m in at.metric if m.label == "P(AI-generated)"]) == 1  # the good one
+
+    oversized = b"\0" * (26 * 2**20)
+    upload(at, [("big.png", oversized)])
+    assert not at.exception, at.exception
+    assert "big.png: 26.0 MB is over this app's limit of 25 MB" in texts(at.error)
+
+    upload(at, [("small.png", uploads["small.png"])])  # still answering
+    assert not at.exception and not at.error
+    assert len([m for m in at.metric if m.label == "P(AI-generated)"]) == 1
+
+
+def test_no_checkpoint_names_the_make_target(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sys, "argv", ["app.py", "--dataset", "sneakers"])
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    message = texts(at.error)
+    assert "No trained detector for dataset **sneakers**" in message
+    assert "make train DATASET=sneakers DATA_SOURCE=" in message
+    assert not at.file_uploader  # nothing to upload to
+
+
+def test_the_other_method_and_checkpoint_selects(results_tree, uploads):
+    # another .pt file (the GAN's) beside the detector is not offered as a detector
+    foreign = results_tree["checkpoint"].with_name("dcgan.pt")
+    torch.save({"format": "aidetect-gan", "state": {}}, foreign)
+    try:
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    finally:
+        foreign.unlink()
+    assert at.sidebar.selectbox(key="dataset").options == ["demo"]
+    assert at.sidebar.selectbox(key="checkpoint").options == ["best: fast", "fast"]
+    at.sidebar.selectbox(key="method").set_value("EigenCAM").run(timeout=TIMEOUT)
+    upload(at, [("photo.jpg", uploads["photo.jpg"])])
+    assert not at.exception and not at.error
+    captions = [c for image in at.image for c in image.captions]
+    assert any(c.startswith("EigenCAM") for c in captions), captions
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_server_answers_on_localhost(trained, tmp_path):
+    """`make app`'s command on a free port: the page and Streamlit's health check answer."""
+    import requests
+
+    port = free_port()
+    env = {**os.environ, "AIDETECT_RESULTS": str(trained["root"] / "results"),
+           "AIDETECT_DATA": str(trained["root"] / "data"), "HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "streamlit", "run", APP, "--server.address", "localhost",
+           "--server.port", str(port), "--server.headless", "true",
+           "--browser.gatherUsageStats", "false", "--", "--dataset", "demo"]
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline, health = time.monotonic() + 60, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                health = requests.get(f"http://localhost:{port}/_stcore/health", timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        assert server.poll() is None, log.read_text(errors="replace")
+        assert health is not None, f"no answer in 60 s:\n{log.read_text(errors='replace')}"
+        assert health.status_code == 200 and health.text == "ok"
+        page = requests.get(f"http://localhost:{port}/", timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
