@@ -1,0 +1,82 @@
+"""FID / KID / diversity: known answers on given features, and the Inception network offline."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+from helpers import quality
+
+
+def _features(n: int = 50, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.abs(rng.normal(0.3, 0.2, (n, quality.FEATURE_DIM))).astype(np.float32)
+
+
+def test_fid_of_identical_feature_sets_is_zero_and_of_a_shift_is_its_squared_length():
+    feats = _features()
+    same = quality.fid_kid(feats, feats)
+    assert abs(same["fid"]) < 1e-3 and (same["n_real"], same["n_fake"]) == (50, 50)
+    # equal covariances, means apart by c: FID = |c|^2 exactly
+    shifted = quality.fid_kid(feats, feats + 0.1)
+    assert shifted["fid"] == pytest.approx(0.01 * quality.FEATURE_DIM, rel=1e-3)
+    assert shifted["kid"] > 5 * abs(same["kid"]) and same["fid_method"] == "low-rank"
+
+
+@pytest.mark.parametrize("n", [30, 100])  # fewer and more samples than feature dimensions
+def test_low_rank_fid_equals_torchmetrics(n):
+    import torch
+
+    real = torch.from_numpy(_features(n, seed=2)[:, :64].astype(np.float64))
+    fake = torch.from_numpy(_features(n, seed=3)[:, :64].astype(np.float64) * 1.3)
+    expected = quality._fid_torchmetrics(real, fake)
+    assert quality._fid_low_rank(real, fake) == pytest.approx(expected, rel=1e-6)
+
+
+def test_kid_leaves_the_global_random_stream_alone():
+    import torch
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    quality.fid_kid(_features(), _features(seed=1), kid_subset_size=20)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_diversity_measures():
+    assert quality.mean_pairwise_distance(np.array([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
+    same = np.repeat(np.full((1, 8, 8, 3), 7, np.uint8), 5, axis=0)
+    assert quality.pixel_diversity(same) == 0
+    black_white = np.stack([np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8)])
+    assert quality.pixel_diversity(black_white) == pytest.approx(1.0)
+
+
+def test_inception_features_load_from_the_wheel_without_network(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the FID network must never be downloaded")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    feats = quality.inception_features(images)
+    assert feats.shape == (2, quality.FEATURE_DIM) and feats.dtype == np.float32
+    assert np.isfinite(feats).all() and (feats >= 0).all()  # pool features after ReLU
+    with pytest.raises(ValueError, match="uint8"):
+        quality.inception_features(images.astype(np.float32))
+
+
+@pytest.mark.slow
+def test_fid_is_about_zero_for_identical_images_and_large_for_real_vs_noise():
+    from helpers.demo import TRAIN_PHOTOS, photo_crops
+
+    real = photo_crops(TRAIN_PHOTOS, 30, 32, np.random.default_rng(0))
+    reference = quality.QualityReference.from_images(real)
+    same = quality.fid_kid(reference.features, reference.features)
+    noise = np.random.default_rng(1).integers(0, 256, real.shape, dtype=np.uint8)
+    vs_noise = quality.score(noise, reference)
+    assert abs(same["fid"]) < 0.01
+    assert vs_noise["fid"] > 100 and vs_noise["kid"] > 0.1 > abs(same["kid"])
+    assert (vs_noise["n_real"], vs_noise["n_fake"]) == (30, 30)
+    assert "30 generated vs 30 real" in quality.describe(vs_noise)
