@@ -3,7 +3,7 @@
 #   make all                                   the whole pipeline on the offline DEMO set
 #   make all DATASET=sneakers DATA_SOURCE=../shared/data/sneakers   on a local copy
 #   make all DATASET=cifake                    downloads CIFAKE with kagglehub (needs network)
-#   make train PARAMS="-p MODEL resnet18 -p EPOCHS 30"              notebook parameters
+#   make train TRAIN_PARAMS="-p MODEL resnet18 -p EPOCHS 30"        one step's parameters
 #
 # Each step executes one notebook with papermill into results/$(DATASET)/notebooks/ and
 # renders it to HTML; a step reruns only when its notebook, the helpers it uses, an earlier
@@ -13,6 +13,13 @@ DATASET     ?= demo
 DATA_SOURCE ?=
 SEED        ?= 0
 PARAMS      ?=
+# per-step parameters, e.g. TRAIN_PARAMS="-p EPOCHS 30" (PARAMS goes to every notebook)
+DATA_PARAMS ?=
+EXPLORE_PARAMS ?=
+TRAIN_PARAMS ?=
+GAN_PARAMS ?=
+EVALUATE_PARAMS ?=
+GRADCAM_PARAMS ?=
 IMAGES      ?=
 PYTHON      ?= python3
 
@@ -26,7 +33,7 @@ SOURCE  := $(if $(DATA_SOURCE),$(abspath $(DATA_SOURCE)),)
 
 # Parameters every notebook receives; a change of any of them reruns the steps.
 NB_PARAMS := -p DATASET $(DATASET) -p SEED $(SEED) $(if $(SOURCE),-p DATA_SOURCE $(SOURCE),) $(PARAMS)
-PARAMS_STAMP := $(RESULTS)/.params
+stamp = $(RESULTS)/.params-$(1)
 
 DATA_HELPERS := $(addprefix helpers/,__init__.py paths.py repro.py images.py data.py demo.py gan.py accel.py notebook.py)
 ALL_HELPERS  := $(wildcard helpers/*.py)
@@ -58,36 +65,36 @@ $(ENV): pyproject.toml
 	@touch $@
 
 # ---------------------------------------------------------------------------- steps
-# The parameters stamp is rewritten only when its content changes, so make sees a change.
-$(PARAMS_STAMP): FORCE
+# A step's parameter stamp is rewritten only when its content changes, so make sees a change.
+$(RESULTS)/.params-%: FORCE
 	@mkdir -p $(@D)
-	@echo '$(NB_PARAMS)' | cmp -s - $@ || echo '$(NB_PARAMS)' > $@
+	@echo '$(NB_PARAMS) $($*_PARAMS)' | cmp -s - $@ || echo '$(NB_PARAMS) $($*_PARAMS)' > $@
 
 FORCE:
 
 define execute
 	@mkdir -p $(@D)
-	@echo ">>> $(DATASET): executing $< (params: $(NB_PARAMS))"
+	@echo ">>> $(DATASET): executing $< (params: $(NB_PARAMS) $(1))"
 	@$(PY) -m papermill $< $@.tmp.ipynb -k $(KERNEL) --cwd notebooks --log-output --no-progress-bar \
-	    $(NB_PARAMS) || { mv -f $@.tmp.ipynb $(@:.ipynb=.failed.ipynb) 2>/dev/null; \
+	    $(NB_PARAMS) $(1) || { mv -f $@.tmp.ipynb $(@:.ipynb=.failed.ipynb) 2>/dev/null; \
 	    echo "!!! $< failed: see $(@:.ipynb=.failed.ipynb)"; exit 1; }
 	@mv $@.tmp.ipynb $@
 	@$(PY) -m jupyter nbconvert --to html --log-level ERROR $@ --output-dir $(@D)
 endef
 
-$(RUN)/01_download.ipynb: notebooks/01_download.ipynb $(DATA_HELPERS) $(ENV) $(PARAMS_STAMP)
-	$(execute)
-$(RUN)/02_explore.ipynb: notebooks/02_explore.ipynb $(RUN)/01_download.ipynb $(DATA_HELPERS)
-	$(execute)
-$(RUN)/03_train_cnn.ipynb: notebooks/03_train_cnn.ipynb $(RUN)/01_download.ipynb $(ALL_HELPERS)
-	$(execute)
-$(RUN)/04_train_gan.ipynb: notebooks/04_train_gan.ipynb $(RUN)/01_download.ipynb $(ALL_HELPERS)
-	$(execute)
+$(RUN)/01_download.ipynb: notebooks/01_download.ipynb $(DATA_HELPERS) $(ENV) $(call stamp,DATA)
+	$(call execute,$(DATA_PARAMS))
+$(RUN)/02_explore.ipynb: notebooks/02_explore.ipynb $(RUN)/01_download.ipynb $(DATA_HELPERS) $(call stamp,EXPLORE)
+	$(call execute,$(EXPLORE_PARAMS))
+$(RUN)/03_train_cnn.ipynb: notebooks/03_train_cnn.ipynb $(RUN)/01_download.ipynb $(ALL_HELPERS) $(call stamp,TRAIN)
+	$(call execute,$(TRAIN_PARAMS))
+$(RUN)/04_train_gan.ipynb: notebooks/04_train_gan.ipynb $(RUN)/01_download.ipynb $(ALL_HELPERS) $(call stamp,GAN)
+	$(call execute,$(GAN_PARAMS))
 $(RUN)/05_evaluate.ipynb: notebooks/05_evaluate.ipynb $(RUN)/03_train_cnn.ipynb \
-                          $(call out_of,gan) $(ALL_HELPERS)
-	$(execute)
-$(RUN)/06_gradcam.ipynb: notebooks/06_gradcam.ipynb $(RUN)/03_train_cnn.ipynb $(ALL_HELPERS)
-	$(execute)
+                          $(call out_of,gan) $(ALL_HELPERS) $(call stamp,EVALUATE)
+	$(call execute,$(EVALUATE_PARAMS))
+$(RUN)/06_gradcam.ipynb: notebooks/06_gradcam.ipynb $(RUN)/03_train_cnn.ipynb $(ALL_HELPERS) $(call stamp,GRADCAM)
+	$(call execute,$(GRADCAM_PARAMS))
 
 data:     $(call out_of,data)     ## 01: get the data (Kaggle, DATA_SOURCE or demo), build the cache
 explore:  $(call out_of,explore)  ## 02: class balance, samples, JPEG tables, spectra, duplicates

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 from . import paths
@@ -34,6 +35,8 @@ def setup(dataset: str, seed: int = 0, deterministic: bool = True) -> dict:
     import matplotlib as mpl
     import seaborn as sns
 
+    # without ipywidgets tqdm falls back to text bars, which is what papermill's log shows anyway
+    warnings.filterwarnings("ignore", message="IProgress not found")
     env = check_versions()
     seed_everything(seed, deterministic)
     sns.set_theme(context="notebook", style="whitegrid")

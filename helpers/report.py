@@ -120,7 +120,8 @@ def dataset_index(dataset: str) -> Path:
 def best_rows() -> list[tuple[str, pd.Series]]:
     """The model of every dataset chosen on *validation* accuracy (never on the test split)."""
     rows = []
-    for folder in sorted(p for p in paths.RESULTS.iterdir() if p.is_dir()) if paths.RESULTS.exists() else []:
+    folders = sorted(p for p in paths.RESULTS.iterdir() if p.name in DATASETS) if paths.RESULTS.exists() else []
+    for folder in folders:
         metrics = load_metrics(folder.name)
         if metrics is not None and not metrics.empty and "accuracy" in metrics:
             key = "val_accuracy" if "val_accuracy" in metrics else "accuracy"
@@ -131,7 +132,7 @@ def best_rows() -> list[tuple[str, pd.Series]]:
 def top_index() -> Path:
     """Write ``results/index.html``: one line per dataset, linking to its index."""
     items = []
-    for folder in sorted(p for p in paths.RESULTS.iterdir() if (p / "index.html").exists()):
+    for folder in sorted(p for p in paths.RESULTS.iterdir() if p.name in DATASETS and (p / "index.html").exists()):
         items.append(f"<li><a href='{folder.name}/index.html'>{folder.name}</a></li>")
     table = ""
     rows = best_rows()
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("datasets", nargs="*", help="datasets whose index to rebuild (default: all)")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     args = parser.parse_args(argv)
-    names = args.datasets or [p.name for p in paths.RESULTS.iterdir() if p.is_dir()]
+    names = args.datasets or [p.name for p in paths.RESULTS.iterdir() if p.name in DATASETS]
     for name in names:
         print("wrote", dataset_index(name))
     print("wrote", top_index())
