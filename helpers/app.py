@@ -151,12 +151,6 @@ def advice(error: str) -> str:
     return "Try re-saving it as JPEG or PNG."
 
 
-def model_inputs(named_bytes: list[tuple[str, bytes]], info: dict) -> np.ndarray:
-    """The model's view of files that decoded: the same rule and settings as ``classify_images``."""
-    size, quality = int(info["image_size"]), predict.preprocessing_jpeg_quality(info)
-    return np.stack([image_rule.decode(data, size, name, quality)[0] for name, data in named_bytes])
-
-
 def thumbnail(data: bytes) -> Image.Image:
     """A small upright copy of an upload, for display only (the model never sees it)."""
     with Image.open(io.BytesIO(data)) as img:
@@ -221,7 +215,9 @@ def main(argv: list[str] | None = None) -> None:
 
     named, refused = split_oversized(uploads)
     with st.spinner(f"Classifying {len(named)} image(s) ..."):
-        table = predict.classify_images(named, model, info, device=str(next(model.parameters()).device))
+        arrays, errors = predict.decode_images(named, info)  # decoded once: scores and CAMs
+        table = predict.classify_decoded([n for n, _ in named], arrays, errors, model, info,
+                                         device=str(next(model.parameters()).device))
     for name, reason in refused:
         st.error(f"{name}: {reason}")
     for row in table[table["error"].notna()].itertuples():
@@ -230,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     good = [i for i, e in enumerate(table["error"]) if e is None or pd.isna(e)]
     if good:
         rows = table.iloc[good]
-        views = model_inputs([named[i] for i in good], info)
+        views = np.stack([arrays[i] for i in good])
         heats: list[np.ndarray | None] = [None] * len(good)
         try:
             classes = (rows["p_fake"].to_numpy() >= predict.THRESHOLD).astype(int)

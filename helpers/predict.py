@@ -88,26 +88,44 @@ def _decode_all(names: Sequence[str], decoders: Sequence[Callable[[], np.ndarray
     return [a for a, _ in out], [e for _, e in out]
 
 
+def classify_decoded(names: Sequence[str], arrays: Sequence[np.ndarray | None],
+                     errors: Sequence[str | None], model, info: dict, device: str = "cpu",
+                     batch_size: int = 512, threshold: float = THRESHOLD) -> pd.DataFrame:
+    """The result table for already decoded images (None where decoding failed, with its error)."""
+    p_fake = _scores(arrays, model, info, device, batch_size)
+    return _table(names, p_fake, errors, threshold)
+
+
+def _scores(arrays: Sequence[np.ndarray | None], model, info: dict, device: str,
+            batch_size: int) -> np.ndarray:
+    from .inference import predict_proba
+
+    p_fake = np.full(len(arrays), np.nan)
+    ok = [i for i, a in enumerate(arrays) if a is not None]
+    if ok:
+        batch = np.stack([arrays[i] for i in ok])
+        p_fake[ok] = predict_proba(model, info, batch, device=device, batch_size=batch_size)
+    return p_fake
+
+
+def _table(names: Sequence[str], p_fake: np.ndarray, errors: Sequence[str | None],
+           threshold: float) -> pd.DataFrame:
+    labels = [None if e else CLASS_NAMES[int(p >= threshold)] for p, e in zip(p_fake, errors)]
+    return pd.DataFrame({"file": list(names), "p_fake": p_fake, "label": labels,
+                         "error": list(errors)}, columns=COLUMNS)
+
+
 def _classify(names: Sequence[str], decoders: Sequence[Callable[[], np.ndarray]], model,
               info: dict, device: str, batch_size: int, threshold: float,
               workers: int | None) -> pd.DataFrame:
-    from .inference import predict_proba
-
-    p_fake = np.full(len(names), np.nan)
-    errors: list[str | None] = []
     chunk = max(CHUNK_IMAGES, batch_size)  # bounded memory for any number of files
+    scores, errors = [np.zeros(0)], []
     for start in range(0, len(names), chunk):
         arrays, chunk_errors = _decode_all(names[start:start + chunk],
                                            decoders[start:start + chunk], workers)
+        scores.append(_scores(arrays, model, info, device, batch_size))
         errors += chunk_errors
-        ok = [i for i, a in enumerate(arrays) if a is not None]
-        if ok:
-            batch = np.stack([arrays[i] for i in ok])
-            p_fake[[start + i for i in ok]] = predict_proba(model, info, batch, device=device,
-                                                            batch_size=batch_size)
-    labels = [None if e else CLASS_NAMES[int(p >= threshold)] for p, e in zip(p_fake, errors)]
-    return pd.DataFrame({"file": list(names), "p_fake": p_fake, "label": labels,
-                         "error": errors}, columns=COLUMNS)
+    return _table(names, np.concatenate(scores), errors, threshold)
 
 
 def classify_files(paths: Sequence[str | os.PathLike], model, info: dict, device: str = "cpu",
@@ -125,15 +143,23 @@ def classify_files(paths: Sequence[str | os.PathLike], model, info: dict, device
     return _classify(names, decoders, model, info, device, batch_size, threshold, workers)
 
 
-def classify_images(named_bytes: Sequence[tuple[str, bytes]], model, info: dict,
-                    device: str = "cpu", batch_size: int = 512, threshold: float = THRESHOLD,
-                    workers: int | None = None) -> pd.DataFrame:
-    """:func:`classify_files` for in-memory files, e.g. uploads: ``[(name, bytes), ...]``."""
+def decode_images(named_bytes: Sequence[tuple[str, bytes]], info: dict,
+                  workers: int | None = None) -> tuple[list[np.ndarray | None], list[str | None]]:
+    """Model inputs for in-memory files by the training rule: (arrays or None, errors or None)."""
     size, quality = int(info["image_size"]), preprocessing_jpeg_quality(info)
     names = [str(name) for name, _ in named_bytes]
     decoders = [lambda d=data, n=name: image_rule.decode(d, size, n, quality)[0]
                 for name, data in named_bytes]
-    return _classify(names, decoders, model, info, device, batch_size, threshold, workers)
+    return _decode_all(names, decoders, workers)
+
+
+def classify_images(named_bytes: Sequence[tuple[str, bytes]], model, info: dict,
+                    device: str = "cpu", batch_size: int = 512, threshold: float = THRESHOLD,
+                    workers: int | None = None) -> pd.DataFrame:
+    """:func:`classify_files` for in-memory files, e.g. uploads: ``[(name, bytes), ...]``."""
+    arrays, errors = decode_images(named_bytes, info, workers)
+    names = [str(name) for name, _ in named_bytes]
+    return classify_decoded(names, arrays, errors, model, info, device, batch_size, threshold)
 
 
 def _preprocessing_rule() -> str:
