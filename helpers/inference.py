@@ -1,0 +1,152 @@
+"""Using a trained detector: load a checkpoint, score uint8 images, find the best checkpoint.
+
+Shared by the training loop's validation, notebook 05 (evaluation), the ``predict`` CLI,
+Grad-CAM and the web app, so that every consumer applies the same normalisation, the same
+test-time flip and the same batching.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import paths
+from .accel import autocast, images_to_device, to_float
+
+#: Marks a file written by :func:`helpers.train.fit` (checked when loading).
+CHECKPOINT_FORMAT = "aidetect-detector"
+#: Keys of the ``info`` dict returned by :func:`load_detector`.
+INFO_KEYS = ("model", "dataset", "image_size", "mean", "std", "metrics", "data_fingerprint",
+             "config")
+
+
+def _make_hint(path: Path) -> str:
+    dataset = path.parent.parent.name if path.parent.name == "models" else "<dataset>"
+    return f"`make train DATASET={dataset}` (or `python -m helpers.train --dataset {dataset}`)"
+
+
+def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model saved at ``path``; return it in eval mode and its ``info``.
+
+    ``info`` holds ``model``, ``dataset``, ``image_size``, ``mean``, ``std``, ``metrics``
+    (validation), ``data_fingerprint`` and ``config`` (the training configuration), plus
+    ``environment``, ``train_seconds``, ``epoch`` and ``path``.
+    """
+    from .models import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no detector checkpoint at {path}; make it with {_make_hint(path)}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); delete it and "
+                         f"retrain with {_make_hint(path)}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a detector checkpoint written by helpers.train "
+                         f"(it may be a `.last.pt` resume file or another model); retrain with "
+                         f"{_make_hint(path)}")
+    device = torch.device(device)
+    model = build_model(ckpt["model"], ckpt["image_size"], **ckpt.get("model_options", {}))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit model {ckpt['model']!r} of this code "
+                         f"version ({str(err).splitlines()[0]}); retrain with {_make_hint(path)}") from err
+    model.to(device).eval()
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    info = {k: ckpt[k] for k in INFO_KEYS}
+    info.update(environment=ckpt.get("environment"), train_seconds=ckpt.get("train_seconds"),
+                epoch=ckpt.get("epoch"), path=str(path))
+    return model, info
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                   batch_size: int = 512, tta: bool = False, amp: bool = True) -> torch.Tensor:
+    """Logits (N,) of a uint8 (N, 3, H, W) tensor already on the model's device.
+
+    ``tta`` averages the logits of each image and its mirror image.
+    """
+    device = images.device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_float(images[start:start + batch_size], mean, std)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(x).float().flatten()
+            if tta:
+                logits = (logits + model(x.flip(3)).float().flatten()) / 2
+        out.append(logits)
+    return torch.cat(out) if out else torch.zeros(0, device=device)
+
+
+def predict_proba(model: nn.Module, info: dict, images: np.ndarray, device: str | torch.device = "cpu",
+                  batch_size: int = 512, tta: bool = False) -> np.ndarray:
+    """P(FAKE) for (N, H, W, 3) uint8 ``images`` (a single (H, W, 3) image is allowed).
+
+    Images must be ``info['image_size']`` pixels square, decoded by the project's rule
+    (:func:`helpers.images.decode`). ``model`` must already be on ``device``.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    size = info["image_size"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        raise ValueError(
+            f"expected uint8 images of shape (N, {size}, {size}, 3) for this detector, got "
+            f"{images.dtype} {images.shape}; decode files with "
+            f"helpers.images.decode(data, {size}) (or decode_file(path, {size})) first")
+    device = torch.device(device)
+    if len(images) == 0:
+        return np.zeros(0, dtype=np.float64)
+    mean = torch.tensor(info["mean"], device=device)
+    std = torch.tensor(info["std"], device=device)
+    was_training = model.training
+    model.eval()
+    probs = []
+    try:
+        # move a chunk at a time: the caller's array may be far larger than the device
+        for start in range(0, len(images), batch_size * 8):
+            chunk = images_to_device(images[start:start + batch_size * 8], device)
+            logits = predict_logits(model, chunk, mean, std, batch_size, tta)
+            probs.append(torch.sigmoid(logits).double().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(probs)
+
+
+def checkpoints(dataset: str) -> list[Path]:
+    """Detector checkpoints in ``results/<dataset>/models/`` (not resume files)."""
+    folder = paths.RESULTS / dataset / "models"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.pt")
+                  if not p.name.endswith(".last.pt") and not p.name.startswith("."))
+
+
+def best_checkpoint(dataset: str) -> Path:
+    """The checkpoint of ``dataset`` with the best validation accuracy (then lowest loss)."""
+    found = []
+    for path in checkpoints(dataset):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a corrupt file is not a candidate; load_detector explains it
+            continue
+        if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+            metrics = ckpt.get("metrics", {})
+            found.append((metrics.get("val_acc", 0.0), -metrics.get("val_loss", np.inf),
+                          path.stat().st_mtime, path))
+    if not found:
+        raise FileNotFoundError(
+            f"no trained detector in {paths.RESULTS / dataset / 'models'}; run "
+            f"`make train DATASET={dataset}` (or `python -m helpers.train --dataset {dataset}`)")
+    return max(found)[-1]

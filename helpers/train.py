@@ -1,0 +1,492 @@
+"""The detector's training loop, one for every model, from a notebook or the command line.
+
+The airbench recipe (Keller Jordan, 2024) adapted to a binary detector:
+
+* the uint8 cache is the dataset: it is moved to the device once (GPU memory on CUDA, plain
+  RAM on the CPU) and never decoded again;
+* augmentation runs batched on the device and only moves pixels (mirror, translation with
+  reflected borders); nothing resamples, blurs or recompresses them, because pixel-level
+  artefacts are what a detector reads;
+* mixed precision and channels_last on CUDA, optional ``torch.compile``;
+* SGD with Nesterov momentum (or AdamW), a linear warm-up then linear decay to zero,
+  label smoothing, weight decay on weights only, validation with a test-time mirror.
+
+Every epoch's randomness (order, mirrors, shifts) comes from a generator seeded with
+``(seed, epoch)``, so a run resumed from ``<model>.last.pt`` ends exactly where an
+uninterrupted one does, and two CPU runs with one seed give identical numbers.
+
+Command line (also under ``torchrun --nproc_per_node=N`` with DistributedDataParallel)::
+
+    python -m helpers.train --dataset demo --model fast --epochs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import paths
+from .accel import amp_dtype, autocast, channel_stats, images_to_device, to_float
+from .inference import CHECKPOINT_FORMAT, predict_logits
+from .models import build_model
+from .repro import atomic_path, environment_fingerprint, pick_device, seed_everything, set_cpu_threads
+
+RESUME_FORMAT = "aidetect-resume"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (saved in the checkpoint)."""
+
+    dataset: str = "demo"
+    model: str = "fast"  # see helpers.models.MODELS
+    width: int | None = None  # first-stage channels of `fast` (None: 64)
+    pretrained: bool = False  # resnet18: ImageNet weights from the torch hub cache
+    image_size: int | None = None  # None: the cache's; must match the cache otherwise
+    epochs: int = 10
+    batch_size: int = 128  # global: split across processes under torchrun
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw"
+    lr: float = 0.05  # peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # on conv/linear weights, not on biases and batch norm
+    warmup: float = 0.2  # fraction of the steps warming up linearly; then linear decay to 0
+    label_smoothing: float = 0.1  # targets 0/1 become ls/2 and 1 - ls/2
+    flip: bool = True  # random horizontal mirror
+    translate: int = 2  # random shift of up to this many pixels (reflected borders)
+    patience: int | None = None  # stop after this many epochs without a better validation
+    tta: bool = True  # validation averages each image with its mirror
+    seed: int = 0
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+    amp: bool = True  # mixed precision (CUDA only)
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model (CUDA; slow to start)
+    threads: int | None = None  # CPU threads (None: every core)
+    eval_batch_size: int = 512
+    deterministic: bool | None = None  # None: on the CPU yes, on CUDA no (cuDNN autotuning)
+
+
+# Per-dataset defaults, chosen by measurement on validation (see the module notes in the README
+# of notebook 03). Anything not listed takes TrainConfig's default.
+DEFAULTS: dict[str, dict] = {
+    # 3,200 32x32 images; `make all` must run in minutes on 2 CPU cores
+    "demo": dict(model="fast", width=32, epochs=6, batch_size=128, lr=0.05),
+    # 1,726 shoes cached at 128 px, 1,294 for training; <= 10 minutes on 2 CPU cores
+    "sneakers": dict(model="fast", width=32, epochs=30, batch_size=64, lr=0.05, translate=8),
+    # 100k 32x32 training images (90k train, 10k val), 20k official test images
+    "cifake": dict(model="fast", width=64, epochs=12, batch_size=512, lr=0.1, translate=2),
+}
+
+
+def default_config(dataset: str, **overrides) -> TrainConfig:
+    """The measured default configuration of ``dataset``; ``None`` overrides are ignored.
+
+    Choosing another model than the default drops the default's model-specific ``width``.
+    """
+    from .data import get_spec
+
+    spec = get_spec(dataset)
+    settings = {"image_size": spec.image_size, **DEFAULTS.get(dataset, {})}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise TypeError(f"unknown TrainConfig fields {sorted(unknown)}")
+    if overrides.get("model", settings.get("model")) != settings.get("model"):
+        settings.pop("width", None)
+    return TrainConfig(dataset=dataset, **{**settings, **overrides})
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns."""
+
+    model: nn.Module  # the best model (by validation), in eval mode
+    history: pd.DataFrame  # one row per epoch
+    metrics: dict  # best validation metrics: val_acc, val_loss, epoch
+    checkpoint: Path  # results/<dataset>/models/<model>.pt
+    seconds: float  # training wall time (all epochs, validation included)
+    images_per_s: float  # training images per second (training steps only)
+    config: TrainConfig
+    resumed_epochs: int = 0  # epochs taken from a `.last.pt` instead of trained in this call
+
+
+# --------------------------------------------------------------------------- pieces
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of one epoch's generator: derived from (seed, epoch), no hidden state."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def epoch_plan(n: int, config: TrainConfig, epoch: int, rank: int = 0, world: int = 1):
+    """Order, mirror flags and (dy, dx) shifts of one epoch; this process's shard of them.
+
+    Every process draws the same full plan and keeps every ``world``-th entry, so the
+    processes of a distributed run together see each image once per epoch.
+    """
+    gen = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+    order = torch.randperm(n, generator=gen)
+    flips = torch.rand(n, generator=gen) < 0.5 if config.flip else torch.zeros(n, dtype=torch.bool)
+    t = config.translate
+    shifts = torch.randint(-t, t + 1, (n, 2), generator=gen) if t else torch.zeros(n, 2, dtype=torch.long)
+    keep = slice(rank, n - n % world, world)
+    return order[keep], flips[keep], shifts[keep]
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def augment(images: torch.Tensor, index: torch.Tensor, flips: torch.Tensor,
+            shifts: torch.Tensor) -> torch.Tensor:
+    """Gather ``images[index]`` mirrored and shifted, in one indexing operation on the device.
+
+    ``images`` is (N, 3, H, W) uint8; shifts reflect the image at its borders. Pixels are
+    only moved, never interpolated. Returns (B, 3, H, W) uint8 in channels_last memory.
+    """
+    _, _, h, w = images.shape
+    device = images.device
+    index, flips, shifts = index.to(device), flips.to(device), shifts.to(device)
+    rows = _reflect(torch.arange(h, device=device)[None] + shifts[:, :1], h)  # (B, H)
+    cols = _reflect(torch.arange(w, device=device)[None] + shifts[:, 1:], w)  # (B, W)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    out = images[index[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, 3)
+    return out.permute(0, 3, 1, 2)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
+    """Linear warm-up over ``warmup`` of the ``total`` steps, then linear decay to zero."""
+    warm = max(1, round(warmup * total))
+    if step < warm:
+        return peak * (step + 1) / warm
+    return peak * max(0.0, (total - step) / max(1, total - warm))
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD-Nesterov or AdamW; weight decay on weights of rank >= 2 only."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {config.optimizer!r}")
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+             std: torch.Tensor, config: TrainConfig) -> dict[str, float]:
+    """Validation loss (without smoothing) and accuracy of uint8 images on the device."""
+    was_training = model.training
+    model.eval()
+    logits = predict_logits(model, images, mean, std, config.eval_batch_size, config.tta, config.amp)
+    model.train(was_training)
+    loss = F.binary_cross_entropy_with_logits(logits, labels).item()
+    acc = ((logits > 0).float() == labels).float().mean().item()
+    return {"val_loss": loss, "val_acc": acc}
+
+
+def _better(metrics: dict, best: dict | None) -> bool:
+    if best is None:
+        return True
+    return (metrics["val_acc"], -metrics["val_loss"]) > (best["val_acc"], -best["val_loss"])
+
+
+def _save(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+# --------------------------------------------------------------------------- the loop
+
+def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
+        resume: bool = True, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train ``config.model`` on the train split of ``cache``; select on its val split.
+
+    Writes ``<model>.pt`` (the best epoch so far, atomically), ``<model>_history.csv`` and,
+    while training, ``<model>.last.pt`` (resume point, removed at the end) to ``out_dir``
+    (default ``results/<dataset>/models/``). With ``resume`` a matching ``.last.pt``
+    (same configuration and data) is continued. ``on_epoch(epoch, row)`` runs after each
+    epoch's files are written. Under ``torch.distributed`` each process trains on its
+    shard of every epoch and only rank 0 writes files.
+    """
+    from tqdm.auto import tqdm
+
+    rank, world = _dist()
+    device = pick_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    if device.type == "cpu":
+        set_cpu_threads(config.threads)
+    deterministic = config.deterministic if config.deterministic is not None else device.type != "cuda"
+    seed_everything(config.seed, deterministic)
+
+    size = int(cache.images.shape[1])
+    if config.image_size not in (None, size):
+        raise ValueError(f"config.image_size={config.image_size} but the cache holds {size}px "
+                         f"images; build the cache with data.prepare(..., image_size="
+                         f"{config.image_size}) or leave image_size=None")
+    cached_dataset = cache.meta.get("dataset", config.dataset)
+    if cached_dataset != config.dataset:
+        raise ValueError(f"config.dataset={config.dataset!r} but the cache is of {cached_dataset!r}")
+    config = replace(config, image_size=size)
+    train_images, train_labels = cache.part("train")
+    val_images, val_labels = cache.part("val")
+    if len(train_images) == 0 or len(val_images) == 0:
+        raise ValueError(f"{cache.path}: needs train and val images (has {len(train_images)} "
+                         f"and {len(val_images)}); rebuild it with data.prepare(..., force=True)")
+    mean, std = channel_stats(train_images)
+
+    # the data lives on the device as uint8 for the whole run
+    x_train = images_to_device(train_images, device)
+    y_train = torch.from_numpy(train_labels.astype(np.float32)).to(device)
+    x_val = images_to_device(val_images, device)
+    y_val = torch.from_numpy(val_labels.astype(np.float32)).to(device)
+    mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+
+    model_options = {"width": config.width} if config.width else {}
+    net = build_model(config.model, size, pretrained=config.pretrained, **model_options).to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    net.to(memory_format=memory_format)
+    runner: nn.Module = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        runner = torch.compile(runner)
+    optimizer = make_optimizer(net, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and amp_dtype(device) == torch.float16)
+
+    out = Path(out_dir) if out_dir else paths.results_dir(config.dataset, "models")
+    ckpt_path = out / f"{config.model}.pt"
+    last_path = out / f"{config.model}.last.pt"
+    history_path = out / f"{config.model}_history.csv"
+    config_dict = asdict(config)
+
+    # ---- resume
+    rows: list[dict] = []
+    best: dict | None = None
+    best_state: dict | None = None
+    bad_epochs, stopped, start_epoch = 0, False, 0
+    if resume and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        if (state.get("format") == RESUME_FORMAT and state["config"] == config_dict
+                and state["data_fingerprint"] == cache.fingerprint):
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            rows, best, bad_epochs = state["history"], state["best"], state["bad_epochs"]
+            stopped, start_epoch = state["stopped"], state["epoch"]
+            best_state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+            if rank == 0 and progress:
+                print(f"resuming from {last_path} after epoch {start_epoch}")
+        elif rank == 0 and progress:
+            print(f"{last_path} is from another configuration or data: starting afresh")
+
+    n = len(x_train)
+    local_batch = max(1, min(config.batch_size // world, n // world))
+    steps = max(1, (n // world) // local_batch)
+    total_steps = steps * config.epochs
+    env = environment_fingerprint() if rank == 0 else None
+
+    bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",
+               unit="epoch", disable=not progress or rank != 0, initial=start_epoch,
+               total=config.epochs)
+    for epoch in bar:
+        if stopped:
+            break
+        runner.train()
+        started = time.perf_counter()
+        order, flips, shifts = epoch_plan(n, config, epoch, rank, world)
+        sum_loss = torch.zeros((), device=device)
+        sum_correct = torch.zeros((), device=device)
+        for step in tqdm(range(steps), desc=f"epoch {epoch + 1}", leave=False, mininterval=1.0,
+                         disable=not progress or rank != 0 or steps < 20):
+            lr = lr_at(epoch * steps + step, total_steps, config.lr, config.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = slice(step * local_batch, (step + 1) * local_batch)
+            index = order[batch]
+            x = to_float(augment(x_train, index, flips[batch], shifts[batch]), mean_t, std_t)
+            x = x.contiguous(memory_format=memory_format)
+            y = y_train[index.to(device)]
+            with autocast(device, config.amp):
+                logits = runner(x).float().flatten()
+            target = y * (1 - config.label_smoothing) + config.label_smoothing / 2
+            loss = F.binary_cross_entropy_with_logits(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            sum_loss += loss.detach() * len(y)
+            sum_correct += ((logits.detach() > 0).float() == y).sum()
+        seen = float(steps * local_batch)
+        train_loss, train_correct = sum_loss.item(), sum_correct.item()  # waits for the device
+        train_seconds = time.perf_counter() - started
+        if world > 1:
+            import torch.distributed as dist
+
+            train_loss, train_correct, seen = _all_reduce([train_loss, train_correct, seen], device)
+            for buffer in net.buffers():  # one set of batch-norm statistics everywhere
+                dist.broadcast(buffer, 0)
+        metrics = evaluate(net, x_val, y_val, mean_t, std_t, config)
+        seconds = time.perf_counter() - started
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / seen,
+               "train_acc": train_correct / seen, **metrics, "seconds": seconds,
+               "train_seconds": train_seconds, "images": seen,
+               "images_per_s": seen / max(train_seconds, 1e-9)}
+        rows.append(row)
+        if _better(metrics, best):
+            best, bad_epochs = {**metrics, "epoch": epoch + 1}, 0
+            best_state = _cpu_state(net)
+            if rank == 0:
+                _save({"format": CHECKPOINT_FORMAT, "version": 1, "model": config.model,
+                       "model_options": model_options, "dataset": config.dataset,
+                       "image_size": size, "mean": mean, "std": std, "state_dict": best_state,
+                       "config": config_dict, "metrics": best, "data_fingerprint": cache.fingerprint,
+                       "environment": env, "train_seconds": sum(r["seconds"] for r in rows),
+                       "epoch": epoch + 1}, ckpt_path)
+        else:
+            bad_epochs += 1
+        stopped = bool(config.patience) and bad_epochs >= config.patience
+        if rank == 0:
+            with atomic_path(history_path) as tmp:
+                pd.DataFrame(rows).to_csv(tmp, index=False)
+            _save({"format": RESUME_FORMAT, "config": config_dict, "data_fingerprint": cache.fingerprint,
+                   "epoch": epoch + 1, "model": _cpu_state(net), "optimizer": optimizer.state_dict(),
+                   "scaler": scaler.state_dict(), "history": rows, "best": best,
+                   "bad_epochs": bad_epochs, "stopped": stopped}, last_path)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.4f}",
+                        img_s=f"{row['images_per_s']:.0f}")
+        if on_epoch:
+            on_epoch(epoch + 1, row)
+    bar.close()
+
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every process is done with last.pt before it goes
+    if rank == 0:
+        last_path.unlink(missing_ok=True)
+    net.load_state_dict(best_state)
+    net.eval()
+    history = pd.DataFrame(rows)
+    return TrainResult(
+        model=net, history=history, metrics=best, checkpoint=ckpt_path,
+        seconds=float(history["seconds"].sum()),
+        images_per_s=float(history["images"].sum() / history["train_seconds"].sum()),
+        config=config, resumed_epochs=start_epoch)
+
+
+# --------------------------------------------------------------------------- command line
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aidetect-train",
+        description="Train a detector (same loop as notebook 03). Unset options take the "
+                    "dataset's default configuration (helpers.train.DEFAULTS). Works under "
+                    "`torchrun --nproc_per_node=N` (DistributedDataParallel).")
+    p.add_argument("--dataset", default="demo")
+    p.add_argument("--data-source", default=None, help="local folder or archive of the dataset")
+    p.add_argument("--model", default=None, help="seed_cnn, cifake_paper, resnet18 or fast")
+    p.add_argument("--width", type=int, default=None, help="first-stage channels of `fast`")
+    p.add_argument("--pretrained", action="store_true", default=None,
+                   help="resnet18: ImageNet weights (must already be in the torch hub cache)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--translate", type=int, default=None)
+    p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None)
+    p.add_argument("--no-tta", dest="tta", action="store_false", default=None)
+    p.add_argument("--compile", action="store_true", default=None)
+    p.add_argument("--no-resume", dest="resume", action="store_false")
+    p.add_argument("--out-dir", default=None, help="default: results/<dataset>/models/")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``aidetect-train`` / ``python -m helpers.train``: prepare the data, train, report."""
+    from . import data
+
+    args = _parser().parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        cuda = pick_device(args.device).type == "cuda"
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    rank = int(os.environ.get("RANK", "0"))
+    threads = args.threads
+    if distributed and threads is None:
+        threads = max(1, (os.cpu_count() or 1) // world)
+    config = default_config(
+        args.dataset, model=args.model, width=args.width, pretrained=args.pretrained,
+        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, translate=args.translate, patience=args.patience,
+        seed=args.seed, device=args.device, threads=threads, amp=args.amp, tta=args.tta,
+        compile=args.compile)
+    try:
+        if rank != 0:
+            dist.barrier()  # rank 0 builds the cache first
+        cache = data.prepare(args.dataset, args.data_source, config.image_size, args.seed,
+                             progress=rank == 0 and not args.quiet)
+        if distributed and rank == 0:
+            dist.barrier()
+        result = fit(cache, config, args.out_dir, progress=not args.quiet, resume=args.resume)
+        if rank == 0:
+            m = result.metrics
+            print(f"{config.model} on {config.dataset}: best val accuracy {m['val_acc']:.4f} "
+                  f"(loss {m['val_loss']:.4f}, epoch {m['epoch']}/{config.epochs}); "
+                  f"{result.seconds:.1f} s, {result.images_per_s:.0f} images/s"
+                  f"{f' on {world} processes' if distributed else ''}; saved {result.checkpoint}")
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
