@@ -82,7 +82,8 @@ def build_demo(seed: int = 0, n_train: int = 1200, n_test: int = 400, size: int 
     real_train = photo_crops(TRAIN_PHOTOS, n_train, size, rng)
     real_test = photo_crops(TEST_PHOTOS, n_test, size, rng)
 
-    config = GANConfig(resolution=size, ngf=32, ndf=32, batch_size=32, epochs=gan_epochs, seed=seed)
+    config = GANConfig(resolution=size, ngf=32, ndf=32, batch_size=min(32, n_train), epochs=gan_epochs,
+                       seed=seed)
     device = pick_device("cpu")  # the demo is the same on every machine: always on the CPU
     gan, history = train_gan(real_train, config, device, progress=progress)
     fakes = gan.generate(n_train + n_test, seed=seed + 1)

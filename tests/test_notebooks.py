@@ -52,3 +52,23 @@ def test_data_step_on_the_shared_shoes_copy(project_dirs, tmp_path):
     report = json.loads((results / "sneakers" / "data_report.json").read_text())
     assert report["n_images"] > 1500 and report["harmonise_jpeg"] == 90
     assert report["counts"]["test"]["REAL"] > 0 and report["counts"]["test"]["FAKE"] > 0
+
+
+@pytest.mark.slow
+def test_train_gan_evaluate_gradcam_notebooks_run_in_order(project_dirs, tmp_path):
+    """03 -> 04 -> 05 -> 06 on a tiny demo-layout set: the chain `make all` runs."""
+    _, results = project_dirs
+    source = str(write_dataset(tmp_path / "tiny", n_per_class=32))
+    common = dict(DATASET="demo", DATA_SOURCE=source)
+    run("01_download.ipynb", tmp_path, **common)
+    run("03_train_cnn.ipynb", tmp_path, EPOCHS=2, **common)
+    run("04_train_gan.ipynb", tmp_path, EPOCHS=1, BATCH_SIZE=16, WIDTH=8, FID_SAMPLES=16, N_EXPORT=16,
+        **common)
+    run("05_evaluate.ipynb", tmp_path, N_BOOTSTRAP=50, GALLERY_SIZE=4, **common)
+    run("06_gradcam.ipynb", tmp_path, N_PER_GROUP=2, N_AVERAGE=16, N_FAITHFUL=8, **common)
+    demo = results / "demo"
+    assert (demo / "models" / "fast.pt").exists()
+    assert list((demo / "curves").glob("*.png")) and list((demo / "generated_images").glob("*.png"))
+    metrics = (demo / "performance_metrics.csv").read_text()
+    assert "fast" in metrics and "ci_low" in metrics
+    assert (demo / "confusion_matrix.png").exists() and (demo / "gradcam" / "faithfulness.csv").exists()
