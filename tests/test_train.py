@@ -1,0 +1,110 @@
+"""The training loop: it learns, is deterministic, resumes exactly, round-trips checkpoints, runs DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import data, inference, train
+from tests.conftest import ROOT, write_dataset
+
+
+@pytest.fixture
+def tiny_cache(project_dirs, tmp_path):
+    source = write_dataset(tmp_path / "tiny", n_per_class=40)
+    return data.prepare("demo", source, seed=0, progress=False)
+
+
+def quick(dataset="demo", **overrides) -> train.TrainConfig:
+    settings = dict(model="fast", width=16, epochs=3, batch_size=32, lr=0.05, device="cpu", threads=2)
+    return train.default_config(dataset, **{**settings, **overrides})
+
+
+def test_default_configs_exist_for_every_dataset():
+    for name in data.DATASETS:
+        config = train.default_config(name)
+        assert config.dataset == name and config.epochs > 0 and config.model in ("fast", "resnet18")
+
+
+@pytest.mark.slow
+def test_a_tiny_run_lowers_the_loss_and_fits_64_images(project_dirs, tmp_path):
+    source = write_dataset(tmp_path / "fit", n_per_class=32, layout="shoes")
+    cache = data.prepare("demo", source, seed=0, progress=False)  # no JPEG step: raw pixels
+    # train on all 64 images (4 of them double as the loop's validation split)
+    cache.split[:] = 0
+    cache.split[[0, 1, 62, 63]] = 1
+    config = quick(epochs=20, batch_size=16, translate=0, flip=False, label_smoothing=0.0,
+                   tta=False, lr=0.02)
+    result = train.fit(cache, config, out_dir=tmp_path / "m", progress=False)
+    history = result.history
+    assert history["train_loss"].iloc[-1] < 0.5 * history["train_loss"].iloc[0]
+    images, labels = cache.images, cache.labels
+    assert len(images) == 64
+    p = inference.predict_proba(result.model, inference.load_detector(result.checkpoint)[1], images)
+    assert ((p >= 0.5) == labels).all()
+
+
+def test_two_cpu_runs_with_the_same_seed_are_identical(tiny_cache, tmp_path):
+    a = train.fit(tiny_cache, quick(), out_dir=tmp_path / "a", progress=False)
+    b = train.fit(tiny_cache, quick(), out_dir=tmp_path / "b", progress=False)
+    cols = ["train_loss", "train_acc", "val_loss", "val_acc"]
+    assert a.history[cols].equals(b.history[cols])
+    for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(x, y), k
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cache, tmp_path):
+    whole = train.fit(tiny_cache, quick(epochs=4), out_dir=tmp_path / "whole", progress=False)
+
+    def stop_after_two(epoch, row):
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.fit(tiny_cache, quick(epochs=4), out_dir=tmp_path / "cut", progress=False,
+                  on_epoch=stop_after_two)
+    assert (tmp_path / "cut" / "fast.last.pt").exists()
+    resumed = train.fit(tiny_cache, quick(epochs=4), out_dir=tmp_path / "cut", progress=False)
+    assert resumed.resumed_epochs == 2
+    cols = ["train_loss", "val_loss", "val_acc"]
+    assert np.allclose(whole.history[cols].to_numpy(), resumed.history[cols].to_numpy())
+    assert whole.metrics == resumed.metrics
+
+
+def test_checkpoint_round_trip(tiny_cache, tmp_path):
+    result = train.fit(tiny_cache, quick(epochs=2), out_dir=tmp_path / "m", progress=False)
+    model, info = inference.load_detector(result.checkpoint)
+    assert info["data_fingerprint"] == tiny_cache.fingerprint and info["image_size"] == 32
+    images, _ = tiny_cache.part("val")
+    assert np.allclose(inference.predict_proba(model, info, images),
+                       inference.predict_proba(result.model, info, images), atol=1e-6)
+    (tmp_path / "broken.pt").write_bytes(result.checkpoint.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="broken.pt"):
+        inference.load_detector(tmp_path / "broken.pt")
+    with pytest.raises(FileNotFoundError, match="make train"):
+        inference.load_detector(tmp_path / "models" / "missing.pt")
+
+
+@pytest.mark.slow
+def test_ddp_entry_point_with_two_gloo_processes(project_dirs, tmp_path):
+    source = write_dataset(tmp_path / "ddp", n_per_class=24)
+    out = tmp_path / "ddp_models"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "helpers.train", "--dataset", "demo", "--data-source", str(source), "--epochs", "2",
+           "--batch-size", "16", "--width", "16", "--device", "cpu", "--out-dir", str(out), "--quiet"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on 2 processes" in done.stdout
+    model, info = inference.load_detector(out / "fast.pt")
+    assert info["config"]["epochs"] == 2
