@@ -152,7 +152,8 @@ def decode(data: bytes, size: int, name: str = "<bytes>",
 def decode_file(path, size: int, jpeg_quality: int | None = None) -> tuple[np.ndarray, ImageInfo]:
     """:func:`decode` for a file on disk; a missing file is a :class:`BadImageError` too."""
     try:
-        data = open(path, "rb").read()
+        with open(path, "rb") as file:
+            data = file.read()
     except OSError as err:
         raise BadImageError(f"{path}: cannot read file ({err.strerror})") from None
     return decode(data, size, str(path), jpeg_quality)

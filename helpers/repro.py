@@ -12,9 +12,12 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 #: Packages whose versions are recorded with every result.
 TRACKED_PACKAGES = (
