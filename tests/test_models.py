@@ -56,3 +56,36 @@ def test_pretrained_weights_are_never_downloaded(tmp_path, monkeypatch):
 def test_count_parameters_counts_trainable_weights():
     model = models.build_model("cifake_paper", 32)
     assert models.count_parameters(model) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cam_target_layer_at_the_shoes_resolution(name):
+    model = models.build_model(name, 128).eval()
+    layer = models.cam_target_layer(model)
+    seen = {}
+    handle = layer.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 128, 128))
+    handle.remove()
+    assert min(seen["shape"][-2:]) >= 4
+
+
+def test_options_a_model_does_not_take_are_a_clear_error():
+    with pytest.raises(TypeError, match="does not take"):
+        models.build_model("seed_cnn", 32, width=8)
+    assert models.count_parameters(models.build_model("fast", 32, width=16)) < \
+        models.count_parameters(models.build_model("fast", 32, width=32))
+
+
+def test_pretrained_weights_come_from_the_hub_cache_when_present(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    torch.manual_seed(1)
+    source = torchvision.models.resnet18()  # stands in for the ImageNet file
+    path = models.pretrained_weights_path("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), path)
+    model = models.build_model("resnet18", 128, pretrained=True)
+    assert torch.equal(model.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
+    assert model.fc.weight.shape == (1, 512)  # the 1-logit head stays freshly initialised
