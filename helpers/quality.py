@@ -199,6 +199,37 @@ def fid_kid(real_features: np.ndarray, fake_features: np.ndarray, kid_subsets: i
             "n_real": n_real, "n_fake": n_fake, "fid_method": fid_method}
 
 
+def fid_extrapolated(real_features: np.ndarray, fake_features: np.ndarray, at: int = 10_000,
+                     points: int = 8, draws: int = 3, seed: int = 0) -> dict:
+    """FID projected to ``at`` samples per set and to infinitely many (FID-infinity).
+
+    FID is biased upwards by about ``k / N`` for ``N`` samples per set (Chong & Forsyth,
+    "Effectively Unbiased FID and Inception Score and where to find them", CVPR 2020). So
+    FID is computed on seeded subsets of ``points`` sizes from ``N/4`` to ``N`` (the smaller
+    set's size), averaged over ``draws`` subsets each, and a line is fitted in ``1/N``:
+    its intercept is FID-infinity, its value at ``1/at`` the FID a run with ``at``
+    generated and real images would report. A projection, not a measurement: label it so.
+    """
+    n = min(len(real_features), len(fake_features))
+    if n < 16:
+        raise ValueError(f"FID extrapolation needs at least 16 images per set, got {n}")
+    rng = np.random.default_rng(seed)
+    sizes = np.unique(np.linspace(n // 4, n, points).astype(int))
+    fids = []
+    for size in sizes:
+        runs = []
+        for _ in range(draws if size < n else 1):
+            r = rng.choice(len(real_features), size, replace=False)
+            f = rng.choice(len(fake_features), size, replace=False)
+            real = torch.from_numpy(np.asarray(real_features[r], np.float64))
+            fake = torch.from_numpy(np.asarray(fake_features[f], np.float64))
+            runs.append(_fid_low_rank(real, fake) if size < real.shape[1] else _fid_torchmetrics(real, fake))
+        fids.append(float(np.mean(runs)))
+    slope, intercept = np.polyfit(1.0 / sizes, fids, 1)
+    return {"fid_infinity": float(intercept), f"fid_at_{at}": float(intercept + slope / at),
+            "fid_bias_slope": float(slope), "fit_sizes": sizes.tolist(), "fit_fids": fids}
+
+
 def mean_pairwise_distance(x: np.ndarray, max_items: int = 2000, seed: int = 0) -> float:
     """Mean Euclidean distance over all pairs of rows of ``x`` (a seeded subset if larger)."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
@@ -245,11 +276,14 @@ class QualityReference:
 
 
 def score(fake_images: np.ndarray, reference: QualityReference, device: str | torch.device = "cpu",
-          batch_size: int = 50, progress: bool = False, seed: int = 0) -> dict:
+          batch_size: int = 50, progress: bool = False, seed: int = 0,
+          project_to: int | None = None) -> dict:
     """FID, KID and diversity of ``fake_images`` against ``reference``, with the sample counts.
 
     ``diversity_ratio`` is the generated images' mean pairwise feature distance over the real
-    images': near 1 is healthy, well below 1 is mode collapse.
+    images': near 1 is healthy, well below 1 is mode collapse. With ``project_to`` the result
+    also holds :func:`fid_extrapolated`'s ``fid_infinity`` and ``fid_projected`` (the FID
+    expected with ``project_to`` samples per set).
     """
     if fake_images.shape[1:3] != reference.images.shape[1:3]:
         raise ValueError(f"generated images are {fake_images.shape[1:3]}, real ones "
@@ -265,12 +299,20 @@ def score(fake_images: np.ndarray, reference: QualityReference, device: str | to
         pixel_diversity_real=float(pixel_diversity(reference.images, seed=seed)),
         score_seconds=time.perf_counter() - start,  # the reference's features were paid for once
     )
+    if project_to:
+        projection = fid_extrapolated(reference.features, fake_features, at=project_to, seed=seed)
+        result.update(fid_infinity=projection["fid_infinity"],
+                      fid_projected=projection[f"fid_at_{project_to}"], fid_projected_n=project_to)
     return result
 
 
 def describe(result: dict) -> str:
-    """One line: FID and KID with their sample counts, and diversity."""
-    return (f"FID {result['fid']:.2f}  KID {result['kid'] * 1000:.2f} ± {result['kid_std'] * 1000:.2f} (x1e-3)"
+    """One line: FID and KID with their sample counts, diversity, and any projection."""
+    line = (f"FID {result['fid']:.2f}  KID {result['kid'] * 1000:.2f} ± {result['kid_std'] * 1000:.2f} (x1e-3)"
             f"  [{result['n_fake']} generated vs {result['n_real']} real images]"
             f"  diversity ratio {result['diversity_ratio']:.2f}"
             f" (pixels {result['pixel_diversity_fake']:.3f} vs real {result['pixel_diversity_real']:.3f})")
+    if "fid_projected" in result:
+        line += (f"  projected FID {result['fid_projected']:.2f} at {result['fid_projected_n']:,} samples"
+                 f" (FID-inf {result['fid_infinity']:.2f})")
+    return line

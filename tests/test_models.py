@@ -89,3 +89,20 @@ def test_pretrained_weights_come_from_the_hub_cache_when_present(tmp_path, monke
     model = models.build_model("resnet18", 128, pretrained=True)
     assert torch.equal(model.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
     assert model.fc.weight.shape == (1, 512)  # the 1-logit head stays freshly initialised
+
+
+def test_two_scale_sums_a_half_size_view_and_a_native_pixel_view():
+    torch.manual_seed(0)
+    model = models.build_model("two_scale", 240).eval()
+    x = torch.randn(2, 3, 240, 240)
+    with torch.no_grad():
+        whole = model(x)
+        parts = model.global_view(torch.nn.functional.avg_pool2d(x, 2)) + model.local_view(x)
+    assert torch.allclose(whole, parts)
+    # the local view is fully convolutional: it reads every native pixel, not a resized copy
+    seen = {}
+    handle = model.local_view.stem.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert seen["shape"][-2:] == (120, 120)

@@ -80,3 +80,15 @@ def test_fid_is_about_zero_for_identical_images_and_large_for_real_vs_noise():
     assert vs_noise["fid"] > 100 and vs_noise["kid"] > 0.1 > abs(same["kid"])
     assert (vs_noise["n_real"], vs_noise["n_fake"]) == (30, 30)
     assert "30 generated vs 30 real" in quality.describe(vs_noise)
+
+
+def test_fid_extrapolation_removes_most_of_the_small_sample_bias():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(1000, 128)), rng.normal(size=(1000, 128))  # one distribution
+    shifted = b.copy()
+    shifted[:, 0] += 3.0  # true FID 9
+    same = quality.fid_extrapolated(a, b, at=10_000)
+    moved = quality.fid_extrapolated(a, shifted, at=10_000)
+    assert quality.fid_kid(a, b)["fid"] > 5 and abs(same["fid_infinity"]) < 1
+    assert abs(moved["fid_infinity"] - 9) < 1
+    assert same["fid_infinity"] < same["fid_at_10000"] < quality.fid_kid(a, b)["fid"]
