@@ -78,7 +78,7 @@ define execute
 	@$(PY) -m papermill $< $@.tmp.ipynb -k $(KERNEL) --cwd notebooks --log-output --no-progress-bar \
 	    $(NB_PARAMS) $(1) || { mv -f $@.tmp.ipynb $(@:.ipynb=.failed.ipynb) 2>/dev/null; \
 	    echo "!!! $< failed: see $(@:.ipynb=.failed.ipynb)"; exit 1; }
-	@mv $@.tmp.ipynb $@
+	@mv $@.tmp.ipynb $@ && rm -f $(@:.ipynb=.failed.ipynb)  # a stale failure would mislead
 	@$(PY) -m jupyter nbconvert --to html --log-level ERROR $@ --output-dir $(@D)
 endef
 

@@ -75,7 +75,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="sneakers", title="Shoes: real photos vs Midjourney images",
-            native_size=240, image_size=128, harmonise_jpeg=90,
+            native_size=240, image_size=240, harmonise_jpeg=90,
             kaggle_handle="sunnykakar/shoes-dataset-real-and-ai-generated-images",
             kaggle_version=1,
             citation="Kakar (2024), Shoes Dataset: Real and AI-Generated Images (MIT licence)",
@@ -215,7 +215,7 @@ def locate(dataset: str, source: str | os.PathLike | None = None, seed: int = 0)
     """Where the raw data of ``dataset`` is: a local copy, the demo folder, or a download."""
     spec = get_spec(dataset)
     if source:
-        path = Path(source).expanduser()
+        path = Path(source).expanduser().resolve()  # absolute: notebooks run from notebooks/
         if not path.exists():
             raise DataUnavailableError(
                 f"DATA_SOURCE={source} does not exist. Give the path of a folder or a .zip / "

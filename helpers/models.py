@@ -143,6 +143,10 @@ class TwoScaleNet(nn.Module):
     On the shoes' validation split the two views erred on different images (notes in
     ``helpers/train.py``'s ``DEFAULTS``); summing them keeps what each gets right. Made for
     shoe-sized images (240 px); it runs at any size of 16 px or more.
+
+    Grad-CAM reads the global view's layers, so its maps explain the global view's share of
+    the logit; the local view's share is the average of a map of patch scores and has no
+    single layer to attach to.
     """
 
     def __init__(self, image_size: int = 240, global_width: int = 32, local_width: int = 16):
@@ -226,7 +230,8 @@ def build_model(name: str, image_size: int, **options) -> nn.Module:
     """The model ``name`` for ``image_size`` x ``image_size`` inputs, giving (N, 1) logits.
 
     Options: ``pretrained=True`` for ``resnet18`` (ImageNet weights from the torch hub
-    cache, never downloaded); ``width`` for ``fast`` (first-stage channels, default 64).
+    cache, never downloaded); ``width`` for ``fast`` (first-stage channels, default 64);
+    ``width`` and ``local_width`` for ``two_scale`` (its two views, default 32 and 16).
     """
     try:
         factory = MODELS[name]

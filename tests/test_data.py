@@ -271,3 +271,11 @@ def test_demo_set_is_deterministic_and_labelled_as_demo(project_dirs):
     assert len(list((a / "train" / "FAKE").glob("*.png"))) == 16
     readme = " ".join((a / "README.txt").read_text().split())
     assert "DEMO" in readme and "*not* a benchmark" in readme
+
+
+def test_a_relative_data_source_becomes_absolute(tmp_path, monkeypatch):
+    # the cache records where its source is; notebooks run in notebooks/, so it must be absolute
+    (tmp_path / "copy").mkdir()
+    monkeypatch.chdir(tmp_path)
+    located = data.locate("sneakers", "copy")
+    assert located.is_absolute() and located == (tmp_path / "copy").resolve()
