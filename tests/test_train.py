@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import data, inference, train
+from helpers import data, inference, models, train
 from tests.conftest import ROOT, write_dataset
 
 
@@ -28,7 +28,8 @@ def quick(dataset="demo", **overrides) -> train.TrainConfig:
 def test_default_configs_exist_for_every_dataset():
     for name in data.DATASETS:
         config = train.default_config(name)
-        assert config.dataset == name and config.epochs > 0 and config.model in ("fast", "resnet18")
+        assert config.dataset == name and config.epochs > 0 and config.model in models.MODELS
+        assert config.image_size == data.get_spec(name).image_size
 
 
 @pytest.mark.slow
