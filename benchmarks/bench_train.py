@@ -31,9 +31,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import data, images as image_rule, train  # noqa: E402
-from helpers.models import build_model  # noqa: E402
-from helpers.repro import pick_device, seed_everything, set_cpu_threads  # noqa: E402
+from helpers import data, train
+from helpers import images as image_rule
+from helpers.models import build_model
+from helpers.repro import pick_device, seed_everything, set_cpu_threads
 
 ZIP = ROOT.parent / "shared" / "data" / "cifar10-test-jpg.zip"
 

@@ -15,9 +15,9 @@ import socket
 import tarfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -425,7 +425,7 @@ def build_cache(spec: DatasetSpec, raw: Path, target: Path, image_size: int, see
         "split_seed": seed, "val_fraction": val_fraction,
         "test_fraction": None if has_official else test_fraction,
         "official_split": bool(has_official), "cache_version": CACHE_VERSION,
-        "n_images": int(len(labels)), "n_skipped": len(skipped),
+        "n_images": len(labels), "n_skipped": len(skipped),
         "n_removed_leakage": int((split == DROPPED).sum()),
         "counts": {s: {c: int(((split == i) & (labels == k)).sum())
                        for k, c in enumerate(CLASS_NAMES)} for i, s in enumerate(SPLITS)},

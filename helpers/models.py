@@ -22,8 +22,8 @@ torchvision's file is already on disk; nothing is downloaded at run time.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -172,7 +172,7 @@ def update_readme(readme: Path | None = None) -> bool:
     if not readme.exists():
         return False
     text = readme.read_text()
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.DOTALL)
     if not pattern.search(text):
         return False
     new = pattern.sub(lambda _: f"{README_START}\n{readme_table()}\n{README_END}", text)

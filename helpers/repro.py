@@ -10,9 +10,10 @@ import platform
 import random
 import sys
 import tempfile
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def pick_device(requested: str = "auto") -> "torch.device":
+def pick_device(requested: str = "auto") -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; anything else is passed to torch."""
     import torch
 
