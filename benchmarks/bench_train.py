@@ -5,11 +5,12 @@ and converted by a ``DataLoader`` every epoch, fp32, each batch copied to the de
 Project: the images decoded once into a uint8 array that stays on the device, batched
 augmentation there, channels_last (and mixed precision on CUDA) - ``helpers.train.fit``.
 
-Both train the same model (``--models``, each in turn; ``fast`` at the CIFAKE default
-width, and the CIFAKE paper's small CNN, whose own compute is light enough that the data
-pipeline decides the speed) for the same number of epochs on the same 32x32 JPEGs: the CIFAR-10 test photos in ``../shared/data`` (labels:
-first five classes vs last five; only throughput matters here). Also prints the memory a
-120k-image 32x32 uint8 cache takes, and, on CUDA, the time of one epoch over 100k images.
+Both train the same model (``--models``, each in turn: ``fast`` at the CIFAKE default width,
+and the CIFAKE paper's small CNN, whose own compute is light enough that the data pipeline
+counts) for the same number of epochs on the same 32x32 JPEGs: the CIFAR-10 test photos in
+``../shared/data`` (labels: first five classes vs last five; only throughput matters here).
+Also prints the memory a 120k-image 32x32 uint8 cache takes, and, on CUDA, the time of one
+epoch over 100k images.
 
     python benchmarks/bench_train.py [--images 5000] [--epochs 2] [--device auto]
         [--models fast,cifake_paper]
@@ -65,7 +66,7 @@ def baseline_epochs(folder: Path, config: train.TrainConfig, device: torch.devic
                                    target_transform=lambda c: float(c >= 5))
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
                                          num_workers=2, drop_last=True, persistent_workers=False)
-    model = build_model(config.model, 32, **({"width": config.width} if config.width else {})).to(device)
+    model = build_model(config.model, 32, **config.model_options).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True)
     loss_fn = nn.BCEWithLogitsLoss()
     seen, start = 0, time.perf_counter()

@@ -303,7 +303,9 @@ def prepare(dataset: str = "demo", source: str | os.PathLike | None = None,
     source_fp = source_fingerprint(raw)
     target = cache_dir(dataset, source_fp, image_size, seed)
     if (target / "meta.json").exists() and not force:
-        return load_cache(target)
+        cache = load_cache(target)
+        cache.meta["source"] = str(raw)  # same files (same fingerprint), maybe moved since
+        return cache
     return build_cache(spec, raw, target, image_size, seed, val_fraction, test_fraction,
                        source_fp, progress)
 

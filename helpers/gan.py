@@ -583,8 +583,6 @@ def real_encodings(cache, max_probe: int = 25) -> list[Encoding]:
     by_file = {f: k for k, files in wanted.items() for f in files}
     if by_file:
         source = Path(cache.meta["source"])
-        if not source.is_absolute() and not source.exists():  # caches built before paths were
-            source = paths.ROOT / source  # stored absolute: relative to where `make` runs
         if not source.exists():
             raise FileNotFoundError(
                 f"{source}: the dataset's original files (cache.meta['source']) are gone, so their "

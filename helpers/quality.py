@@ -162,6 +162,16 @@ def _fid_low_rank(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(mean_term + a.square().sum() + b.square().sum() - 2 * trace_sqrt)
 
 
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor, method: str = "auto") -> tuple[float, str]:
+    """FID between two float64 feature sets and the method used: ``"low-rank"`` (exact, for
+    fewer samples than feature dimensions), ``"torchmetrics"``, or ``"auto"`` to pick."""
+    if method == "auto":
+        method = "low-rank" if min(len(real), len(fake)) < real.shape[1] else "torchmetrics"
+    if method not in ("low-rank", "torchmetrics"):
+        raise ValueError(f"fid_method must be auto, low-rank or torchmetrics, not {method!r}")
+    return (_fid_low_rank(real, fake) if method == "low-rank" else _fid_torchmetrics(real, fake)), method
+
+
 def fid_kid(real_features: np.ndarray, fake_features: np.ndarray, kid_subsets: int = 100,
             kid_subset_size: int = 1000, seed: int = 0, fid_method: str = "auto") -> dict:
     """FID and KID (mean, std over subsets) between two sets of Inception features.
@@ -181,11 +191,7 @@ def fid_kid(real_features: np.ndarray, fake_features: np.ndarray, kid_subsets: i
         raise ValueError(f"FID needs at least 2 images per set, got {n_real} real and {n_fake} generated")
     real = torch.from_numpy(np.asarray(real_features, np.float64))
     fake = torch.from_numpy(np.asarray(fake_features, np.float64))
-    if fid_method == "auto":
-        fid_method = "low-rank" if min(n_real, n_fake) < real.shape[1] else "torchmetrics"
-    if fid_method not in ("low-rank", "torchmetrics"):
-        raise ValueError(f"fid_method must be auto, low-rank or torchmetrics, not {fid_method!r}")
-    fid = _fid_low_rank(real, fake) if fid_method == "low-rank" else _fid_torchmetrics(real, fake)
+    fid, fid_method = frechet_distance(real, fake, fid_method)
     subset = min(kid_subset_size, max(2, min(n_real, n_fake) // 2))  # halves: a spread to report
     with _quiet():
         kid = KernelInceptionDistance(feature=_GivenFeatures(real.shape[1]), subsets=kid_subsets,
@@ -207,8 +213,8 @@ def fid_extrapolated(real_features: np.ndarray, fake_features: np.ndarray, at: i
     "Effectively Unbiased FID and Inception Score and where to find them", CVPR 2020). So
     FID is computed on seeded subsets of ``points`` sizes from ``N/4`` to ``N`` (the smaller
     set's size), averaged over ``draws`` subsets each, and a line is fitted in ``1/N``:
-    its intercept is FID-infinity, its value at ``1/at`` the FID a run with ``at``
-    generated and real images would report. A projection, not a measurement: label it so.
+    its intercept is FID-infinity, its value at ``1/at`` (``fid_projected``) the FID a run
+    with ``at`` generated and real images would report. A projection, not a measurement: label it so.
     """
     n = min(len(real_features), len(fake_features))
     if n < 16:
@@ -223,11 +229,12 @@ def fid_extrapolated(real_features: np.ndarray, fake_features: np.ndarray, at: i
             f = rng.choice(len(fake_features), size, replace=False)
             real = torch.from_numpy(np.asarray(real_features[r], np.float64))
             fake = torch.from_numpy(np.asarray(fake_features[f], np.float64))
-            runs.append(_fid_low_rank(real, fake) if size < real.shape[1] else _fid_torchmetrics(real, fake))
+            runs.append(frechet_distance(real, fake)[0])
         fids.append(float(np.mean(runs)))
     slope, intercept = np.polyfit(1.0 / sizes, fids, 1)
-    return {"fid_infinity": float(intercept), f"fid_at_{at}": float(intercept + slope / at),
-            "fid_bias_slope": float(slope), "fit_sizes": sizes.tolist(), "fit_fids": fids}
+    return {"fid_infinity": float(intercept), "fid_projected": float(intercept + slope / at),
+            "fid_projected_n": at, "fid_bias_slope": float(slope), "fit_sizes": sizes.tolist(),
+            "fit_fids": fids}
 
 
 def mean_pairwise_distance(x: np.ndarray, max_items: int = 2000, seed: int = 0) -> float:
@@ -301,8 +308,7 @@ def score(fake_images: np.ndarray, reference: QualityReference, device: str | to
     )
     if project_to:
         projection = fid_extrapolated(reference.features, fake_features, at=project_to, seed=seed)
-        result.update(fid_infinity=projection["fid_infinity"],
-                      fid_projected=projection[f"fid_at_{project_to}"], fid_projected_n=project_to)
+        result.update({k: projection[k] for k in ("fid_infinity", "fid_projected", "fid_projected_n")})
     return result
 
 

@@ -50,7 +50,7 @@ class TrainConfig:
 
     dataset: str = "demo"
     model: str = "fast"  # see helpers.models.MODELS
-    width: int | None = None  # first-stage channels of `fast` (None: 64)
+    width: int | None = None  # first-stage channels of `fast` (None: 64), of `two_scale`'s global view
     pretrained: bool = False  # resnet18: ImageNet weights from the torch hub cache
     image_size: int | None = None  # None: the cache's; must match the cache otherwise
     epochs: int = 10
@@ -74,6 +74,11 @@ class TrainConfig:
     threads: int | None = None  # CPU threads (None: every core)
     eval_batch_size: int = 512
     deterministic: bool | None = None  # None: on the CPU yes, on CUDA no (cuDNN autotuning)
+
+    @property
+    def model_options(self) -> dict:
+        """Keyword options of ``build_model`` this configuration sets (saved with checkpoints)."""
+        return {"width": self.width} if self.width else {}
 
 
 # Per-dataset defaults, chosen by measurement on validation, never on test (the notes below).
@@ -287,8 +292,7 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
     y_val = torch.from_numpy(val_labels.astype(np.float32)).to(device)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
 
-    model_options = {"width": config.width} if config.width else {}
-    net = build_model(config.model, size, pretrained=config.pretrained, **model_options).to(device)
+    net = build_model(config.model, size, pretrained=config.pretrained, **config.model_options).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     net.to(memory_format=memory_format)
     runner: nn.Module = net
@@ -385,7 +389,7 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
             best_state = _cpu_state(net)
             if rank == 0:
                 _save({"format": CHECKPOINT_FORMAT, "version": 1, "model": config.model,
-                       "model_options": model_options, "dataset": config.dataset,
+                       "model_options": config.model_options, "dataset": config.dataset,
                        "image_size": size, "mean": mean, "std": std, "state_dict": best_state,
                        "config": config_dict, "metrics": best, "data_fingerprint": cache.fingerprint,
                        "environment": env, "train_seconds": sum(r["seconds"] for r in rows),

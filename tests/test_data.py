@@ -279,3 +279,10 @@ def test_a_relative_data_source_becomes_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     located = data.locate("sneakers", "copy")
     assert located.is_absolute() and located == (tmp_path / "copy").resolve()
+
+
+def test_a_reused_cache_names_where_its_source_is_now(project_dirs, tiny_cifake, tmp_path):
+    first = data.prepare("cifake", tiny_cifake, progress=False)
+    moved = shutil.copytree(tiny_cifake, tmp_path / "moved")  # same files: same cache key
+    again = data.prepare("cifake", moved, progress=False)
+    assert again.path == first.path and again.meta["source"] == str(moved.resolve())

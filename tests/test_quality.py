@@ -91,4 +91,4 @@ def test_fid_extrapolation_removes_most_of_the_small_sample_bias():
     moved = quality.fid_extrapolated(a, shifted, at=10_000)
     assert quality.fid_kid(a, b)["fid"] > 5 and abs(same["fid_infinity"]) < 1
     assert abs(moved["fid_infinity"] - 9) < 1
-    assert same["fid_infinity"] < same["fid_at_10000"] < quality.fid_kid(a, b)["fid"]
+    assert same["fid_infinity"] < same["fid_projected"] < quality.fid_kid(a, b)["fid"]
