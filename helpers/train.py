@@ -87,7 +87,8 @@ DEFAULTS: dict[str, dict] = {
     # 3,200 32x32 images; `make all` must run in minutes on 2 CPU cores
     "demo": dict(model="fast", width=32, epochs=6, batch_size=128, lr=0.05),
     # 1,726 shoes at their native 240 px, 1,294 for training; <= 10 minutes on 2 CPU cores.
-    # Measured on the 173 validation images (seed 0, 30 epochs, 2 CPU cores, quiet machine):
+    # Measured on the 173 validation images (seed 0, 30 epochs, 2 CPU cores, quiet machine;
+    # the first four lines on 2026-11-22 with scripts not kept, the two_scale lines on 11-23):
     #   fast w32 on a 128-px resize ............................ 97.11 % (5 errors),  80 s
     #   fast w64 on a 128-px resize ............................ 97.69 % (4 errors), 781 s (busy machine)
     #   a patch model on random 64-px native crops ............. 95.38 %
