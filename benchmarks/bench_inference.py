@@ -10,11 +10,15 @@ depend on the weights):
 2. batched: ``--batch-size`` images per pass, otherwise the same;
 3. + channels_last and ``inference_mode``;
 4. + batch norm folded into the convolutions (``torch.fx.experimental.optimization.fuse``);
-5. (``--compile``) + ``torch.compile`` (inductor; needs a C++ compiler, slow to start);
-6. end to end: :func:`helpers.inference.predict_proba` on uint8 images, what notebook 05 and
+5. + bfloat16 autocast, on CPUs that multiply bfloat16 natively (AVX512-BF16, AMX): what
+   ``helpers.inference`` does there;
+6. (``--compile``) + ``torch.compile`` (inductor; needs a C++ compiler, slow to start);
+7. end to end: :func:`helpers.inference.predict_proba` on uint8 images, what notebook 05 and
    ``predict`` run (needs a checkpoint: ``--checkpoint`` or the best one of ``--dataset``).
 
-It also counts the model's FLOPs per image, so the figure can be set against what the CPU
+``fast`` is built as the CIFAKE default configures it (``helpers.train.DEFAULTS``: width 64,
+2x2 patch stem) unless ``--width`` / ``--patch`` say otherwise. It also counts the model's
+FLOPs per image, so the figure can be set against what the CPU
 can do at all: images/s x FLOPs per image = the arithmetic rate actually achieved.
 """
 
@@ -33,8 +37,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from helpers.accel import cpu_has_bf16
 from helpers.models import build_model, count_parameters
 from helpers.repro import set_cpu_threads
+from helpers.train import default_config
 
 TARGET = 5_000  # images/s at 32x32 on 2 CPU cores for the `fast` model (issue #5)
 
@@ -75,26 +81,32 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="fast")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--width", type=int, default=None, help="`fast` only: first-stage width")
+    parser.add_argument("--patch", type=int, default=None, help="`fast` only: stem patch side")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--checkpoint", default=None, help="for the end-to-end line")
     parser.add_argument("--dataset", default="demo", help="best checkpoint of this dataset")
-    parser.add_argument("--sweep-widths", default="16,32",
-                        help="`fast` only: also time the best variant at these widths ('' for none)")
+    parser.add_argument("--compare", default="1:64,2:32",
+                        help="`fast` only: also time these PATCH:WIDTH variants at the best settings "
+                             "(1:64 is the full-resolution design of earlier versions; '' for none)")
     args = parser.parse_args(argv)
 
     threads = set_cpu_threads(args.threads)
     torch.manual_seed(0)
-    options = {"width": args.width} if args.width else {}
+    options = {}
+    if args.model == "fast":
+        options = default_config("cifake").model_options  # the CIFAKE default's width and stem
+        options.update({k: v for k, v in (("width", args.width), ("patch", args.patch)) if v})
     model = build_model(args.model, args.image_size, **options).eval()
     size, bs = args.image_size, args.batch_size
     flops = flops_per_image(model, size)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"model {args.model}{f' width {args.width}' if args.width else ''} at {size}x{size}: "
+    print(f"model {args.model} {options or ''} at {size}x{size}: "
           f"{count_parameters(model):,} parameters, {flops / 1e6:.1f} MFLOP per image")
-    print(f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {threads} threads, "
+    print(f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, native bfloat16: "
+          f"{'yes' if cpu_has_bf16() else 'no'}), {os.cpu_count()} CPUs, torch {torch.__version__}, {threads} threads, "
           f"load average {load:.2f} at start (a shared machine runs slower)")
 
     x1 = torch.randn(1, 3, size, size)
@@ -127,6 +139,7 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         run(f"batch {bs}, channels_last, inference_mode", lambda: model_cl(xb_cl), bs)
         reference = model_cl(xb_cl)
+    best_model = model_cl
     try:
         from torch.fx.experimental.optimization import fuse
 
@@ -134,8 +147,16 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             diff = (fused(xb_cl) - reference).abs().max().item()
             run(f"+ conv-BN folded (max |logit diff| {diff:.1e})", lambda: fused(xb_cl), bs)
+        best_model = fused
     except Exception as err:  # noqa: BLE001 - a model fx cannot trace: say so, keep going
         print(f"  conv-BN folding not possible for {args.model}: {type(err).__name__}: {err}")
+    bf16 = cpu_has_bf16()
+    if bf16:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            diff = (best_model(xb_cl).float() - reference).abs().max().item()
+            run(f"+ bfloat16 autocast (max |logit diff| {diff:.1e})", lambda: best_model(xb_cl), bs)
+    else:
+        print("  bfloat16 autocast skipped: this CPU has no native bfloat16 arithmetic")
     if args.compile:
         compiled = torch.compile(model_cl)
         with torch.inference_mode():
@@ -149,17 +170,19 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             run(f"batch {bs}, channels_last, inference_mode, 1 thread", lambda: model_cl(xb_cl), bs)
         torch.set_num_threads(threads)
-    if args.model == "fast" and args.sweep_widths:
-        for width in (int(w) for w in args.sweep_widths.split(",")):
-            other = build_model("fast", size, width=width).eval()
+    if args.model == "fast" and args.compare:
+        for variant in args.compare.split(","):
+            patch, width = (int(v) for v in variant.split(":"))
+            other = build_model("fast", size, width=width, patch=patch).eval()
             with contextlib.suppress(Exception):  # untraceable: time it unfused
                 from torch.fx.experimental.optimization import fuse
 
                 other = fuse(other)
             other = other.to(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                run(f"width {width} ({flops_per_image(other, size) / 1e6:.0f} MFLOP): best variant",
-                    lambda m=other: m(xb_cl), bs)
+            precision = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+            with torch.inference_mode(), precision:
+                run(f"patch {patch} width {width} ({flops_per_image(other, size) / 1e6:.0f} MFLOP): "
+                    f"best settings", lambda m=other: m(xb_cl), bs)
 
     checkpoint = args.checkpoint
     try:
@@ -170,19 +193,20 @@ def main(argv=None) -> int:
         n = 4 * bs
         images = np.random.default_rng(0).integers(0, 256, (n, info["image_size"],
                                                             info["image_size"], 3), dtype=np.uint8)
-        width = (info.get("config") or {}).get("width")
-        run(f"end to end: predict_proba, uint8 in ({Path(checkpoint).name}, width {width})",
+        options = (info.get("config") or {})
+        options = {k: options.get(k) for k in ("width", "patch") if options.get(k)}
+        run(f"end to end: predict_proba, uint8 in ({Path(checkpoint).name}, {options})",
             lambda: predict_proba(detector, info, images, device="cpu", batch_size=bs), n)
     except Exception as err:  # noqa: BLE001 - no checkpoint yet: the rest still stands
         print(f"  end-to-end line skipped ({type(err).__name__}: {err})")
 
-    main_rows = [r for r in rows[n_baselines:] if not r[0].startswith(("width ", "end to end"))]
+    main_rows = [r for r in rows[n_baselines:] if not r[0].startswith(("patch ", "end to end"))]
     best_name, best = max(main_rows, key=lambda r: r[1])
     print(f"\nbest: {best:,.0f} images/s ({best_name}), baseline {baseline[0]:,.0f} images/s, "
           f"x{best / baseline[0]:.1f}")
     print(f"achieved {best * flops / 1e9:.1f} GFLOP/s; the target of {TARGET:,} images/s would need "
           f"{TARGET * flops / 1e9:.0f} GFLOP/s for this model")
-    if args.model == "fast" and size == 32 and not args.width:
+    if args.model == "fast" and size == 32 and not (args.width or args.patch):
         verdict = "MET" if best >= TARGET else "NOT MET"
         print(f"target {TARGET:,} images/s at 32x32 for `fast`: {verdict}")
     return 0

@@ -70,10 +70,12 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   batch_size: int = 512, tta: bool = False, amp: bool = True) -> torch.Tensor:
+                   batch_size: int = 512, tta: bool = False, amp: bool = True,
+                   cpu_amp: bool = False) -> torch.Tensor:
     """Logits (N,) of a uint8 (N, 3, H, W) tensor already on the model's device.
 
-    ``tta`` averages the logits of each image and its mirror image.
+    ``tta`` averages the logits of each image and its mirror image. ``amp`` runs the model in
+    mixed precision on CUDA; ``cpu_amp`` in bfloat16 on CPUs that have it natively.
     """
     device = images.device
     out = []
@@ -81,7 +83,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, s
         x = to_float(images[start:start + batch_size], mean, std)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
+        with autocast(device, amp, cpu=cpu_amp):
             logits = model(x).float().flatten()
             if tta:
                 logits = (logits + model(x.flip(3)).float().flatten()) / 2
@@ -94,7 +96,8 @@ def predict_proba(model: nn.Module, info: dict, images: np.ndarray, device: str 
     """P(FAKE) for (N, H, W, 3) uint8 ``images`` (a single (H, W, 3) image is allowed).
 
     Images must be ``info['image_size']`` pixels square, decoded by the project's rule
-    (:func:`helpers.images.decode`). ``model`` must already be on ``device``.
+    (:func:`helpers.images.decode`). ``model`` must already be on ``device``. A model trained
+    with ``cpu_amp`` is scored in bfloat16 on CPUs that have it, as its validation was.
     """
     images = np.asarray(images)
     if images.ndim == 3:
@@ -110,6 +113,7 @@ def predict_proba(model: nn.Module, info: dict, images: np.ndarray, device: str 
         return np.zeros(0, dtype=np.float64)
     mean = torch.tensor(info["mean"], device=device)
     std = torch.tensor(info["std"], device=device)
+    cpu_amp = bool((info.get("config") or {}).get("cpu_amp"))  # score as it was trained
     was_training = model.training
     model.eval()
     probs = []
@@ -117,7 +121,7 @@ def predict_proba(model: nn.Module, info: dict, images: np.ndarray, device: str 
         # move a chunk at a time: the caller's array may be far larger than the device
         for start in range(0, len(images), batch_size * 8):
             chunk = images_to_device(images[start:start + batch_size * 8], device)
-            logits = predict_logits(model, chunk, mean, std, batch_size, tta)
+            logits = predict_logits(model, chunk, mean, std, batch_size, tta, cpu_amp=cpu_amp)
             probs.append(torch.sigmoid(logits).double().cpu().numpy())
     finally:
         model.train(was_training)

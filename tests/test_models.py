@@ -106,3 +106,28 @@ def test_two_scale_sums_a_half_size_view_and_a_native_pixel_view():
         model(x)
     handle.remove()
     assert seen["shape"][-2:] == (120, 120)
+
+
+def test_fast_patch_stem_on_32px_runs_the_blocks_at_16px_from_every_pixel():
+    torch.manual_seed(0)
+    model = models.build_model("fast", 32, width=16, patch=2).eval()
+    seen = {}
+    handle = model.stem.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    handle.remove()
+    assert out.shape == (2, 1) and seen["shape"][-2:] == (16, 16)
+    # the stem is a linear map of each 2x2 patch with at least as many outputs as inputs
+    stem = model.stem[0]
+    assert stem.kernel_size == stem.stride == (2, 2) and stem.out_channels >= 3 * 2 * 2
+    assert min(_map_shape(model, models.cam_target_layer(model), 32)) >= 4
+    assert models.build_model("fast", 32).patch == 1  # without the option: full resolution
+
+
+def _map_shape(model, layer, size):
+    seen = {}
+    handle = layer.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
+    with torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    handle.remove()
+    return seen["shape"][-2:]

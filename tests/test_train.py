@@ -64,22 +64,34 @@ class Interrupt(Exception):
 
 
 @pytest.mark.slow
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cache, tmp_path):
-    whole = train.fit(tiny_cache, quick(epochs=4), out_dir=tmp_path / "whole", progress=False)
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_cache, tmp_path, ema):
+    whole = train.fit(tiny_cache, quick(epochs=4, ema=ema), out_dir=tmp_path / "whole", progress=False)
 
     def stop_after_two(epoch, row):
         if epoch == 2:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train.fit(tiny_cache, quick(epochs=4), out_dir=tmp_path / "cut", progress=False,
+        train.fit(tiny_cache, quick(epochs=4, ema=ema), out_dir=tmp_path / "cut", progress=False,
                   on_epoch=stop_after_two)
     assert (tmp_path / "cut" / "fast.last.pt").exists()
-    resumed = train.fit(tiny_cache, quick(epochs=4), out_dir=tmp_path / "cut", progress=False)
+    resumed = train.fit(tiny_cache, quick(epochs=4, ema=ema), out_dir=tmp_path / "cut", progress=False)
     assert resumed.resumed_epochs == 2
     cols = ["train_loss", "val_loss", "val_acc"]
     assert np.allclose(whole.history[cols].to_numpy(), resumed.history[cols].to_numpy())
     assert whole.metrics == resumed.metrics
+
+
+def test_ema_weights_are_the_ones_validated_and_saved(tiny_cache, tmp_path):
+    raw = train.fit(tiny_cache, quick(epochs=2), out_dir=tmp_path / "raw", progress=False)
+    ema = train.fit(tiny_cache, quick(epochs=2, ema=0.5), out_dir=tmp_path / "ema", progress=False)
+    saved = torch.load(ema.checkpoint, weights_only=True)
+    assert saved["config"]["ema"] == 0.5
+    for key, value in ema.model.state_dict().items():
+        assert torch.equal(saved["state_dict"][key], value), key
+    # same seed, same steps: only the averaging differs, so the saved weights differ
+    assert not torch.equal(raw.model.head.weight, ema.model.head.weight)
 
 
 def test_checkpoint_round_trip(tiny_cache, tmp_path):

@@ -1,0 +1,39 @@
+"""Mixed precision is used only where it is faster: CUDA, and CPUs with native bfloat16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import accel
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_autocast_only_on_cpus_with_native_bfloat16(monkeypatch, native):
+    monkeypatch.setattr(accel, "cpu_has_bf16", lambda: native)
+    assert accel.amp_dtype(CPU, cpu=True) == (torch.bfloat16 if native else None)
+    assert accel.amp_dtype(CPU) is None  # the GAN does not ask for it
+    with accel.autocast(CPU, enabled=True, cpu=True):
+        y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert y.dtype == (torch.bfloat16 if native else torch.float32)
+    with accel.autocast(CPU, enabled=False, cpu=True):
+        assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_cpu_has_bf16_reads_the_processor_flags(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert accel.cpu_has_bf16() is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert accel.cpu_has_bf16() is True
+
+
+def test_uint8_batches_become_normalised_floats_in_the_same_layout():
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.2, 0.2])
+    x = accel.to_float(images, mean, std)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(x[:, 1], (images[:, 1].float() / 255 - 0.4) / 0.2)
