@@ -121,3 +121,18 @@ def test_ddp_entry_point_with_two_gloo_processes(project_dirs, tmp_path):
     assert "on 2 processes" in done.stdout
     model, info = inference.load_detector(out / "fast.pt")
     assert info["config"]["epochs"] == 2
+
+
+def test_tone_augmentation_scales_contrast_and_shifts_brightness_per_image():
+    config = train.TrainConfig(tone=0.3)
+    order, flips, shifts, tone = train.epoch_plan(50, config, epoch=0)
+    plain = train.epoch_plan(50, train.TrainConfig(), epoch=0)
+    assert torch.equal(order, plain[0]) and torch.equal(shifts, plain[2])  # other draws unchanged
+    assert torch.equal(plain[3], torch.tensor([[1.0, 0.0]] * 50))  # tone=0: identity
+    assert (tone[:, 0] - 1).abs().max() <= 0.3 and tone[:, 1].abs().max() <= 0.3
+    assert tone[:, 1].std() > 0.05  # really random per image
+    x, std = torch.randn(2, 3, 4, 4), torch.tensor([0.5, 0.25, 0.2])
+    out = train.adjust_tone(x, torch.tensor([[2.0, 0.0], [1.0, 0.1]]), std)
+    centre = x[0].mean()
+    assert torch.allclose(out[0] - centre, 2 * (x[0] - centre), atol=1e-6)
+    assert torch.allclose(out[1] - x[1], (0.1 / std).view(3, 1, 1).expand(3, 4, 4), atol=1e-6)
