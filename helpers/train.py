@@ -110,8 +110,20 @@ DEFAULTS: dict[str, dict] = {
     #   two_scale w32 / local 32 at 240 px ..................... 98.27 % at epoch 26 of 30
     #     (stopped there), ~21 s an epoch: twice the time for no gain
     "sneakers": dict(model="two_scale", width=32, epochs=30, batch_size=64, lr=0.05, translate=8),
-    # 100k 32x32 training images (90k train, 10k val), 20k official test images
-    "cifake": dict(model="fast", width=64, epochs=12, batch_size=512, lr=0.1, translate=2),
+    # 100k 32x32 training images (90k train, 10k val), 20k official test images. CIFAKE itself
+    # could not be downloaded here, so the stem was chosen on a 32-px stand-in: the shoes
+    # images downsized to 32 px (real photos vs a diffusion model, as CIFAKE), same training
+    # settings, mean over split seeds 0-2 of the 173 validation images (2026-11-24):
+    #   stem / width           MFLOP  val errors (per seed)  AUC     val loss  inference bf16 / fp32
+    #   3x3 full-res / 64 .... 172    3.3 (5, 1, 4)          0.9951  0.1157    1,679 / 746 images/s
+    #   3x3 full-res / 32 ....  43    3.7 (5, 2, 4)          0.9887  0.1191    4,560 / 2,677
+    #   2x2 patch / 96 .......  96    3.3 (4, 1, 5)          0.9929  0.1116    3,574 / 1,759
+    #   2x2 patch / 64 .......  43    5.0 (6, 4, 5)          0.9919  0.1152    7,514 / 3,776
+    # Differences of one or two errors in 173 are noise; the 2x2 patch stem at width 64 is the
+    # only one that meets 5,000 images/s on 2 CPU cores (bf16 autocast) and trains 4x faster
+    # than the full-resolution design, so it is the default.
+    "cifake": dict(model="fast", width=64, patch=2, epochs=12, batch_size=512, lr=0.1, translate=2,
+                   cpu_amp=True),
 }
 
 
