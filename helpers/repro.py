@@ -88,6 +88,8 @@ def environment_fingerprint() -> dict[str, Any]:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
+        # CPU kernels (and bf16 autocast, helpers.accel.cpu_has_bf16) depend on the instruction set
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         info["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
