@@ -136,3 +136,18 @@ def test_tone_augmentation_scales_contrast_and_shifts_brightness_per_image():
     centre = x[0].mean()
     assert torch.allclose(out[0] - centre, 2 * (x[0] - centre), atol=1e-6)
     assert torch.allclose(out[1] - x[1], (0.1 / std).view(3, 1, 1).expand(3, 4, 4), atol=1e-6)
+
+
+def test_a_cpu_amp_checkpoint_is_scored_in_bfloat16_where_the_cpu_has_it(tiny_cache, tmp_path, monkeypatch):
+    from helpers import accel
+
+    monkeypatch.setattr(accel, "cpu_has_bf16", lambda: True)  # emulated where not native
+    result = train.fit(tiny_cache, quick(epochs=1, cpu_amp=True), out_dir=tmp_path / "m", progress=False)
+    model, info = inference.load_detector(result.checkpoint)
+    assert info["config"]["cpu_amp"] is True
+    images, _ = tiny_cache.part("val")
+    bf16 = inference.predict_proba(model, info, images)
+    fp32 = inference.predict_proba(model, {**info, "config": {**info["config"], "cpu_amp": False}}, images)
+    assert not np.array_equal(bf16, fp32) and np.allclose(bf16, fp32, atol=0.05)
+    monkeypatch.setattr(accel, "cpu_has_bf16", lambda: False)  # e.g. an AVX2-only CPU: fp32
+    assert np.array_equal(inference.predict_proba(model, info, images), fp32)
