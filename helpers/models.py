@@ -162,6 +162,26 @@ class TwoScaleNet(nn.Module):
         return self.global_view(F.avg_pool2d(x, 2)) + self.local_view(x)
 
 
+class Ensemble(nn.Module):
+    """``members`` independently initialised copies of one model, their logits averaged.
+
+    In training mode it returns every member's own logit, (N, K), so that the training loop
+    gives each member its own loss: the members learn independently (same batches, different
+    starting weights) and make partly different mistakes, which the average then outvotes. In
+    eval mode it returns the mean logit, (N, 1), like any other model. Grad-CAM reads the
+    first member's layers, so its maps explain that member's share of the mean.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.cam_candidates = getattr(members[0], "cam_candidates", [])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.cat([member(x) for member in self.members], dim=1)
+        return logits if self.training else logits.mean(dim=1, keepdim=True)
+
+
 # --------------------------------------------------------------------------- pretrained weights
 
 def pretrained_weights_path(arch: str = "resnet18") -> Path:
@@ -234,17 +254,20 @@ def build_model(name: str, image_size: int, **options) -> nn.Module:
     Options: ``pretrained=True`` for ``resnet18`` (ImageNet weights from the torch hub
     cache, never downloaded); ``width`` for ``fast`` (first-stage channels, default 64) and
     ``patch`` (side of its stem's patches; default: whatever brings the input to ~32x32);
-    ``width`` and ``local_width`` for ``two_scale`` (its two views, default 32 and 16).
+    ``width`` and ``local_width`` for ``two_scale`` (its two views, default 32 and 16);
+    ``members=K`` for any model: an :class:`Ensemble` of K independently initialised copies.
     """
     try:
         factory = MODELS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
     options = {k: v for k, v in options.items() if v is not None and v is not False}
+    members = options.pop("members", 1)
     try:
-        model = factory(image_size, **options)
+        built = [factory(image_size, **options) for _ in range(members)]
     except TypeError:
         raise TypeError(f"model {name!r} does not take the options {sorted(options)}") from None
+    model = built[0] if members == 1 else Ensemble(built)
     model.image_size = image_size
     return model
 

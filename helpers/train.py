@@ -53,6 +53,7 @@ class TrainConfig:
     model: str = "fast"  # see helpers.models.MODELS
     width: int | None = None  # first-stage channels of `fast` (None: 64), of `two_scale`'s global view
     patch: int | None = None  # `fast`: stem patch side (None: the input brought to ~32x32)
+    members: int | None = None  # train an ensemble of this many independent copies (models.Ensemble)
     pretrained: bool = False  # resnet18: ImageNet weights from the torch hub cache
     image_size: int | None = None  # None: the cache's; must match the cache otherwise
     epochs: int = 10
@@ -87,7 +88,7 @@ class TrainConfig:
     @property
     def model_options(self) -> dict:
         """Keyword options of ``build_model`` this configuration sets (saved with checkpoints)."""
-        options = {"width": self.width, "patch": self.patch}
+        options = {"width": self.width, "patch": self.patch, "members": self.members}
         return {k: v for k, v in options.items() if v}
 
 
@@ -130,8 +131,8 @@ DEFAULTS: dict[str, dict] = {
 def default_config(dataset: str, **overrides) -> TrainConfig:
     """The measured default configuration of ``dataset``; ``None`` overrides are ignored.
 
-    Choosing another model than the default drops the default's model-specific ``width``
-    and ``patch``.
+    Choosing another model than the default drops the default's ``width``, ``patch`` and
+    ``members``.
     """
     from .data import get_spec
 
@@ -144,6 +145,7 @@ def default_config(dataset: str, **overrides) -> TrainConfig:
     if overrides.get("model", settings.get("model")) != settings.get("model"):
         settings.pop("width", None)
         settings.pop("patch", None)
+        settings.pop("members", None)
     return TrainConfig(dataset=dataset, **{**settings, **overrides})
 
 
@@ -407,16 +409,22 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
             x = x.contiguous(memory_format=memory_format)
             y = y_train[index.to(device)]
             with autocast(device, config.amp, cpu=config.cpu_amp):
-                logits = runner(x).float().flatten()
+                logits = runner(x).float()  # (B, 1), or (B, K) for an ensemble of K members
             target = y * (1 - config.label_smoothing) + config.label_smoothing / 2
-            loss = F.binary_cross_entropy_with_logits(logits, target)
+            if logits.shape[1] == 1:
+                logits = logits.flatten()
+                loss = F.binary_cross_entropy_with_logits(logits, target)
+            else:  # every member its own loss: summed, so each gets a full-size gradient
+                loss = F.binary_cross_entropy_with_logits(
+                    logits, target[:, None].expand_as(logits), reduction="none").mean(0).sum()
+                logits = logits.mean(1)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             if ema is not None:
                 ema.update_parameters(net)
-            sum_loss += loss.detach() * len(y)
+            sum_loss += loss.detach() * len(y) / (config.members or 1)
             sum_correct += ((logits.detach() > 0).float() == y).sum()
         seen = float(steps * local_batch)
         train_loss, train_correct = sum_loss.item(), sum_correct.item()  # waits for the device
@@ -490,6 +498,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="fast, two_scale, resnet18, seed_cnn or cifake_paper")
     p.add_argument("--width", type=int, default=None, help="first-stage channels of `fast` (of the global view of `two_scale`)")
     p.add_argument("--patch", type=int, default=None, help="stem patch side of `fast` (2 on 32x32: 16x16 maps)")
+    p.add_argument("--members", type=int, default=None, help="train an ensemble of this many independent copies")
     p.add_argument("--pretrained", action="store_true", default=None,
                    help="resnet18: ImageNet weights (must already be in the torch hub cache)")
     p.add_argument("--image-size", type=int, default=None)
@@ -535,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     if distributed and threads is None:
         threads = max(1, (os.cpu_count() or 1) // world)
     config = default_config(
-        args.dataset, model=args.model, width=args.width, patch=args.patch, pretrained=args.pretrained,
+        args.dataset, model=args.model, width=args.width, patch=args.patch, members=args.members,
+        pretrained=args.pretrained,
         image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, translate=args.translate, patience=args.patience,

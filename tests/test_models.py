@@ -131,3 +131,18 @@ def _map_shape(model, layer, size):
         model(torch.randn(1, 3, size, size))
     handle.remove()
     return seen["shape"][-2:]
+
+
+def test_an_ensemble_gives_member_logits_in_training_and_their_mean_in_eval():
+    torch.manual_seed(0)
+    model = models.build_model("fast", 32, width=8, members=3)
+    assert isinstance(model, models.Ensemble) and len(model.members) == 3
+    first, second = (m.stem[0].weight for m in model.members[:2])
+    assert not torch.equal(first, second)  # independently initialised
+    x = torch.randn(4, 3, 32, 32)
+    assert model.train()(x).shape == (4, 3)
+    model.eval()
+    with torch.no_grad():
+        each = torch.cat([m(x) for m in model.members], dim=1)
+        assert torch.allclose(model(x), each.mean(1, keepdim=True))
+    assert models.cam_target_layer(model) in list(model.members[0].modules())

@@ -151,3 +151,25 @@ def test_a_cpu_amp_checkpoint_is_scored_in_bfloat16_where_the_cpu_has_it(tiny_ca
     assert not np.array_equal(bf16, fp32) and np.allclose(bf16, fp32, atol=0.05)
     monkeypatch.setattr(accel, "cpu_has_bf16", lambda: False)  # e.g. an AVX2-only CPU: fp32
     assert np.array_equal(inference.predict_proba(model, info, images), fp32)
+
+
+def test_ensemble_members_learn_independently_and_round_trip(tiny_cache, tmp_path):
+    config = quick(epochs=2, members=2)
+    result = train.fit(tiny_cache, config, out_dir=tmp_path / "m", progress=False)
+    model, info = inference.load_detector(result.checkpoint)
+    assert isinstance(model, models.Ensemble) and info["config"]["members"] == 2
+    images, _ = tiny_cache.part("val")
+    assert np.allclose(inference.predict_proba(model, info, images),
+                       inference.predict_proba(result.model, info, images), atol=1e-6)
+    # each member gets the gradient of its own loss only: member 0 of an ensemble trains
+    # exactly like a single model with the same starting weights and batches
+    torch.manual_seed(0)
+    ensemble = models.build_model("fast", 32, width=8, members=2)
+    single = models.build_model("fast", 32, width=8)
+    single.load_state_dict(ensemble.members[0].state_dict())
+    x, y = torch.randn(8, 3, 32, 32), torch.rand(8)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        ensemble.train()(x), y[:, None].expand(8, 2), reduction="none").mean(0).sum()
+    loss.backward()
+    torch.nn.functional.binary_cross_entropy_with_logits(single.train()(x).flatten(), y).backward()
+    assert torch.allclose(ensemble.members[0].stem[0].weight.grad, single.stem[0].weight.grad, atol=1e-6)
