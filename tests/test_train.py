@@ -125,7 +125,7 @@ def test_ddp_entry_point_with_two_gloo_processes(project_dirs, tmp_path):
 
 def test_tone_augmentation_scales_contrast_and_shifts_brightness_per_image():
     config = train.TrainConfig(tone=0.3)
-    order, flips, shifts, tone = train.epoch_plan(50, config, epoch=0)
+    order, _, shifts, tone = train.epoch_plan(50, config, epoch=0)
     plain = train.epoch_plan(50, train.TrainConfig(), epoch=0)
     assert torch.equal(order, plain[0]) and torch.equal(shifts, plain[2])  # other draws unchanged
     assert torch.equal(plain[3], torch.tensor([[1.0, 0.0]] * 50))  # tone=0: identity
