@@ -110,7 +110,10 @@ DEFAULTS: dict[str, dict] = {
     #     two seeds' mean logit 97.11 %: seed noise is about a point, as large as the gaps
     #   two_scale w32 / local 32 at 240 px ..................... 98.27 % at epoch 26 of 30
     #     (stopped there), ~21 s an epoch: twice the time for no gain
-    # On 2026-11-24 (AMD EPYC with AVX512-BF16; /tmp scripts calling fit, validation only):
+    # On 2026-11-24 (AMD EPYC with AVX512-BF16; validation only; each single model is from
+    # `python -m helpers.train --dataset sneakers --data-source ../shared/data/sneakers
+    #  --split-seed S --seed T [--cpu-amp] [--ema 0.99] [--tone 0.3] --out-dir DIR`; the
+    #  ensembles average the validation logits of the two seeds' checkpoints):
     #   the default again, fp32 ..................................... 3 errors (98.27 %), 308 s
     #   the default with cpu_amp (bf16) .............................. 2 errors, 228 s
     #   + EMA of the weights (ema=0.99) .............................. 3 errors
@@ -524,7 +527,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-amp", dest="cpu_amp", action="store_true", default=None,
                    help="bfloat16 autocast on CPUs with native bfloat16 (AVX512-BF16, AMX)")
     p.add_argument("--patience", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed, and split seed unless --split-seed")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the train/val/test split (default: --seed); vary --seed alone to "
+                        "measure seed noise on one split")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None)
@@ -565,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if rank != 0:
             dist.barrier()  # rank 0 builds the cache first
-        cache = data.prepare(args.dataset, args.data_source, config.image_size, args.seed,
+        split_seed = args.seed if args.split_seed is None else args.split_seed
+        cache = data.prepare(args.dataset, args.data_source, config.image_size, split_seed,
                              progress=rank == 0 and not args.quiet)
         if distributed and rank == 0:
             dist.barrier()

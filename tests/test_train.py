@@ -173,3 +173,15 @@ def test_ensemble_members_learn_independently_and_round_trip(tiny_cache, tmp_pat
     loss.backward()
     torch.nn.functional.binary_cross_entropy_with_logits(single.train()(x).flatten(), y).backward()
     assert torch.allclose(ensemble.members[0].stem[0].weight.grad, single.stem[0].weight.grad, atol=1e-6)
+
+
+def test_the_command_line_separates_the_split_seed_from_the_training_seed(project_dirs, tmp_path):
+    source = write_dataset(tmp_path / "cli", n_per_class=20)
+    out = tmp_path / "cli_models"
+    args = ["--dataset", "demo", "--data-source", str(source), "--epochs", "1", "--batch-size", "16",
+            "--width", "8", "--device", "cpu", "--out-dir", str(out), "--quiet"]
+    assert train.main([*args, "--seed", "0", "--split-seed", "1"]) == 0
+    _, info = inference.load_detector(out / "fast.pt")
+    split_one = data.prepare("demo", source, seed=1, progress=False)
+    assert info["config"]["seed"] == 0 and info["data_fingerprint"] == split_one.fingerprint
+    assert split_one.fingerprint != data.prepare("demo", source, seed=0, progress=False).fingerprint
