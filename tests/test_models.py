@@ -10,6 +10,16 @@ from helpers import models
 NAMES = sorted(models.MODELS)
 
 
+def _map_shape(model, layer, size):
+    """(H, W) of ``layer``'s output for one ``size`` x ``size`` input."""
+    seen = {}
+    handle = layer.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
+    with torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    handle.remove()
+    return tuple(seen["shape"][-2:])
+
+
 def test_the_four_required_models_are_registered():
     assert {"seed_cnn", "cifake_paper", "resnet18", "fast"} <= set(NAMES)
 
@@ -27,13 +37,7 @@ def test_one_logit_per_image_at_any_size(name, size):
 @pytest.mark.parametrize("name", NAMES)
 def test_cam_target_layer_keeps_a_spatial_map_at_32px(name):
     model = models.build_model(name, 32).eval()
-    layer = models.cam_target_layer(model)
-    seen = {}
-    handle = layer.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))  # returns None
-    with torch.no_grad():
-        model(torch.randn(1, 3, 32, 32))
-    handle.remove()
-    assert seen["shape"][-1] >= 4 and seen["shape"][-2] >= 4
+    assert min(_map_shape(model, models.cam_target_layer(model), 32)) >= 4
 
 
 def test_resnet18_has_a_cifar_stem_for_small_inputs():
@@ -61,13 +65,7 @@ def test_count_parameters_counts_trainable_weights():
 @pytest.mark.parametrize("name", NAMES)
 def test_cam_target_layer_at_the_shoes_resolution(name):
     model = models.build_model(name, 128).eval()
-    layer = models.cam_target_layer(model)
-    seen = {}
-    handle = layer.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
-    with torch.no_grad():
-        model(torch.randn(1, 3, 128, 128))
-    handle.remove()
-    assert min(seen["shape"][-2:]) >= 4
+    assert min(_map_shape(model, models.cam_target_layer(model), 128)) >= 4
 
 
 def test_options_a_model_does_not_take_are_a_clear_error():
@@ -111,26 +109,14 @@ def test_two_scale_sums_a_half_size_view_and_a_native_pixel_view():
 def test_fast_patch_stem_on_32px_runs_the_blocks_at_16px_from_every_pixel():
     torch.manual_seed(0)
     model = models.build_model("fast", 32, width=16, patch=2).eval()
-    seen = {}
-    handle = model.stem.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 32, 32))
-    handle.remove()
-    assert out.shape == (2, 1) and seen["shape"][-2:] == (16, 16)
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 1)
+    assert _map_shape(model, model.stem, 32) == (16, 16)
     # the stem is a linear map of each 2x2 patch with at least as many outputs as inputs
     stem = model.stem[0]
     assert stem.kernel_size == stem.stride == (2, 2) and stem.out_channels >= 3 * 2 * 2
     assert min(_map_shape(model, models.cam_target_layer(model), 32)) >= 4
     assert models.build_model("fast", 32).patch == 1  # without the option: full resolution
-
-
-def _map_shape(model, layer, size):
-    seen = {}
-    handle = layer.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
-    with torch.no_grad():
-        model(torch.randn(1, 3, size, size))
-    handle.remove()
-    return seen["shape"][-2:]
 
 
 def test_an_ensemble_gives_member_logits_in_training_and_their_mean_in_eval():
