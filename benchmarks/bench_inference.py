@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.accel import cpu_has_bf16
+from helpers.accel import autocast, cpu_has_bf16
 from helpers.models import build_model, count_parameters
 from helpers.repro import set_cpu_threads
 from helpers.train import default_config
@@ -150,9 +150,8 @@ def main(argv=None) -> int:
         best_model = fused
     except Exception as err:  # noqa: BLE001 - a model fx cannot trace: say so, keep going
         print(f"  conv-BN folding not possible for {args.model}: {type(err).__name__}: {err}")
-    bf16 = cpu_has_bf16()
-    if bf16:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    if cpu_has_bf16():  # the precision helpers.inference gives cpu_amp models there
+        with torch.inference_mode(), autocast(torch.device("cpu"), cpu=True):
             # relative: a fresh model's logits are tiny, so an absolute difference says little
             diff = ((best_model(xb_cl).float() - reference).abs().max() / reference.abs().max()).item()
             run(f"+ bfloat16 autocast (max logit diff {diff:.1%} of the largest)", lambda: best_model(xb_cl), bs)
@@ -180,8 +179,7 @@ def main(argv=None) -> int:
 
                 other = fuse(other)
             other = other.to(memory_format=torch.channels_last)
-            precision = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-            with torch.inference_mode(), precision:
+            with torch.inference_mode(), autocast(torch.device("cpu"), cpu=True):
                 run(f"patch {patch} width {width} ({flops_per_image(other, size) / 1e6:.0f} MFLOP): "
                     f"best settings", lambda m=other: m(xb_cl), bs)
 
@@ -194,9 +192,9 @@ def main(argv=None) -> int:
         n = 4 * bs
         images = np.random.default_rng(0).integers(0, 256, (n, info["image_size"],
                                                             info["image_size"], 3), dtype=np.uint8)
-        options = (info.get("config") or {})
-        options = {k: options.get(k) for k in ("width", "patch") if options.get(k)}
-        run(f"end to end: predict_proba, uint8 in ({Path(checkpoint).name}, {options})",
+        trained = info.get("config") or {}
+        trained = {k: trained[k] for k in ("width", "patch", "cpu_amp") if trained.get(k)}
+        run(f"end to end: predict_proba, uint8 in ({Path(checkpoint).name}, {trained})",
             lambda: predict_proba(detector, info, images, device="cpu", batch_size=bs), n)
     except Exception as err:  # noqa: BLE001 - no checkpoint yet: the rest still stands
         print(f"  end-to-end line skipped ({type(err).__name__}: {err})")
