@@ -1,10 +1,11 @@
 """Inference speed of a detector: measured figure next to a naive baseline, in one run.
 
     .venv/bin/python benchmarks/bench_inference.py [--model fast] [--image-size 32]
-        [--batch-size 512] [--seconds 3] [--compile] [--checkpoint PATH] [--width N]
+        [--batch-size 512] [--seconds 2] [--rounds 3] [--compile] [--checkpoint PATH] [--width N]
 
 Variants, each timed for ``--seconds`` after a warm-up, on random inputs (speed does not
-depend on the weights):
+depend on the weights), in ``--rounds`` interleaved rounds whose median is reported: on a
+shared machine a single timing can be off by 2x:
 
 1. baseline: one image per forward pass, fp32, default (NCHW) memory format, ``no_grad``;
 2. batched: ``--batch-size`` images per pass, otherwise the same;
@@ -26,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +59,32 @@ def timed(fn, n_per_call: int, seconds: float) -> tuple[float, int]:
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return calls * n_per_call / elapsed, calls
+
+
+def bf16_inference() -> contextlib.ExitStack:
+    """inference_mode + the bfloat16 autocast ``helpers.inference`` uses on the CPU."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    stack.enter_context(autocast(torch.device("cpu"), cpu=True))
+    return stack
+
+
+@dataclass
+class Variant:
+    """One timed way of running the model: ``fn`` classifies ``n`` images per call."""
+
+    name: str
+    fn: Callable[[], object]
+    n: int
+    threads: int
+    context: Callable[[], contextlib.AbstractContextManager]  # entered around the timing
+    baseline: bool = False  # one of the baselines the speed-ups are measured against
+    extra: bool = False  # a comparison, not a candidate for the "best" line
+
+    def measure(self, seconds: float) -> float:
+        torch.set_num_threads(self.threads)
+        with self.context():
+            return timed(self.fn, self.n, seconds)[0]
 
 
 def cpu_name() -> str:
@@ -83,7 +113,8 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=None, help="`fast` only: first-stage width")
     parser.add_argument("--patch", type=int, default=None, help="`fast` only: stem patch side")
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per variant and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--checkpoint", default=None, help="for the end-to-end line")
@@ -112,32 +143,20 @@ def main(argv=None) -> int:
     x1 = torch.randn(1, 3, size, size)
     xb = torch.randn(bs, 3, size, size)
     xb_cl = xb.contiguous(memory_format=torch.channels_last)
-    rows: list[tuple[str, float]] = []
-    baseline = [float("nan")]
-
-    def run(name: str, fn, n: int) -> None:
-        rate, _ = timed(fn, n, args.seconds)
-        rows.append((name, rate))
-        ratio = f"x{rate / baseline[0]:.1f}" if baseline[0] == baseline[0] else ""
-        print(f"  {name:<58} {rate:10,.0f} images/s   {ratio}", flush=True)
-
-    print(f"timing each variant for {args.seconds:g} s:")
-    with torch.no_grad():
+    variants: list[Variant] = [
+        Variant(f"baseline: batch 1, fp32 NCHW, no_grad, {threads} threads", lambda: model(x1), 1,
+                threads, torch.no_grad, baseline=True)]
+    if threads > 1:
         # Batch 1 with several OpenMP threads collapses when another process holds a core
         # (each tiny parallel region waits for a descheduled thread), so the baseline is the
-        # better of `threads` and 1 thread: the speed-ups below are not inflated by that.
-        run(f"baseline: batch 1, fp32 NCHW, no_grad, {threads} threads", lambda: model(x1), 1)
-        if threads > 1:
-            torch.set_num_threads(1)
-            run("baseline: batch 1, fp32 NCHW, no_grad, 1 thread", lambda: model(x1), 1)
-            torch.set_num_threads(threads)
-        baseline[0] = max(rate for _, rate in rows)
-        print(f"  (speed-ups below are against the better baseline, {baseline[0]:,.0f} images/s)")
-        n_baselines = len(rows)
-        run(f"batch {bs}, fp32 NCHW, no_grad", lambda: model(xb), bs)
-    model_cl = model.to(memory_format=torch.channels_last)
+        # better of `threads` and 1 thread: the speed-ups are not inflated by that.
+        variants.append(Variant("baseline: batch 1, fp32 NCHW, no_grad, 1 thread", lambda: model(x1), 1,
+                                1, torch.no_grad, baseline=True))
+    variants.append(Variant(f"batch {bs}, fp32 NCHW, no_grad", lambda: model(xb), bs, threads, torch.no_grad))
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    variants.append(Variant(f"batch {bs}, channels_last, inference_mode", lambda: model_cl(xb_cl), bs,
+                            threads, torch.inference_mode))
     with torch.inference_mode():
-        run(f"batch {bs}, channels_last, inference_mode", lambda: model_cl(xb_cl), bs)
         reference = model_cl(xb_cl)
     best_model = model_cl
     try:
@@ -146,15 +165,17 @@ def main(argv=None) -> int:
         fused = fuse(model).to(memory_format=torch.channels_last)
         with torch.inference_mode():
             diff = (fused(xb_cl) - reference).abs().max().item()
-            run(f"+ conv-BN folded (max |logit diff| {diff:.1e})", lambda: fused(xb_cl), bs)
+        variants.append(Variant(f"+ conv-BN folded (max |logit diff| {diff:.1e})", lambda: fused(xb_cl), bs,
+                                threads, torch.inference_mode))
         best_model = fused
     except Exception as err:  # noqa: BLE001 - a model fx cannot trace: say so, keep going
         print(f"  conv-BN folding not possible for {args.model}: {type(err).__name__}: {err}")
     if cpu_has_bf16():  # the precision helpers.inference gives cpu_amp models there
-        with torch.inference_mode(), autocast(torch.device("cpu"), cpu=True):
+        with bf16_inference():
             # relative: a fresh model's logits are tiny, so an absolute difference says little
             diff = ((best_model(xb_cl).float() - reference).abs().max() / reference.abs().max()).item()
-            run(f"+ bfloat16 autocast (max logit diff {diff:.1%} of the largest)", lambda: best_model(xb_cl), bs)
+        variants.append(Variant(f"+ bfloat16 autocast (max logit diff {diff:.1%} of the largest)",
+                                lambda: best_model(xb_cl), bs, threads, bf16_inference))
     else:
         print("  bfloat16 autocast skipped: this CPU has no native bfloat16 arithmetic")
     if args.compile:
@@ -163,13 +184,11 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             compiled(xb_cl)
             print(f"  (torch.compile took {time.perf_counter() - start:.0f} s)")
-            run("+ torch.compile (inductor)", lambda: compiled(xb_cl), bs)
-
+        variants.append(Variant("+ torch.compile (inductor)", lambda: compiled(xb_cl), bs, threads,
+                                torch.inference_mode))
     if threads > 1:  # on a shared machine fewer OpenMP threads can be faster (no spin-waiting)
-        torch.set_num_threads(1)
-        with torch.inference_mode():
-            run(f"batch {bs}, channels_last, inference_mode, 1 thread", lambda: model_cl(xb_cl), bs)
-        torch.set_num_threads(threads)
+        variants.append(Variant(f"batch {bs}, channels_last, inference_mode, 1 thread",
+                                lambda: model_cl(xb_cl), bs, 1, torch.inference_mode))
     if args.model == "fast" and args.compare:
         for variant in args.compare.split(","):
             patch, width = (int(v) for v in variant.split(":"))
@@ -179,9 +198,10 @@ def main(argv=None) -> int:
 
                 other = fuse(other)
             other = other.to(memory_format=torch.channels_last)
-            with torch.inference_mode(), autocast(torch.device("cpu"), cpu=True):
-                run(f"patch {patch} width {width} ({flops_per_image(other, size) / 1e6:.0f} MFLOP): "
-                    f"best settings", lambda m=other: m(xb_cl), bs)
+            variants.append(Variant(
+                f"patch {patch} width {width} ({flops_per_image(other, size) / 1e6:.0f} MFLOP): best settings",
+                lambda m=other: m(xb_cl), bs, threads, bf16_inference if cpu_has_bf16() else torch.inference_mode,
+                extra=True))
 
     checkpoint = args.checkpoint
     try:
@@ -194,15 +214,32 @@ def main(argv=None) -> int:
                                                             info["image_size"], 3), dtype=np.uint8)
         trained = info.get("config") or {}
         trained = {k: trained[k] for k in ("width", "patch", "cpu_amp") if trained.get(k)}
-        run(f"end to end: predict_proba, uint8 in ({Path(checkpoint).name}, {trained})",
-            lambda: predict_proba(detector, info, images, device="cpu", batch_size=bs), n)
+        variants.append(Variant(
+            f"end to end: predict_proba, uint8 in ({Path(checkpoint).name}, {trained})",
+            lambda: predict_proba(detector, info, images, device="cpu", batch_size=bs), n, threads,
+            contextlib.nullcontext, extra=True))
     except Exception as err:  # noqa: BLE001 - no checkpoint yet: the rest still stands
         print(f"  end-to-end line skipped ({type(err).__name__}: {err})")
 
-    main_rows = [r for r in rows[n_baselines:] if not r[0].startswith(("patch ", "end to end"))]
-    best_name, best = max(main_rows, key=lambda r: r[1])
-    print(f"\nbest: {best:,.0f} images/s ({best_name}), baseline {baseline[0]:,.0f} images/s, "
-          f"x{best / baseline[0]:.1f}")
+    print(f"timing each variant for {args.seconds:g} s, in {args.rounds} interleaved rounds "
+          "(median and range of the rounds; a neighbour's burst hits every variant alike):")
+    rates = {v.name: [] for v in variants}
+    for _ in range(args.rounds):
+        for v in variants:
+            rates[v.name].append(v.measure(args.seconds))
+    torch.set_num_threads(threads)
+    median = {name: float(np.median(r)) for name, r in rates.items()}
+    baseline = max(median[v.name] for v in variants if v.baseline)
+    for v in variants:
+        r = rates[v.name]
+        ratio = "" if v.baseline else f"x{median[v.name] / baseline:.1f}"
+        print(f"  {v.name:<62} {median[v.name]:9,.0f} images/s  ({min(r):,.0f}-{max(r):,.0f})  {ratio}")
+        if v.baseline and v is variants[-1 if threads == 1 else 1]:
+            print(f"  (speed-ups below are against the better baseline median, {baseline:,.0f} images/s)")
+
+    best_name, best = max((median[v.name], v.name) for v in variants if not (v.baseline or v.extra))[::-1]
+    print(f"\nbest (median of {args.rounds}): {best:,.0f} images/s ({best_name}), baseline "
+          f"{baseline:,.0f} images/s, x{best / baseline:.1f}")
     print(f"achieved {best * flops / 1e9:.1f} GFLOP/s; the target of {TARGET:,} images/s would need "
           f"{TARGET * flops / 1e9:.0f} GFLOP/s for this model")
     if args.model == "fast" and size == 32 and not (args.width or args.patch):
