@@ -54,6 +54,28 @@ def tiny_cifake(tmp_path) -> Path:
     return write_dataset(tmp_path / "tiny_cifake", n_per_class=16)
 
 
+def train_tiny_detector(root: Path, dataset: str) -> dict:
+    """A 1-epoch `fast` (width 8) detector for ``dataset``, trained on a tiny set written in
+    CIFAKE's layout, with data/ and results/ under ``root``; the global torch state (threads,
+    determinism) that training sets is restored. Returns root, checkpoint, source and cache."""
+    import torch
+
+    from helpers import data, train
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(paths, "DATA", root / "data")
+        mp.setattr(paths, "RESULTS", root / "results")
+        source = write_dataset(root / "source", n_per_class=16)
+        cache = data.prepare(dataset, source, progress=False)
+        config = train.TrainConfig(dataset=dataset, model="fast", width=8, epochs=1, batch_size=16,
+                                   device="cpu", threads=1)
+        result = train.fit(cache, config, progress=False)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+    return {"root": root, "checkpoint": result.checkpoint, "source": source, "cache": cache}
+
+
 def shared_path(name: str) -> Path:
     """A file under ../shared/data, or skip the test with the reason."""
     path = SHARED / name

@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import data, paths, predict
-from tests.conftest import ROOT, write_dataset
+from helpers import paths, predict
+from tests.conftest import ROOT, train_tiny_detector
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 APP = str(ROOT / "helpers" / "app.py")
@@ -29,21 +29,7 @@ TIMEOUT = 120  # seconds per AppTest run: the first one imports torch and loads 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny `fast` detector for the DEMO dataset (trained on a tiny source) in a tmp tree."""
-    from helpers import train
-
-    root = tmp_path_factory.mktemp("app")
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(paths, "DATA", root / "data")
-        mp.setattr(paths, "RESULTS", root / "results")
-        source = write_dataset(root / "source", n_per_class=16)
-        cache = data.prepare("demo", source, progress=False)
-        config = train.TrainConfig(dataset="demo", model="fast", width=8, epochs=1, batch_size=16,
-                                   device="cpu", threads=1)
-        result = train.fit(cache, config, progress=False)
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-    return {"root": root, "checkpoint": result.checkpoint}
+    return train_tiny_detector(tmp_path_factory.mktemp("app"), "demo")
 
 
 @pytest.fixture

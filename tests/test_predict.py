@@ -12,26 +12,13 @@ from PIL import Image
 
 from helpers import data, paths, predict
 from helpers.images import decode_file
-from tests.conftest import write_dataset
+from tests.conftest import train_tiny_detector
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny `fast` detector trained by helpers.train on a tiny CIFAKE-layout set, in a tmp tree."""
-    from helpers import train
-
-    root = tmp_path_factory.mktemp("predict")
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(paths, "DATA", root / "data")
-        mp.setattr(paths, "RESULTS", root / "results")
-        source = write_dataset(root / "source", n_per_class=16)
-        cache = data.prepare("cifake", source, progress=False)
-        config = train.TrainConfig(dataset="cifake", model="fast", width=8, epochs=1, batch_size=16,
-                                   device="cpu", threads=1)
-        result = train.fit(cache, config, progress=False)
-    torch.set_num_threads(threads)
-    return {"root": root, "checkpoint": result.checkpoint, "source": source, "cache": cache}
+    return train_tiny_detector(tmp_path_factory.mktemp("predict"), "cifake")
 
 
 @pytest.fixture
