@@ -14,6 +14,8 @@ P(FAKE)) beforehand and stated with every result; it is never tuned on the test 
   Pillow) and the detector is scored again (:func:`perturbations`, :func:`robustness_table`).
 * Cross-generator: how often the detector flags images of a generator it never saw, the
   GAN of notebook 04, next to its rate on the dataset's own fakes (:func:`cross_generator`).
+* Content shortcut: the detector's accuracy on the test images whose colours alone mislead
+  a colour-only classifier (:func:`colour_check`).
 """
 
 from __future__ import annotations
@@ -629,6 +631,57 @@ def cross_generator(result: ModelResult, gan_images: np.ndarray, gan_resolution:
     }
 
 
+def colour_check(result: ModelResult, colour_p_fake, threshold: float = THRESHOLD,
+                 n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The detector's test accuracy where colour alone points the right way and where it
+    points the wrong way, next to the colour-only baseline's own accuracy
+    (:func:`helpers.explore.colour_baseline`; ``colour_p_fake`` is its P(FAKE) on the same
+    test images). A detector that reads how images were made stays accurate on the images
+    whose colours mislead; one that learned the classes' colours falls to the baseline there.
+    One row per subset, with bootstrap intervals; an empty subset gets NaN."""
+    y = result.y_true
+    colour_right = predicted_labels(colour_p_fake, threshold) == y
+    detector_right = predicted_labels(result.p_fake, threshold) == y
+    subsets = [("colour-only baseline", "all test images", colour_right, np.ones_like(colour_right)),
+               (result.name, "all test images", detector_right, np.ones_like(colour_right)),
+               (result.name, "colour-only right", detector_right, colour_right),
+               (result.name, "colour-only wrong", detector_right, ~colour_right)]
+    rows = []
+    for classifier, images, right, mask in subsets:
+        row = {"model": result.name, "classifier": classifier, "images": images,
+               "n_images": int(mask.sum()), "accuracy": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+        if mask.any():
+            iv = proportion_ci(right[mask], n_bootstrap, seed=seed)
+            row.update(accuracy=iv.estimate, ci_low=iv.low, ci_high=iv.high)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def describe_colour_check(table: pd.DataFrame) -> str:
+    """The finding of one model's :func:`colour_check` in words."""
+    rows = {(r.classifier != "colour-only baseline", r.images): r for r in table.itertuples()}
+    base, overall = rows[False, "all test images"], rows[True, "all test images"]
+    right, wrong = rows[True, "colour-only right"], rows[True, "colour-only wrong"]
+    text = (f"From colour alone, a gradient-boosted histogram classifier gets {base.accuracy:.1%} "
+            f"of the test images right (95% CI [{base.ci_low:.1%}, {base.ci_high:.1%}]); "
+            f"**{overall.model}** gets {overall.accuracy:.1%}. ")
+    if wrong.n_images == 0:
+        return text + ("Colour alone classifies every test image correctly, so this test split "
+                       "cannot show whether the detector sees more than colour.")
+    text += (f"On the {wrong.n_images} images whose colours mislead the baseline, the detector is "
+             f"right on {wrong.accuracy:.1%} [{wrong.ci_low:.1%}, {wrong.ci_high:.1%}], against "
+             f"{right.accuracy:.1%} on the other {right.n_images}. ")
+    if wrong.ci_low <= 0.5:
+        text += ("That interval reaches chance level: this test split cannot show that the detector "
+                 "sees more than colour where colour misleads.")
+    elif wrong.ci_high < right.accuracy:
+        text += ("It is better than chance there, so it reads more than colour, but it errs more "
+                 "there than elsewhere: part of what it learned is the classes' colours.")
+    else:
+        text += "It is about as accurate there as elsewhere: it reads more than colour."
+    return text
+
+
 def cross_generator_frame(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Flat table (one row per model) of :func:`cross_generator` results."""
     rows = []
@@ -686,7 +739,8 @@ def describe_cross_generator(result: dict[str, Any]) -> str:
 
 
 def summary(results: Sequence[ModelResult], best: ModelResult, robustness: pd.DataFrame | None,
-            cross: Sequence[dict[str, Any]], is_demo: bool = False) -> str:
+            cross: Sequence[dict[str, Any]], is_demo: bool = False,
+            colour: pd.DataFrame | None = None) -> str:
     """The notebook's closing paragraph (Markdown), written from the numbers."""
     m = best.metrics
     lines = [(f"**{best.name}** (chosen on validation accuracy) classifies {m['accuracy']:.2%} of the "
@@ -709,6 +763,14 @@ def summary(results: Sequence[ModelResult], best: ModelResult, robustness: pd.Da
             lines.append(f"Unseen GAN: flagged {c['gan_flag_rate'].estimate:.1%} "
                          f"[{c['gan_flag_rate'].low:.1%}, {c['gan_flag_rate'].high:.1%}] against "
                          f"{c['own_fake_flag_rate'].estimate:.1%} of the dataset's own fakes.")
+    if colour is not None and len(colour):
+        mine = colour[colour["model"] == best.name].set_index(["classifier", "images"])
+        base = mine.loc[("colour-only baseline", "all test images")]
+        wrong = mine.loc[(best.name, "colour-only wrong")]
+        if wrong["n_images"]:
+            lines.append(f"Colour alone gets {base['accuracy']:.1%}; on the {wrong['n_images']} "
+                         f"images whose colours mislead it, {best.name} is right on "
+                         f"{wrong['accuracy']:.1%} [{wrong['ci_low']:.1%}, {wrong['ci_high']:.1%}].")
     if is_demo:
         lines.append("These are DEMO numbers (a small synthetic set built offline), not a benchmark.")
     return " ".join(lines)

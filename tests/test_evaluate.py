@@ -280,6 +280,8 @@ def test_pipeline_writes_metrics_robustness_and_cross_generator(detector, projec
     assert payload["cross_generator"][0]["gan_flag_rate"]["n"] == 10
     assert csv_path.parent == project_dirs[1] / "demo"
     assert "DEMO" in ev.summary([result], result, table, [cross], True)
+    colour = ev.colour_check(result, 1 - labels * 0.9, n_bootstrap=200)  # colour wrong everywhere
+    assert "on the 24 images whose colours mislead it" in ev.summary([result], result, None, [], colour=colour)
 
 
 def test_fingerprint_mismatch_is_refused(detector):
@@ -304,3 +306,68 @@ def test_stratified_subset_keeps_class_shares_and_seed():
     assert np.array_equal(sub, ev.stratified_subset(labels, 40, seed=1)) and np.all(np.diff(sub) > 0)
     assert np.array_equal(ev.stratified_subset(labels, None), np.arange(400))
     assert np.array_equal(ev.stratified_subset(labels, 1000), np.arange(400))
+
+
+# --------------------------------------------------------------------------- colour alone
+
+def test_colour_histograms_equal_numpy_histograms():
+    from helpers.explore import colour_histograms
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 9, 7, 3), dtype=np.uint8)
+    features = colour_histograms(images, bins=16, chunk=2)  # several chunks
+    for i, c in itertools.product(range(5), range(3)):
+        expected, _ = np.histogram(images[i, :, :, c], bins=16, range=(0, 256))
+        np.testing.assert_allclose(features[i, 16 * c:16 * (c + 1)], expected / 63, rtol=1e-6)
+    with pytest.raises(ValueError, match="power of two"):
+        colour_histograms(images, bins=12)
+
+
+def test_colour_baseline_sees_colour_and_nothing_else():
+    from types import SimpleNamespace
+
+    from helpers.explore import colour_baseline, colour_histograms
+
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 120, (40, 8, 8, 3), dtype=np.uint8)  # REAL: dark
+    bright = rng.integers(100, 256, (40, 8, 8, 3), dtype=np.uint8)  # FAKE: bright
+    images, labels = np.concatenate([dark, bright]), np.array([0] * 40 + [1] * 40)
+    cache = SimpleNamespace(part=lambda name: (images, labels))
+    model = colour_baseline(cache)
+    test = np.concatenate([rng.integers(0, 120, (10, 8, 8, 3)), rng.integers(100, 256, (10, 8, 8, 3))])
+    assert (model.predict(colour_histograms(test.astype(np.uint8))) == [0] * 10 + [1] * 10).all()
+    # the same pixels in another arrangement look the same to it: it cannot see texture or shape
+    shuffled = rng.permuted(images.reshape(80, 64, 3), axis=1).reshape(images.shape)
+    np.testing.assert_array_equal(model.predict_proba(colour_histograms(images)),
+                                  model.predict_proba(colour_histograms(shuffled)))
+
+
+def test_colour_check_splits_the_test_set_where_colour_misleads(predictions):
+    from types import SimpleNamespace
+
+    y, p = predictions  # detector wrong on images 5, 6 and 14
+    colour_p = np.where(np.arange(16) < 8, 0.2, 0.8)
+    colour_p[[0, 5, 9, 14]] = 1 - colour_p[[0, 5, 9, 14]]  # colour wrong on 0, 5, 9 and 14
+    result = SimpleNamespace(name="fast", y_true=y, p_fake=p)
+    table = ev.colour_check(result, colour_p, n_bootstrap=200).set_index(["classifier", "images"])
+    assert table.loc[("colour-only baseline", "all test images"), "accuracy"] == 12 / 16
+    assert table.loc[("fast", "all test images"), "accuracy"] == 13 / 16
+    assert table.loc[("fast", "colour-only wrong"), "n_images"] == 4
+    assert table.loc[("fast", "colour-only wrong"), "accuracy"] == 2 / 4  # right on 0 and 9
+    assert table.loc[("fast", "colour-only right"), "accuracy"] == 11 / 12
+    text = ev.describe_colour_check(table.reset_index())
+    assert "75.0%" in text and "On the 4 images" in text and "50.0%" in text and "chance" in text
+    all_right = ev.colour_check(result, (y == 1) * 0.9 + 0.05, n_bootstrap=200)
+    assert np.isnan(all_right["accuracy"].iloc[3]) and "cannot show" in ev.describe_colour_check(all_right)
+
+
+@pytest.mark.parametrize("right_where_misled, finding", [
+    (60, "about as accurate there as elsewhere"), (42, "errs more there than elsewhere")])
+def test_describe_colour_check_follows_the_numbers(right_where_misled, finding):
+    from types import SimpleNamespace
+
+    y = np.array([0, 1] * 50)
+    colour_p = np.where(np.arange(100) < 60, 1 - y, y) * 0.8 + 0.1  # misleads on the first 60
+    p = y * 0.8 + 0.1
+    p[right_where_misled:60] = 1 - p[right_where_misled:60]  # detector wrong on some of them
+    table = ev.colour_check(SimpleNamespace(name="m", y_true=y, p_fake=p), colour_p, n_bootstrap=500)
+    assert finding in ev.describe_colour_check(table)
