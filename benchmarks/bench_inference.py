@@ -230,11 +230,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(threads)
     median = {name: float(np.median(r)) for name, r in rates.items()}
     baseline = max(median[v.name] for v in variants if v.baseline)
-    for v in variants:
+    for v, after in zip(variants, [*variants[1:], None]):
         r = rates[v.name]
         ratio = "" if v.baseline else f"x{median[v.name] / baseline:.1f}"
         print(f"  {v.name:<62} {median[v.name]:9,.0f} images/s  ({min(r):,.0f}-{max(r):,.0f})  {ratio}")
-        if v.baseline and v is variants[-1 if threads == 1 else 1]:
+        if v.baseline and not (after and after.baseline):
             print(f"  (speed-ups below are against the better baseline median, {baseline:,.0f} images/s)")
 
     best_name, best = max((median[v.name], v.name) for v in variants if not (v.baseline or v.extra))[::-1]

@@ -94,9 +94,9 @@ def colour_histograms(images: np.ndarray, bins: int = COLOUR_BINS, chunk: int = 
     """Per-channel intensity histograms of uint8 (N, H, W, 3) images, (N, 3 * bins), each
     channel's bins summing to 1: an image's colours with every texture, edge and shape
     thrown away. ``bins`` is a power of two up to 256."""
-    shift = 8 - int(np.log2(bins))
-    if bins < 1 or 2 ** (8 - shift) != bins:
+    if not (1 <= bins <= 256 and bins & (bins - 1) == 0):
         raise ValueError(f"bins must be a power of two from 1 to 256, not {bins}")
+    shift = 8 - bins.bit_length() + 1  # value >> shift is the value's bin
     out = np.empty((len(images), 3 * bins), dtype=np.float32)
     for start in range(0, len(images), chunk):  # chunks: the bin indices of 120k images need GBs
         block = images[start:start + chunk]
