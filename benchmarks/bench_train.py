@@ -15,7 +15,10 @@ Also prints the memory a 120k-image 32x32 uint8 cache takes, and, on CUDA, the t
 epoch over 100k images.
 
     python benchmarks/bench_train.py [--images 5000] [--epochs 2] [--device auto]
-        [--models fast,cifake_paper]
+        [--models fast,cifake_paper] [--rounds 3]
+
+Every loop runs ``--rounds`` times, interleaved with the others, and the median images/s is
+printed with the range: on a shared machine one timing can be off by a third.
 """
 
 from __future__ import annotations
@@ -87,6 +90,11 @@ def baseline_epochs(folder: Path, config: train.TrainConfig, device: torch.devic
     return seen / (time.perf_counter() - start)
 
 
+def spread(values: list[float]) -> str:
+    """The range of several rounds' figures, for the line of their median."""
+    return f"({min(values):,.0f}-{max(values):,.0f})" if len(values) > 1 else ""
+
+
 def project_cache(folder: Path, size: int = 32) -> data.ImageCache:
     """Decode the same files once (the project's rule) into an in-memory cache."""
     files = sorted(folder.rglob("*.jpg"))
@@ -106,6 +114,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--models", default="fast,cifake_paper", help="comma-separated model names")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="repeat every loop this many times, interleaved; medians are printed")
     args = parser.parse_args()
 
     cache_bytes = 120_000 * 32 * 32 * 3
@@ -119,7 +129,8 @@ def main() -> int:
     cpu = f"{threads} CPU threads, {torch.backends.cpu.get_cpu_capability()}, native bfloat16: " \
           f"{'yes' if cpu_has_bf16() else 'no'}"
     print(f"device {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else cpu}), "
-          f"batch 256, {args.images:,} images x {args.epochs} epochs")
+          f"batch 256, {args.images:,} images x {args.epochs} epochs, median of {args.rounds} "
+          "interleaved rounds (range in brackets)")
     with tempfile.TemporaryDirectory() as tmp:
         folder = extract(args.images, Path(tmp) / "jpg")
         start = time.perf_counter()
@@ -127,21 +138,26 @@ def main() -> int:
         decode_s = time.perf_counter() - start
         print(f"  (the project decodes the {args.images:,} JPEGs once: {decode_s:.1f} s)")
         for name in args.models.split(","):
-            seed_everything(0, deterministic=False)
             config = train.default_config("cifake", model=name, device=str(device), epochs=args.epochs,
                                           tta=False, batch_size=256)
-            base = baseline_epochs(folder, config, device, args.epochs)
-            label = f"{name} {config.model_options or ''}"
-            print(f"  {label}:")
-            print(f"    seed-style loop (ImageFolder + DataLoader, fp32, H2D per batch): {base:8,.0f} images/s")
             precisions = [False, True] if device.type == "cpu" and cpu_has_bf16() else [config.cpu_amp]
+            rates: dict[str, list[float]] = {"seed": [], **{str(p): [] for p in precisions}}
+            for _ in range(args.rounds):  # interleaved, so a neighbour's burst hits every loop alike
+                seed_everything(0, deterministic=False)
+                rates["seed"].append(baseline_epochs(folder, config, device, args.epochs))
+                for cpu_amp in precisions:
+                    run = replace(config, cpu_amp=cpu_amp)
+                    result = train.fit(cache, run, out_dir=Path(tmp) / "models", progress=False, resume=False)
+                    rates[str(cpu_amp)].append(result.images_per_s)
+            base = float(np.median(rates["seed"]))
+            print(f"  {name} {config.model_options or ''}:")
+            print(f"    seed-style loop (ImageFolder + DataLoader, fp32, H2D per batch): "
+                  f"{base:8,.0f} images/s  {spread(rates['seed'])}")
             for cpu_amp in precisions:
-                run = replace(config, cpu_amp=cpu_amp)
-                result = train.fit(cache, run, out_dir=Path(tmp) / "models", progress=False, resume=False)
-                ours = result.images_per_s
+                ours = float(np.median(rates[str(cpu_amp)]))
                 what = ("bfloat16 autocast" if cpu_amp else "fp32") if device.type == "cpu" else "AMP"
                 print(f"    project loop (uint8 on device, batched augmentation), {what + ':':<18}"
-                      f"{ours:8,.0f} images/s  x{ours / base:.1f}")
+                      f"{ours:8,.0f} images/s  {spread(rates[str(cpu_amp)])}  x{ours / base:.1f}")
         print("  (target: the project loop >= 5x the seed-style loop on CPU at 32x32)")
 
     if device.type == "cuda":
