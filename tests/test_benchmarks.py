@@ -1,0 +1,35 @@
+"""The benchmark scripts still run, at tiny settings. Their figures are read by people, not
+asserted (speed is never a test), but a script that no longer starts would otherwise be found
+only by the next person who needs it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT, shared_path
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_bench_inference_prints_medians_and_the_verdict():
+    out = run("bench_inference.py", "--seconds", "0.05", "--rounds", "2", "--compare", "2:16",
+              "--dataset", "no-such-dataset")
+    assert "2 interleaved rounds" in out and "patch 2 width 16" in out
+    assert "speed-ups below are against the better baseline median" in out
+    assert "end-to-end line skipped" in out  # no checkpoint of that dataset: said, not fatal
+    assert "target 5,000 images/s at 32x32 for `fast`: " in out
+
+
+def test_bench_train_compares_the_two_loops():
+    shared_path("cifar10-test-jpg.zip")
+    out = run("bench_train.py", "--images", "300", "--epochs", "1", "--rounds", "1",
+              "--models", "cifake_paper")
+    assert "369 MB" in out and "seed-style loop" in out and "project loop" in out
+    assert re.search(r"images/s +x\d+\.\d", out)  # a speed-up figure next to the baseline
