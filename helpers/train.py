@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -69,6 +70,8 @@ class TrainConfig:
     tone: float = 0.0  # random contrast and brightness change of up to this fraction per image:
     # a monotone remapping of pixel values that keeps every edge and texture, so the model
     # cannot lean on how bright a class's pictures tend to be (shoes: real 0.72, fake 0.31)
+    cutout: int = 0  # side in pixels of a mid-grey square put at a random place in every
+    # training image (Cutout); 0: off. It resamples nothing, so the other pixels keep their traces
     patience: int | None = None  # stop after this many epochs without a better validation
     ema: float | None = None  # validate and save an exponential moving average of the weights
     # with this decay per step (e.g. 0.99); None: the raw weights
@@ -191,9 +194,20 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def epoch_plan(n: int, config: TrainConfig, epoch: int, rank: int = 0, world: int = 1):
-    """Order, mirror flags, (dy, dx) shifts and (contrast, brightness) factors of one epoch;
-    this process's shard of them. The factors are 1 and 0 when ``config.tone`` is 0.
+class EpochPlan(NamedTuple):
+    """The random choices of one epoch, one row per training image (see :func:`epoch_plan`)."""
+
+    order: torch.Tensor  # (n,) the images' order
+    flips: torch.Tensor  # (n,) bool: mirror left-right
+    shifts: torch.Tensor  # (n, 2) (dy, dx) translation in pixels
+    tone: torch.Tensor  # (n, 2) (contrast, brightness) factors; (1, 0) when off
+    centres: torch.Tensor  # (n, 2) Cutout square centre as fractions of (height, width)
+
+
+def epoch_plan(n: int, config: TrainConfig, epoch: int, rank: int = 0, world: int = 1) -> EpochPlan:
+    """This process's shard of the random choices of one epoch: order, mirror flags, shifts,
+    tone factors and Cutout centres. Each is drawn after the ones before it, so switching on
+    ``tone`` or ``cutout`` leaves the earlier draws as they were.
 
     Every process draws the same full plan and keeps every ``world``-th entry, so the
     processes of a distributed run together see each image once per epoch.
@@ -203,12 +217,31 @@ def epoch_plan(n: int, config: TrainConfig, epoch: int, rank: int = 0, world: in
     flips = torch.rand(n, generator=gen) < 0.5 if config.flip else torch.zeros(n, dtype=torch.bool)
     t = config.translate
     shifts = torch.randint(-t, t + 1, (n, 2), generator=gen) if t else torch.zeros(n, 2, dtype=torch.long)
-    tone = torch.zeros(n, 2)  # drawn last, so the draws above do not depend on it
+    tone = torch.zeros(n, 2)
     if config.tone:
         tone = (torch.rand(n, 2, generator=gen) * 2 - 1) * config.tone
     tone[:, 0] += 1
+    centres = torch.rand(n, 2, generator=gen) if config.cutout else torch.zeros(n, 2)
     keep = slice(rank, n - n % world, world)
-    return order[keep], flips[keep], shifts[keep], tone[keep]
+    return EpochPlan(order[keep], flips[keep], shifts[keep], tone[keep], centres[keep])
+
+
+def cut_out(images: torch.Tensor, centres: torch.Tensor, side: int, fill: int = 128) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): a ``side`` x ``side`` square of each uint8 image
+    (B, 3, H, W) set to mid-grey, centred at ``centres`` (fractions of height and width) and
+    clipped at the borders. The other pixels are untouched, never resampled, so whatever
+    traces of generation they carry survive; the model has to find them all over the image
+    instead of in one telling region."""
+    _, _, h, w = images.shape
+    centres = centres.to(images.device)
+
+    def inside(size: int, centre: torch.Tensor) -> torch.Tensor:  # (B, size): within the square
+        offset = torch.arange(size, device=images.device)[None] - (centre * size).long()[:, None]
+        return (offset >= -(side // 2)) & (offset < side - side // 2)
+
+    rows, cols = inside(h, centres[:, 0]), inside(w, centres[:, 1])
+    square = rows[:, None, :, None] & cols[:, None, None, :]  # (B, 1, H, W)
+    return images.masked_fill(square, fill).contiguous(memory_format=torch.channels_last)
 
 
 def adjust_tone(x: torch.Tensor, tone: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -414,7 +447,7 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
             break
         runner.train()
         started = time.perf_counter()
-        order, flips, shifts, tone = epoch_plan(n, config, epoch, rank, world)
+        plan = epoch_plan(n, config, epoch, rank, world)
         sum_loss = torch.zeros((), device=device)
         sum_correct = torch.zeros((), device=device)
         for step in tqdm(range(steps), desc=f"epoch {epoch + 1}", leave=False, mininterval=1.0,
@@ -423,10 +456,13 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = slice(step * local_batch, (step + 1) * local_batch)
-            index = order[batch]
-            x = to_float(augment(x_train, index, flips[batch], shifts[batch]), mean_t, std_t)
+            index = plan.order[batch]
+            pixels = augment(x_train, index, plan.flips[batch], plan.shifts[batch])
+            if config.cutout:
+                pixels = cut_out(pixels, plan.centres[batch], config.cutout)
+            x = to_float(pixels, mean_t, std_t)
             if config.tone:
-                x = adjust_tone(x, tone[batch], std_t)
+                x = adjust_tone(x, plan.tone[batch], std_t)
             x = x.contiguous(memory_format=memory_format)
             y = y_train[index.to(device)]
             with autocast(device, config.amp, cpu=config.cpu_amp):
@@ -531,6 +567,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=None)
     p.add_argument("--translate", type=int, default=None)
     p.add_argument("--tone", type=float, default=None, help="random contrast/brightness change, e.g. 0.3")
+    p.add_argument("--cutout", type=int, default=None, help="side of a random mid-grey square per training image")
     p.add_argument("--ema", type=float, default=None, help="keep an EMA of the weights with this decay per step")
     p.add_argument("--cpu-amp", dest="cpu_amp", action="store_true", default=None,
                    help="bfloat16 autocast on CPUs with native bfloat16 (AVX512-BF16, AMX)")
@@ -573,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, translate=args.translate, patience=args.patience,
-        tone=args.tone, ema=args.ema, cpu_amp=args.cpu_amp,
+        tone=args.tone, cutout=args.cutout, ema=args.ema, cpu_amp=args.cpu_amp,
         seed=args.seed, device=args.device, threads=threads, amp=args.amp, tta=args.tta,
         compile=args.compile)
     try:

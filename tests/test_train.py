@@ -125,10 +125,10 @@ def test_ddp_entry_point_with_two_gloo_processes(project_dirs, tmp_path):
 
 def test_tone_augmentation_scales_contrast_and_shifts_brightness_per_image():
     config = train.TrainConfig(tone=0.3)
-    order, _, shifts, tone = train.epoch_plan(50, config, epoch=0)
+    order, _, shifts, tone, _ = train.epoch_plan(50, config, epoch=0)
     plain = train.epoch_plan(50, train.TrainConfig(), epoch=0)
-    assert torch.equal(order, plain[0]) and torch.equal(shifts, plain[2])  # other draws unchanged
-    assert torch.equal(plain[3], torch.tensor([[1.0, 0.0]] * 50))  # tone=0: identity
+    assert torch.equal(order, plain.order) and torch.equal(shifts, plain.shifts)  # other draws unchanged
+    assert torch.equal(plain.tone, torch.tensor([[1.0, 0.0]] * 50))  # tone=0: identity
     assert (tone[:, 0] - 1).abs().max() <= 0.3 and tone[:, 1].abs().max() <= 0.3
     assert tone[:, 1].std() > 0.05  # really random per image
     x, std = torch.randn(2, 3, 4, 4), torch.tensor([0.5, 0.25, 0.2])
@@ -136,6 +136,22 @@ def test_tone_augmentation_scales_contrast_and_shifts_brightness_per_image():
     centre = x[0].mean()
     assert torch.allclose(out[0] - centre, 2 * (x[0] - centre), atol=1e-6)
     assert torch.allclose(out[1] - x[1], (0.1 / std).view(3, 1, 1).expand(3, 4, 4), atol=1e-6)
+
+
+def test_cutout_greys_one_clipped_square_per_image_and_leaves_the_rest():
+    plain = train.epoch_plan(40, train.TrainConfig(tone=0.3), epoch=0)
+    plan = train.epoch_plan(40, train.TrainConfig(tone=0.3, cutout=8), epoch=0)
+    for a, b in zip(plain[:4], plan[:4]):
+        assert torch.equal(a, b)  # switching Cutout on leaves the earlier draws as they were
+    assert torch.equal(plain.centres, torch.zeros(40, 2)) and plan.centres.std() > 0.2
+    images = torch.randint(0, 128, (2, 3, 20, 30), dtype=torch.uint8)  # never 128 by chance
+    out = train.cut_out(images, torch.tensor([[0.5, 0.5], [0.0, 0.95]]), side=8)
+    grey = out == 128
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.uint8
+    assert torch.equal(grey[0, 0].nonzero().amin(0), torch.tensor([6, 11]))  # rows 6-13, cols 11-18
+    assert grey[0].sum() == 3 * 8 * 8  # side x side, in every channel
+    assert grey[1, 0].sum() == 4 * 6  # at the corner: rows 0-3, columns 24-29 (clipped)
+    assert torch.equal(out[~grey], images[~grey])  # nothing else touched
 
 
 def test_a_cpu_amp_checkpoint_is_scored_in_bfloat16_where_the_cpu_has_it(tiny_cache, tmp_path, monkeypatch):
