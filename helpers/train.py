@@ -133,8 +133,15 @@ DEFAULTS: dict[str, dict] = {
     #   the ~40 training images whose colours mislead a colour-only classifier (out-of-fold
     #     explore.colour_baseline) repeated 4 times per epoch ........ 3, 0, 2 (5)
     #   Of the 15 validation images whose colours mislead that classifier, the default gets
-    #   4 wrong, 50 epochs and the repetition 2 each: again within the noise, so unchanged.
-    "sneakers": dict(model="two_scale", width=32, epochs=30, batch_size=64, lr=0.05, translate=8),
+    #   4 wrong, 50 epochs and the repetition 2 each: again within the noise.
+    #   Cutout, an 80-px mid-grey square per training image (measured with a script that did
+    #   what cutout=80 does, with 81-px squares and another random stream), split seeds
+    #   0/1/2 x training seeds 0/1 ........................................ 3, 4 / 1, 0 / 0, 1 errors
+    #     (9 in 1,038 = 99.13 %, against 18 = 98.27 % for the same runs without it), and a
+    #     lower validation log loss in all 6 paired runs (mean 0.084 vs 0.100): the first
+    #     change that beats the seed noise, so it is the default, with the bf16 it was measured in.
+    "sneakers": dict(model="two_scale", width=32, epochs=30, batch_size=64, lr=0.05, translate=8,
+                     cutout=80, cpu_amp=True),
     # 100k 32x32 training images (90k train, 10k val), 20k official test images. CIFAKE itself
     # could not be downloaded here, so the stem was chosen on a 32-px stand-in: the shoes
     # images downsized to 32 px (real photos vs a diffusion model, as CIFAKE), same training
