@@ -141,23 +141,24 @@ def main() -> int:
             config = train.default_config("cifake", model=name, device=str(device), epochs=args.epochs,
                                           tta=False, batch_size=256)
             precisions = [False, True] if device.type == "cpu" and cpu_has_bf16() else [config.cpu_amp]
-            rates: dict[str, list[float]] = {"seed": [], **{str(p): [] for p in precisions}}
+            seed_rates: list[float] = []
+            project_rates: dict[bool, list[float]] = {p: [] for p in precisions}
             for _ in range(args.rounds):  # interleaved, so a neighbour's burst hits every loop alike
                 seed_everything(0, deterministic=False)
-                rates["seed"].append(baseline_epochs(folder, config, device, args.epochs))
+                seed_rates.append(baseline_epochs(folder, config, device, args.epochs))
                 for cpu_amp in precisions:
                     run = replace(config, cpu_amp=cpu_amp)
                     result = train.fit(cache, run, out_dir=Path(tmp) / "models", progress=False, resume=False)
-                    rates[str(cpu_amp)].append(result.images_per_s)
-            base = float(np.median(rates["seed"]))
+                    project_rates[cpu_amp].append(result.images_per_s)
+            base = float(np.median(seed_rates))
             print(f"  {name} {config.model_options or ''}:")
             print(f"    seed-style loop (ImageFolder + DataLoader, fp32, H2D per batch): "
-                  f"{base:8,.0f} images/s  {spread(rates['seed'])}")
+                  f"{base:8,.0f} images/s  {spread(seed_rates)}")
             for cpu_amp in precisions:
-                ours = float(np.median(rates[str(cpu_amp)]))
+                ours = float(np.median(project_rates[cpu_amp]))
                 what = ("bfloat16 autocast" if cpu_amp else "fp32") if device.type == "cpu" else "AMP"
                 print(f"    project loop (uint8 on device, batched augmentation), {what + ':':<18}"
-                      f"{ours:8,.0f} images/s  {spread(rates[str(cpu_amp)])}  x{ours / base:.1f}")
+                      f"{ours:8,.0f} images/s  {spread(project_rates[cpu_amp])}  x{ours / base:.1f}")
         print("  (target: the project loop >= 5x the seed-style loop on CPU at 32x32)")
 
     if device.type == "cuda":
