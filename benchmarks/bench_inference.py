@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         variants.append(Variant(f"+ bfloat16 autocast (max logit diff {diff:.1%} of the largest)",
                                 lambda: best_model(xb_cl), bs, threads, bf16_inference))
     else:
-        print("  bfloat16 autocast skipped: this CPU has no native bfloat16 arithmetic")
+        print("  bfloat16 autocast skipped: no native bfloat16 here (the CPU lacks it, or ONEDNN_MAX_CPU_ISA caps it)")
     if args.compile:
         compiled = torch.compile(model_cl)
         with torch.inference_mode():

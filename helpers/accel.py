@@ -9,6 +9,7 @@ elsewhere; the GAN stays in fp32 on every CPU.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import torch
@@ -25,12 +26,25 @@ def images_to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
+# oneDNN's ISA levels (ONEDNN_MAX_CPU_ISA) at which it still has native bfloat16 kernels
+ONEDNN_BF16_LEVELS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX",
+                      "AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "ALL",
+                      "DEFAULT"}
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX).
 
     Only there is bfloat16 autocast faster than fp32 on the CPU (about 2x for the detector's
     convolutions, ``benchmarks/bench_inference.py``); elsewhere it would be emulated and slower.
+    A user who caps oneDNN below those instructions (``ONEDNN_MAX_CPU_ISA=AVX2``, or the older
+    ``DNNL_MAX_CPU_ISA``) gets fp32, since the capped bfloat16 kernels are emulated: 753 against
+    4,247 images/s in fp32 for the CIFAKE model (2026-11-24).
     """
+    for variable in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        cap = os.environ.get(variable, "").strip().upper()
+        if cap and cap not in ONEDNN_BF16_LEVELS:
+            return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 

@@ -30,6 +30,14 @@ def test_cpu_has_bf16_reads_the_processor_flags(monkeypatch):
     assert accel.cpu_has_bf16() is True
 
 
+@pytest.mark.parametrize("cap, native", [("AVX2", False), ("avx512_core", False),
+                                         ("AVX512_CORE_BF16", True), ("AVX512_CORE_AMX", True)])
+def test_a_onednn_cap_below_bfloat16_means_fp32(monkeypatch, cap, native):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert accel.cpu_has_bf16() is native
+
+
 def test_uint8_batches_become_normalised_floats_in_the_same_layout():
     images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8).contiguous(
         memory_format=torch.channels_last)
