@@ -26,3 +26,13 @@ def results_dir(dataset: str, *parts: str) -> Path:
     path = RESULTS.joinpath(dataset, *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as reports show it: relative to the project root when inside it, so a report
+    reads the same in every clone; absolute otherwise (a dataset copy elsewhere on disk)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(ROOT.resolve()).as_posix()
+    except ValueError:
+        return str(path)

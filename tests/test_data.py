@@ -286,3 +286,11 @@ def test_a_reused_cache_names_where_its_source_is_now(project_dirs, tiny_cifake,
     moved = shutil.copytree(tiny_cifake, tmp_path / "moved")  # same files: same cache key
     again = data.prepare("cifake", moved, progress=False)
     assert again.path == first.path and again.meta["source"] == str(moved.resolve())
+
+
+def test_reports_show_paths_inside_the_project_relative_to_it(tmp_path):
+    from helpers import paths
+
+    inside = paths.ROOT / "data" / "processed" / "demo" / "cache"
+    assert paths.shown(inside) == "data/processed/demo/cache"  # the same in every clone
+    assert paths.shown(tmp_path / "cifake") == str((tmp_path / "cifake").resolve())  # elsewhere: absolute
