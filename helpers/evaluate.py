@@ -36,7 +36,7 @@ from sklearn.calibration import calibration_curve
 
 from . import paths
 from .data import CLASS_NAMES
-from .repro import atomic_path, environment_fingerprint, write_json
+from .repro import atomic_path, environment_fingerprint, write_csv, write_json
 
 #: Decision threshold on P(FAKE): an image is called AI-generated when ``p_fake >= THRESHOLD``.
 THRESHOLD = 0.5
@@ -963,13 +963,6 @@ def best_result(results: Sequence[ModelResult]) -> ModelResult:
         m = r.detector.info.get("metrics") or {}
         return (m.get("val_acc", 0.0), -m.get("val_loss", np.inf))
     return max(results, key=key)
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """Write a table atomically (the old file survives a crash half-way)."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return Path(path)
 
 
 def write_performance(dataset: str, results: Sequence[ModelResult], cache, config: dict,

@@ -131,6 +131,81 @@ def colour_only_accuracy(cache: ImageCache, split: str = "val", seed: int = 0):
     return proportion_ci(predicted == labels, seed=seed)
 
 
+def thumbnails(images: np.ndarray, side: int = 16, chunk: int = 4096) -> np.ndarray:
+    """Coarse colour layouts of uint8 (N, H, W, 3) images: each averaged down to ``side`` x
+    ``side`` pixels, its own mean taken off and scaled to unit length, (N, side * side * 3).
+    The dot product of two is the correlation of their layouts: 1 for the same picture,
+    whatever its size or compression, near 1 for a slightly shifted copy or a generator's
+    variant of one prompt."""
+    import torch
+    import torch.nn.functional as F
+
+    out = np.empty((len(images), side * side * 3), dtype=np.float32)
+    for start in range(0, len(images), chunk):
+        block = torch.from_numpy(np.ascontiguousarray(images[start:start + chunk]))
+        small = F.adaptive_avg_pool2d(block.permute(0, 3, 1, 2).float(), side).flatten(1)
+        small -= small.mean(1, keepdim=True)
+        out[start:start + len(block)] = F.normalize(small, dim=1).numpy()
+    return out
+
+
+def near_duplicates(cache: ImageCache, threshold: float = 0.95, side: int = 16,
+                    chunk: int = 1024) -> pd.DataFrame:
+    """Validation and test images whose coarse layout (:func:`thumbnails`) correlates with a
+    training image's at ``threshold`` or more, most similar first: one row per evaluation
+    image, with its closest training image.
+
+    The cache already drops pixel-identical copies; this finds what that check cannot see:
+    resized or re-compressed copies, crops of one photo, a generator's variants of one prompt
+    (CIFAR-10, CIFAKE's source of real photos, has such pairs between its train and test sets).
+    Such images are listed, not removed: a human has to judge whether a pair is the same picture.
+    """
+    import torch
+
+    columns = ["split", "index", "file", "label", "train_index", "train_file", "train_label",
+               "similarity"]
+    train_index = cache.indices("train")
+    if len(train_index) == 0:
+        return pd.DataFrame(columns=columns)
+    train = torch.from_numpy(thumbnails(cache.images[train_index], side))
+    rows = []
+    for split in ("val", "test"):
+        index = cache.indices(split)
+        for start in range(0, len(index), chunk):
+            part = index[start:start + chunk]
+            similarity = torch.from_numpy(thumbnails(cache.images[part], side)) @ train.T
+            best, match = similarity.max(1)
+            for i, score, j in zip(part, best.tolist(), match.tolist()):
+                if score >= threshold:
+                    t = train_index[j]
+                    rows.append({"split": split, "index": int(i), "file": str(cache.files[i]),
+                                 "label": CLASS_NAMES[cache.labels[i]], "train_index": int(t),
+                                 "train_file": str(cache.files[t]),
+                                 "train_label": CLASS_NAMES[cache.labels[t]],
+                                 "similarity": round(score, 4)})
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values("similarity", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def near_duplicate_figure(cache: ImageCache, table: pd.DataFrame, n: int = 8):
+    """The ``n`` most similar pairs of :func:`near_duplicates`: evaluation image above, its
+    closest training image below; None when there are none."""
+    import matplotlib.pyplot as plt
+
+    table = table.head(n)
+    if table.empty:
+        return None
+    fig, axes = plt.subplots(2, len(table), figsize=(1.6 * len(table), 3.6), squeeze=False)
+    for k, (_, row) in enumerate(table.iterrows()):
+        for ax, i, title in ((axes[0, k], row["index"], f"{row['split']} {row['label']}\n{row['similarity']:.3f}"),
+                             (axes[1, k], row["train_index"], f"train {row['train_label']}")):
+            ax.imshow(cache.images[i], interpolation="nearest")
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.suptitle("Closest training image of each near-duplicate (top: evaluation image)", fontsize=9)
+    return fig
+
+
 def mean_log_spectrum(images: np.ndarray, max_images: int = 5000) -> np.ndarray:
     """Mean log-magnitude 2-D Fourier spectrum (centred) of the grey-level images.
 

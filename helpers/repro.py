@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    import pandas as pd
     import torch
 
 #: Packages whose versions are recorded with every result.
@@ -130,6 +131,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write JSON atomically (sorted keys, indented) and return the path."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    return Path(path)
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table atomically (the old file survives a crash half-way), without the index."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
     return Path(path)
 
 

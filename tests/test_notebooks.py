@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, shared_path, write_dataset
@@ -41,6 +42,8 @@ def test_data_and_explore_notebooks_run_on_a_tiny_demo_layout(project_dirs, tmp_
     assert report["n_images"] == 72 and report["is_demo"]
     assert {p.name for p in (results / "demo" / "figures").glob("*.png")} >= {
         "class_balance.png", "samples.png", "spectrum.png"}
+    near = pd.read_csv(results / "demo" / "near_duplicates.csv")  # written even when empty
+    assert list(near.columns)[:3] == ["split", "index", "file"]
 
 
 @pytest.mark.slow

@@ -1,0 +1,56 @@
+"""Near-duplicates across splits: what the pixel-identical check cannot see."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image
+
+from helpers import explore
+from helpers.data import SPLITS
+
+
+def smooth_image(rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A random picture with structure at every scale a thumbnail keeps."""
+    coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    return np.asarray(coarse.resize((size, size), Image.BILINEAR))
+
+
+def jpeg_copy(image: np.ndarray, quality: int) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def tiny_cache(images: list[np.ndarray], splits: list[str], labels: list[int]):
+    split = np.array([SPLITS.index(s) for s in splits])
+    return SimpleNamespace(images=np.stack(images), labels=np.array(labels),
+                           files=np.array([f"img{i}.png" for i in range(len(images))]),
+                           indices=lambda name: np.flatnonzero(split == SPLITS.index(name)))
+
+
+def test_thumbnails_ignore_brightness_and_have_unit_length():
+    image = smooth_image(np.random.default_rng(0)).astype(np.int16)
+    darker = (image - 30).clip(0, 255).astype(np.uint8)
+    both = explore.thumbnails(np.stack([image.astype(np.uint8), darker]), side=8, chunk=1)
+    np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1, rtol=1e-5)
+    assert both[0] @ both[1] > 0.99
+
+
+def test_recompressed_and_shifted_copies_of_training_images_are_found():
+    rng = np.random.default_rng(1)
+    train = [smooth_image(rng) for _ in range(20)]
+    recompressed = jpeg_copy(train[3], quality=40)
+    shifted = np.roll(train[7], 1, axis=1)
+    unrelated = smooth_image(rng)
+    cache = tiny_cache(train + [recompressed, shifted, unrelated],
+                       ["train"] * 20 + ["val", "test", "test"], [0] * 20 + [0, 1, 1])
+    table = explore.near_duplicates(cache, threshold=0.95, side=8)
+    found = dict(zip(table["index"], table["train_index"]))
+    assert found == {20: 3, 21: 7}  # the unrelated image is not listed
+    assert table.loc[table["index"] == 21, "train_label"].item() == "REAL"  # a label clash shows
+    assert table["similarity"].is_monotonic_decreasing
+    assert explore.near_duplicate_figure(cache, table) is not None
+    assert explore.near_duplicate_figure(cache, table.iloc[:0]) is None
