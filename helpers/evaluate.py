@@ -646,15 +646,49 @@ def colour_check(result: ModelResult, colour_p_fake, threshold: float = THRESHOL
                (result.name, "all test images", detector_right, np.ones_like(colour_right)),
                (result.name, "colour-only right", detector_right, colour_right),
                (result.name, "colour-only wrong", detector_right, ~colour_right)]
+    return _subset_accuracies(result.name, subsets, n_bootstrap, seed)
+
+
+def _subset_accuracies(model: str, subsets, n_bootstrap: int, seed: int) -> pd.DataFrame:
+    """One row per ``(classifier, images, right, mask)``: the share of ``right`` within ``mask``
+    with its bootstrap interval; NaN for an empty mask."""
     rows = []
     for classifier, images, right, mask in subsets:
-        row = {"model": result.name, "classifier": classifier, "images": images,
+        row = {"model": model, "classifier": classifier, "images": images,
                "n_images": int(mask.sum()), "accuracy": np.nan, "ci_low": np.nan, "ci_high": np.nan}
         if mask.any():
             iv = proportion_ci(right[mask], n_bootstrap, seed=seed)
             row.update(accuracy=iv.estimate, ci_low=iv.low, ci_high=iv.high)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def near_duplicate_check(result: ModelResult, near_duplicate, threshold: float = THRESHOLD,
+                         n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The detector's test accuracy on all test images, on those with no near-duplicate in the
+    train split and on those with one (``near_duplicate``: a boolean per test image, from
+    :func:`helpers.explore.near_duplicates`). If the score rests on test images that are copies
+    of training images, it drops without them. One row per subset, with bootstrap intervals."""
+    near = np.asarray(near_duplicate, dtype=bool)
+    right = predicted_labels(result.p_fake, threshold) == result.y_true
+    subsets = [(result.name, "all test images", right, np.ones_like(near)),
+               (result.name, "no near-duplicate in train", right, ~near),
+               (result.name, "near-duplicate in train", right, near)]
+    return _subset_accuracies(result.name, subsets, n_bootstrap, seed)
+
+
+def describe_near_duplicate_check(table: pd.DataFrame) -> str:
+    """The finding of one model's :func:`near_duplicate_check` in words."""
+    rows = {r.images: r for r in table.itertuples()}
+    overall, clean, near = (rows[k] for k in ("all test images", "no near-duplicate in train",
+                                              "near-duplicate in train"))
+    if near.n_images == 0:
+        return (f"No test image has a near-duplicate in the train split, so **{overall.model}**'s "
+                f"{overall.accuracy:.1%} does not rest on copies of training images.")
+    return (f"{near.n_images} of the {overall.n_images} test images have a near-duplicate in the "
+            f"train split; **{overall.model}** gets {near.accuracy:.1%} of those right. Without "
+            f"them its accuracy is {clean.accuracy:.1%} (95% CI [{clean.ci_low:.1%}, "
+            f"{clean.ci_high:.1%}]), against {overall.accuracy:.1%} on all test images.")
 
 
 def describe_colour_check(table: pd.DataFrame) -> str:
@@ -740,8 +774,9 @@ def describe_cross_generator(result: dict[str, Any]) -> str:
 
 def summary(results: Sequence[ModelResult], best: ModelResult, robustness: pd.DataFrame | None,
             cross: Sequence[dict[str, Any]], is_demo: bool = False,
-            colour: pd.DataFrame | None = None) -> str:
-    """The notebook's closing paragraph (Markdown), written from the numbers."""
+            colour: pd.DataFrame | None = None, near: pd.DataFrame | None = None) -> str:
+    """The notebook's closing paragraph (Markdown), written from the numbers; ``colour`` and
+    ``near`` are :func:`colour_check` and :func:`near_duplicate_check` tables."""
     m = best.metrics
     lines = [(f"**{best.name}** (chosen on validation accuracy) classifies {m['accuracy']:.2%} of the "
               f"{m['n_test']} test images correctly (95% CI [{m['ci_low']:.2%}, {m['ci_high']:.2%}], "
@@ -771,6 +806,13 @@ def summary(results: Sequence[ModelResult], best: ModelResult, robustness: pd.Da
             lines.append(f"Colour alone gets {base['accuracy']:.1%}; on the {wrong['n_images']} "
                          f"images whose colours mislead it, {best.name} is right on "
                          f"{wrong['accuracy']:.1%} [{wrong['ci_low']:.1%}, {wrong['ci_high']:.1%}].")
+    if near is not None and len(near):
+        mine = near[near["model"] == best.name].set_index("images")
+        copies, clean = mine.loc["near-duplicate in train"], mine.loc["no near-duplicate in train"]
+        if copies["n_images"]:
+            lines.append(f"Without the {copies['n_images']} test images that have a near-duplicate "
+                         f"in training: {clean['accuracy']:.1%} [{clean['ci_low']:.1%}, "
+                         f"{clean['ci_high']:.1%}].")
     if is_demo:
         lines.append("These are DEMO numbers (a small synthetic set built offline), not a benchmark.")
     return " ".join(lines)

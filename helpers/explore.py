@@ -150,8 +150,8 @@ def thumbnails(images: np.ndarray, side: int = 16, chunk: int = 4096) -> np.ndar
 
 
 def near_duplicates(cache: ImageCache, threshold: float = 0.95, side: int = 16,
-                    chunk: int = 1024) -> pd.DataFrame:
-    """Validation and test images whose coarse layout (:func:`thumbnails`) correlates with a
+                    splits: tuple[str, ...] = ("val", "test"), chunk: int = 1024) -> pd.DataFrame:
+    """Images of ``splits`` (validation and test) whose coarse layout (:func:`thumbnails`) correlates with a
     training image's at ``threshold`` or more, most similar first: one row per evaluation
     image, with its closest training image.
 
@@ -169,7 +169,7 @@ def near_duplicates(cache: ImageCache, threshold: float = 0.95, side: int = 16,
         return pd.DataFrame(columns=columns)
     train = torch.from_numpy(thumbnails(cache.images[train_index], side))
     rows = []
-    for split in ("val", "test"):
+    for split in splits:
         index = cache.indices(split)
         for start in range(0, len(index), chunk):
             part = index[start:start + chunk]

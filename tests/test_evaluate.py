@@ -282,6 +282,9 @@ def test_pipeline_writes_metrics_robustness_and_cross_generator(detector, projec
     assert "DEMO" in ev.summary([result], result, table, [cross], True)
     colour = ev.colour_check(result, 1 - labels * 0.9, n_bootstrap=200)  # colour wrong everywhere
     assert "on the 24 images whose colours mislead it" in ev.summary([result], result, None, [], colour=colour)
+    near = ev.near_duplicate_check(result, np.arange(24) < 4, n_bootstrap=200)
+    assert "Without the 4 test images that have a near-duplicate" in ev.summary([result], result, None, [],
+                                                                              near=near)
 
 
 def test_fingerprint_mismatch_is_refused(detector):
@@ -358,6 +361,23 @@ def test_colour_check_splits_the_test_set_where_colour_misleads(predictions):
     assert "75.0%" in text and "On the 4 images" in text and "50.0%" in text and "chance" in text
     all_right = ev.colour_check(result, (y == 1) * 0.9 + 0.05, n_bootstrap=200)
     assert np.isnan(all_right["accuracy"].iloc[3]) and "cannot show" in ev.describe_colour_check(all_right)
+
+
+def test_near_duplicate_check_scores_the_test_images_without_copies_in_train(predictions):
+    from types import SimpleNamespace
+
+    y, p = predictions  # detector wrong on images 5, 6 and 14
+    near = np.zeros(16, dtype=bool)
+    near[[1, 5, 9]] = True  # three test images with a near-duplicate in train, one of them missed
+    result = SimpleNamespace(name="fast", y_true=y, p_fake=p)
+    table = ev.near_duplicate_check(result, near, n_bootstrap=200).set_index("images")
+    assert table.loc["all test images", "accuracy"] == 13 / 16
+    assert table.loc["near-duplicate in train", ["n_images", "accuracy"]].tolist() == [3, 2 / 3]
+    assert table.loc["no near-duplicate in train", ["n_images", "accuracy"]].tolist() == [13, 11 / 13]
+    text = ev.describe_near_duplicate_check(table.reset_index())
+    assert text.startswith("3 of the 16 test images") and "84.6%" in text and "81.2%" in text
+    none = ev.near_duplicate_check(result, np.zeros(16, dtype=bool), n_bootstrap=200)
+    assert "No test image has a near-duplicate" in ev.describe_near_duplicate_check(none)
 
 
 @pytest.mark.parametrize("right_where_misled, finding", [

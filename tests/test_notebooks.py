@@ -75,3 +75,5 @@ def test_train_gan_evaluate_gradcam_notebooks_run_in_order(project_dirs, tmp_pat
     metrics = (demo / "performance_metrics.csv").read_text()
     assert "fast" in metrics and "ci_low" in metrics
     assert (demo / "confusion_matrix.png").exists() and (demo / "gradcam" / "faithfulness.csv").exists()
+    near = pd.read_csv(demo / "near_duplicate_check.csv")
+    assert near["images"].tolist() == ["all test images", "no near-duplicate in train", "near-duplicate in train"]
