@@ -151,9 +151,9 @@ def thumbnails(images: np.ndarray, side: int = 16, chunk: int = 4096) -> np.ndar
 
 def near_duplicates(cache: ImageCache, threshold: float = 0.95, side: int = 16,
                     splits: tuple[str, ...] = ("val", "test"), chunk: int = 1024) -> pd.DataFrame:
-    """Images of ``splits`` (validation and test) whose coarse layout (:func:`thumbnails`) correlates with a
-    training image's at ``threshold`` or more, most similar first: one row per evaluation
-    image, with its closest training image.
+    """Images of ``splits`` (validation and test) whose coarse layout (:func:`thumbnails`)
+    correlates with a training image's at ``threshold`` or more, most similar first: one row
+    per evaluation image, with its closest training image.
 
     The cache already drops pixel-identical copies; this finds what that check cannot see:
     resized or re-compressed copies, crops of one photo, a generator's variants of one prompt
