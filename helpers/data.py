@@ -386,8 +386,8 @@ def remove_leakage(images: np.ndarray, labels: np.ndarray, split: np.ndarray,
         j = first_seen[h]
         clash = " (with the OTHER label)" if labels[i] != labels[j] else ""
         if split[i] > split[j]:
-            rows.append((files[i], f"removed from {SPLITS[split[i]]}: pixels identical to "
-                                   f"{SPLITS[split[j]]} file {files[j]}{clash}"))
+            rows.append((files[i], (f"removed from {SPLITS[split[i]]}: pixels identical to "
+                                    f"{SPLITS[split[j]]} file {files[j]}{clash}")))
             split[i] = DROPPED
         else:
             rows.append((files[i], f"duplicate within {SPLITS[split[i]]} of {files[j]}{clash}"))

@@ -8,6 +8,7 @@ test-time flip and the same batching.
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from .accel import autocast, images_to_device, to_float
 
 #: Marks a file written by :func:`helpers.train.fit` (checked when loading).
 CHECKPOINT_FORMAT = "aidetect-detector"
+# What torch.load raises for a truncated or foreign file.
+CORRUPT_CHECKPOINT = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile)
 #: Keys of the ``info`` dict returned by :func:`load_detector`.
 INFO_KEYS = ("model", "dataset", "image_size", "mean", "std", "metrics", "data_fingerprint",
              "config")
@@ -44,7 +47,7 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
         raise FileNotFoundError(f"no detector checkpoint at {path}; make it with {_make_hint(path)}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    except CORRUPT_CHECKPOINT as err:
         raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}); delete it and "
                          f"retrain with {_make_hint(path)}") from err
@@ -143,7 +146,9 @@ def best_checkpoint(dataset: str) -> Path:
     for path in checkpoints(dataset):
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a corrupt file is not a candidate; load_detector explains it
+        except CORRUPT_CHECKPOINT as err:  # not a candidate, but never skipped silently
+            warnings.warn(f"{path}: skipped, corrupt or truncated checkpoint ({type(err).__name__}); "
+                          f"delete it and retrain with {_make_hint(path)}", stacklevel=2)
             continue
         if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
             metrics = ckpt.get("metrics", {})

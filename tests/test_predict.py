@@ -178,3 +178,16 @@ def test_chunks_give_the_same_table(results_tree, images, monkeypatch):
     chunked = predict.classify_files(files, model, info, batch_size=1)
     pd.testing.assert_frame_equal(whole, chunked, rtol=1e-6)
     assert chunked["error"].notna().tolist() == [False, True, False, False]
+
+
+def test_best_checkpoint_skips_a_corrupt_file_with_a_warning(results_tree):
+    from helpers.inference import best_checkpoint
+
+    good = results_tree["checkpoint"]
+    broken = good.with_name("zz_truncated.pt")
+    broken.write_bytes(good.read_bytes()[:200])
+    try:
+        with pytest.warns(UserWarning, match=r"zz_truncated\.pt: skipped, corrupt or truncated"):
+            assert best_checkpoint("cifake") == good
+    finally:
+        broken.unlink()
