@@ -38,7 +38,8 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
 
     ``info`` holds ``model``, ``dataset``, ``image_size``, ``mean``, ``std``, ``metrics``
     (validation), ``data_fingerprint`` and ``config`` (the training configuration), plus
-    ``environment``, ``train_seconds``, ``epoch`` and ``path``.
+    ``environment``, ``train_seconds`` (the whole run), ``epoch`` (the one saved),
+    ``epochs_run`` and ``path``.
     """
     from .models import build_model
 
@@ -66,8 +67,10 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     info = {k: ckpt[k] for k in INFO_KEYS}
-    info.update(environment=ckpt.get("environment"), train_seconds=ckpt.get("train_seconds"),
-                epoch=ckpt.get("epoch"), path=str(path))
+    # the whole run's time (older checkpoints: the time to their own epoch)
+    seconds = ckpt.get("run_seconds", ckpt.get("train_seconds"))
+    info.update(environment=ckpt.get("environment"), train_seconds=seconds,
+                epoch=ckpt.get("epoch"), epochs_run=ckpt.get("epochs_run"), path=str(path))
     return model, info
 
 

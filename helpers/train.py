@@ -354,6 +354,18 @@ def _save(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _record_run_time(ckpt_path: Path, seconds: float, epochs: int) -> None:
+    """Add the whole run's time to the best checkpoint, saved mid-run with only its own epoch's.
+
+    The comparison tables report training time per model; the time to the best epoch would
+    flatter a run that peaked early but still trained (and cost) every epoch.
+    """
+    if not ckpt_path.is_file():
+        return
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    _save({**ckpt, "run_seconds": seconds, "epochs_run": epochs}, ckpt_path)
+
+
 # --------------------------------------------------------------------------- the loop
 
 def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
@@ -545,11 +557,12 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
         import torch.distributed as dist
 
         dist.barrier()  # every process is done with last.pt before it goes
+    history = pd.DataFrame(rows)
     if rank == 0:
+        _record_run_time(ckpt_path, float(history["seconds"].sum()), len(rows))
         last_path.unlink(missing_ok=True)
     net.load_state_dict(best_state)
     net.eval()
-    history = pd.DataFrame(rows)
     return TrainResult(
         model=net, history=history, metrics=best, checkpoint=ckpt_path,
         seconds=float(history["seconds"].sum()),

@@ -98,6 +98,8 @@ def test_checkpoint_round_trip(tiny_cache, tmp_path):
     result = train.fit(tiny_cache, quick(epochs=2), out_dir=tmp_path / "m", progress=False)
     model, info = inference.load_detector(result.checkpoint)
     assert info["data_fingerprint"] == tiny_cache.fingerprint and info["image_size"] == 32
+    # the whole run's time, not the time to the saved epoch
+    assert info["epochs_run"] == 2 and info["train_seconds"] == pytest.approx(result.seconds)
     images, _ = tiny_cache.part("val")
     assert np.allclose(inference.predict_proba(model, info, images),
                        inference.predict_proba(result.model, info, images), atol=1e-6)
