@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers import models
 
@@ -132,3 +133,32 @@ def test_an_ensemble_gives_member_logits_in_training_and_their_mean_in_eval():
         each = torch.cat([m(x) for m in model.members], dim=1)
         assert torch.allclose(model(x), each.mean(1, keepdim=True))
     assert models.cam_target_layer(model) in list(model.members[0].modules())
+
+
+def test_cifake_paper_is_the_papers_function():
+    """Pooling before the first ReLU and skipping the identity pool change nothing: same
+    logits and gradients as conv -> ReLU -> pool (the paper's order), same parameter names."""
+    torch.manual_seed(0)
+    model = models.build_model("cifake_paper", 32)
+    b1, b2, head = model.block1[0], model.block2[1], model.head
+
+    def papers_order(x):
+        x = F.max_pool2d(F.relu(b1(x)), 2)
+        x = F.max_pool2d(F.relu(b2(x)), 2)
+        x = F.adaptive_avg_pool2d(x, 6).flatten(1)
+        return head[5](F.relu(head[3](x)))
+
+    for size in (32, 48):  # 48 px: the average pool does work
+        x = torch.randn(4, 3, size, size)
+        ours = model(x)
+        ours.sum().backward()
+        ours_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        reference = papers_order(x)
+        reference.sum().backward()
+        assert torch.equal(ours, reference)
+        assert all(torch.equal(a, p.grad) for a, p in zip(ours_grads, model.parameters()))
+        model.zero_grad()
+    assert sorted(model.state_dict()) == sorted(
+        ["block1.0.weight", "block1.0.bias", "block2.1.weight", "block2.1.bias",
+         "head.3.weight", "head.3.bias", "head.5.weight", "head.5.bias"])
