@@ -15,7 +15,11 @@ Also prints the memory a 120k-image 32x32 uint8 cache takes, and, on CUDA, the t
 epoch over 100k images.
 
     python benchmarks/bench_train.py [--images 5000] [--epochs 2] [--device auto]
-        [--models fast,cifake_paper] [--rounds 3]
+        [--models fast,cifake_paper] [--rounds 3] [--malloc tuned|glibc]
+
+``--malloc glibc`` leaves glibc's malloc at its defaults for the whole process (both loops;
+the same as ``REUSE_FREED_MEMORY=0``), to measure what :func:`helpers.accel.reuse_freed_memory`
+is worth.
 
 Every loop runs ``--rounds`` times, interleaved with the others, and the median images/s is
 printed with the range: on a shared machine one timing can be off by a third.
@@ -24,6 +28,7 @@ printed with the range: on a shared machine one timing can be off by a third.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -116,7 +121,11 @@ def main() -> int:
     parser.add_argument("--models", default="fast,cifake_paper", help="comma-separated model names")
     parser.add_argument("--rounds", type=int, default=3,
                         help="repeat every loop this many times, interleaved; medians are printed")
+    parser.add_argument("--malloc", choices=["tuned", "glibc"], default="tuned",
+                        help="glibc: leave malloc's defaults (both loops), to measure the tuning")
     args = parser.parse_args()
+    if args.malloc == "glibc":
+        os.environ["REUSE_FREED_MEMORY"] = "0"
 
     cache_bytes = 120_000 * 32 * 32 * 3
     print(f"CIFAKE cache, 120,000 x 32x32x3 uint8: {cache_bytes / 2**20:.0f} MiB "
@@ -127,7 +136,7 @@ def main() -> int:
     device = pick_device(args.device)
     threads = set_cpu_threads()
     cpu = f"{threads} CPU threads, {torch.backends.cpu.get_cpu_capability()}, native bfloat16: " \
-          f"{'yes' if cpu_has_bf16() else 'no'}"
+          f"{'yes' if cpu_has_bf16() else 'no'}, malloc {args.malloc}"
     print(f"device {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else cpu}), "
           f"batch 256, {args.images:,} images x {args.epochs} epochs, median of {args.rounds} "
           "interleaved rounds (range in brackets)")

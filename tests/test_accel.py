@@ -45,3 +45,20 @@ def test_uint8_batches_become_normalised_floats_in_the_same_layout():
     x = accel.to_float(images, mean, std)
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(x[:, 1], (images[:, 1].float() / 255 - 0.4) / 0.2)
+
+
+def test_malloc_keeps_freed_memory_unless_told_not_to(monkeypatch):
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        assert not accel.reuse_freed_memory()  # nothing to tune elsewhere
+        return
+    for name in accel.MALLOC_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REUSE_FREED_MEMORY", "1")
+    assert accel.reuse_freed_memory()  # glibc accepted both settings
+    monkeypatch.setenv("REUSE_FREED_MEMORY", "0")
+    assert not accel.reuse_freed_memory()
+    monkeypatch.delenv("REUSE_FREED_MEMORY")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # the user's own choice wins
+    assert not accel.reuse_freed_memory()

@@ -125,6 +125,23 @@ def test_ddp_entry_point_with_two_gloo_processes(project_dirs, tmp_path):
     assert info["config"]["epochs"] == 2
 
 
+def test_augment_mirrors_and_shifts_with_reflection_like_numpy():
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 256, (10, 12, 9, 3), dtype=np.uint8)  # (N, H, W, 3); not square
+    images = torch.from_numpy(stored).permute(0, 3, 1, 2)  # channels_last, as fit keeps them
+    index, flips = torch.tensor([3, 0, 9, 3]), torch.tensor([False, True, False, True])
+    shifts = torch.tensor([[0, 0], [2, -1], [-3, 3], [1, 2]])  # (rows, columns)
+    out = train.augment(images, index, flips, shifts)
+    assert out.dtype == torch.uint8 and out.shape == (4, 3, 12, 9)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    for k in range(4):
+        dy, dx = shifts[k].tolist()
+        padded = np.pad(stored[index[k]], ((3, 3), (3, 3), (0, 0)), mode="reflect")
+        expected = padded[3 + dy:3 + dy + 12, 3 + dx:3 + dx + 9]
+        expected = expected[:, ::-1] if flips[k] else expected
+        assert np.array_equal(out[k].permute(1, 2, 0).numpy(), expected), k
+
+
 def test_tone_augmentation_scales_contrast_and_shifts_brightness_per_image():
     config = train.TrainConfig(tone=0.3)
     order, _, shifts, tone, _ = train.epoch_plan(50, config, epoch=0)
