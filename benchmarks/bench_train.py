@@ -165,7 +165,8 @@ def main() -> int:
                   f"{base:8,.0f} images/s  {spread(seed_rates)}")
             for cpu_amp in precisions:
                 ours = float(np.median(project_rates[cpu_amp]))
-                what = ("bfloat16 autocast" if cpu_amp else "fp32") if device.type == "cpu" else "AMP"
+                bf16 = cpu_amp and cpu_has_bf16()  # asked for, but only used where native
+                what = ("bfloat16 autocast" if bf16 else "fp32") if device.type == "cpu" else "AMP"
                 print(f"    project loop (uint8 on device, batched augmentation), {what + ':':<18}"
                       f"{ours:8,.0f} images/s  {spread(project_rates[cpu_amp])}  x{ours / base:.1f}")
         print("  (target: the project loop >= 5x the seed-style loop on CPU at 32x32)")
