@@ -125,7 +125,7 @@ test-fast: $(ENV) ## tests without notebook executions and training runs
 	$(PY) -m pytest -n 2 -m "not slow" $(TEST_ARGS)
 
 lint: $(ENV)
-	$(PY) -m ruff check helpers tests benchmarks
+	$(PY) -m ruff check helpers tests benchmarks notebooks
 
 clean-results: ## delete results/$(DATASET) (never data/raw)
 	rm -rf $(RESULTS)
