@@ -124,7 +124,7 @@ test: $(ENV) ## the test suite (what CI runs)
 test-fast: $(ENV) ## tests without notebook executions and training runs
 	$(PY) -m pytest -n 2 -m "not slow" $(TEST_ARGS)
 
-lint: $(ENV)
+lint: $(ENV) ## ruff on helpers, tests, benchmarks and notebooks
 	$(PY) -m ruff check helpers tests benchmarks notebooks
 
 clean-results: ## delete results/$(DATASET) (never data/raw)
