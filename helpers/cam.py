@@ -503,27 +503,21 @@ def mosaic(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
     return out
 
 
-def plot_examples(images: np.ndarray, maps: Mapping[str, np.ndarray], titles: Sequence[str],
-                  suptitle: str):
-    """Grid: one column per image; the image, then one overlay row per method.
+def plot_tiles(rows: Sequence[Sequence[np.ndarray]], row_names: Sequence[str],
+               titles: Sequence[str], suptitle: str):
+    """Rows of equal-sized uint8 RGB tiles, one column per image, titled above each column.
 
     Drawn as one mosaic in one axes (dozens of small axes take seconds to render)."""
     import matplotlib.pyplot as plt
 
-    n = len(images)
-    if n == 0:
-        fig, ax = plt.subplots(figsize=(6, 1.0))
-        ax.axis("off")
-        ax.text(0.5, 0.5, f"{suptitle}: none in the test split", ha="center", va="center")
-        return fig
-    h, w = images.shape[1:3]
+    n = len(rows[0])
+    h, w = rows[0][0].shape[:2]
     gap = max(1, w // 16)
-    rows = [list(images)] + [[overlay(img, m) for img, m in zip(images, cams)] for cams in maps.values()]
     fig, ax = plt.subplots(figsize=(1.4 * n + 1.0, 1.4 * len(rows) + 0.9))
     ax.imshow(mosaic(rows, gap), interpolation="nearest")
     ax.set_xticks([j * (w + gap) + w / 2 for j in range(n)], list(titles), fontsize=7)
     ax.xaxis.tick_top()
-    ax.set_yticks([i * (h + gap) + h / 2 for i in range(len(rows))], ["image", *maps], fontsize=9)
+    ax.set_yticks([i * (h + gap) + h / 2 for i in range(len(rows))], list(row_names), fontsize=9)
     ax.tick_params(length=0)
     ax.grid(False)
     for spine in ax.spines.values():
@@ -531,6 +525,20 @@ def plot_examples(images: np.ndarray, maps: Mapping[str, np.ndarray], titles: Se
     fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_examples(images: np.ndarray, maps: Mapping[str, np.ndarray], titles: Sequence[str],
+                  suptitle: str):
+    """Grid: one column per image; the image, then one overlay row per method."""
+    import matplotlib.pyplot as plt
+
+    if len(images) == 0:
+        fig, ax = plt.subplots(figsize=(6, 1.0))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{suptitle}: none in the test split", ha="center", va="center")
+        return fig
+    rows = [list(images)] + [[overlay(img, m) for img, m in zip(images, cams)] for cams in maps.values()]
+    return plot_tiles(rows, ["image", *maps], titles, suptitle)
 
 
 def example_figures(model: torch.nn.Module, info: Mapping, images: np.ndarray, files: Sequence[str],
@@ -546,10 +554,116 @@ def example_figures(model: torch.nn.Module, info: Mapping, images: np.ndarray, f
     for name, idx in pick_examples(groups, n_per_group, seed).items():
         predicted = (p_fake[idx] >= threshold).astype(int)
         maps = compute_all(model, images[idx], predicted, info, methods, device) if len(idx) else {}
-        titles = [f"{Path(str(files[i])).name}\nP(FAKE)={p_fake[i]:.2f}" for i in idx]
         title = f"{name}: {OUTCOMES[name]}" + ("; maps explain the predicted class" if len(idx) else "")
-        figures[name] = plot_examples(images[idx], maps, titles, title)
+        figures[name] = plot_examples(images[idx], maps, example_titles(files, p_fake, idx), title)
     return figures
+
+
+def example_titles(files: Sequence[str], p_fake: np.ndarray, idx: np.ndarray) -> list[str]:
+    """Column titles of an example grid: file name and P(FAKE)."""
+    return [f"{Path(str(files[i])).name}\nP(FAKE)={p_fake[i]:.2f}" for i in idx]
+
+
+# --------------------------------------------------------------------------- two-view models
+
+def has_two_views(model: torch.nn.Module) -> bool:
+    """Whether ``model`` sums a global and a local view (``two_scale``), so each view's share
+    of the logit can be read on its own."""
+    return hasattr(model, "view_logits") and hasattr(model, "local_evidence")
+
+
+@torch.no_grad()
+def view_logits(model: torch.nn.Module, info: Mapping, images: np.ndarray,
+                device: str | torch.device = "cpu", batch_size: int = 32) -> pd.DataFrame:
+    """Each image's logit split by view: columns ``global``, ``local`` and ``total`` (their sum)."""
+    if not has_two_views(model):
+        raise TypeError(f"{type(model).__name__} has one view; only two_scale splits its logit")
+    was_training = model.training
+    model.eval()
+    parts = []
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = to_input(images[start:start + batch_size], info["mean"], info["std"], device)
+            parts.append(torch.cat(model.view_logits(batch), dim=1).float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    logits = np.concatenate(parts) if parts else np.empty((0, 2), np.float32)
+    return pd.DataFrame({"global": logits[:, 0], "local": logits[:, 1], "total": logits.sum(1)})
+
+
+def view_table(views: pd.DataFrame, labels: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
+    """How each view decides on its own (its share's sign against the threshold's logit) and
+    how large its share is, next to the two together."""
+    cut = float(np.log(threshold / (1 - threshold)))
+    labels = np.asarray(labels).astype(bool)
+    rows = {}
+    for column in ("global", "local", "total"):
+        decided = views[column].to_numpy() >= cut
+        rows["both views" if column == "total" else f"{column} view alone"] = {
+            "accuracy": float((decided == labels).mean()),
+            "errors": int((decided != labels).sum()),
+            "mean |share of the logit|": float(views[column].abs().mean()),
+        }
+    table = pd.DataFrame(rows).T
+    table["errors"] = table["errors"].astype(int)
+    return table
+
+
+@torch.no_grad()
+def local_evidence_maps(model: torch.nn.Module, info: Mapping, images: np.ndarray,
+                        device: str | torch.device = "cpu", batch_size: int = 32) -> np.ndarray:
+    """The local view's signed neighbourhood scores (:meth:`TwoScaleNet.local_evidence`),
+    (N, H, W) at the images' size: nearest-neighbour upsampled, so each block is one score."""
+    if not has_two_views(model):
+        raise TypeError(f"{type(model).__name__} has no local view")
+    was_training = model.training
+    model.eval()
+    maps = []
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = to_input(images[start:start + batch_size], info["mean"], info["std"], device)
+            scores = model.local_evidence(batch)[:, None]
+            maps.append(torch.nn.functional.interpolate(scores, size=images.shape[1:3]).squeeze(1).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(maps) if maps else np.empty(images.shape[:3], np.float32)
+
+
+def describe_views(table: pd.DataFrame) -> str:
+    """One paragraph on :func:`view_table`: how each view decides alone and how much it weighs."""
+    g, loc, both = (table.loc[k] for k in ("global view alone", "local view alone", "both views"))
+    heavier = "global" if g["mean |share of the logit|"] >= loc["mean |share of the logit|"] else "local"
+    return (f"**Two views.** Alone, the global view (the half-size image, which Grad-CAM explains) "
+            f"gets {g['accuracy']:.2%} of the test images ({int(g['errors'])} errors), the local view "
+            f"(native pixels, mapped exactly above) {loc['accuracy']:.2%} ({int(loc['errors'])}); together "
+            f"{both['accuracy']:.2%} ({int(both['errors'])}). The {heavier} view carries the larger share "
+            f"of the logit on average (mean |share| {g['mean |share of the logit|']:.2f} global, "
+            f"{loc['mean |share of the logit|']:.2f} local), so Grad-CAM's maps explain "
+            f"{'most' if heavier == 'global' else 'the smaller part'} of the verdict.")
+
+
+def local_evidence_figures(model: torch.nn.Module, info: Mapping, images: np.ndarray,
+                           files: Sequence[str], p_fake: np.ndarray, groups: np.ndarray,
+                           n_per_group: int, device: str | torch.device = "cpu", seed: int = 0) -> dict:
+    """The local view's maps for the same examples as :func:`example_figures` (same seed)."""
+    figures = {}
+    for name, idx in pick_examples(groups, n_per_group, seed).items():
+        if len(idx):
+            maps = local_evidence_maps(model, info, images[idx], device)
+            figures[name] = plot_local_evidence(images[idx], maps, example_titles(files, p_fake, idx),
+                                                f"{name}: {OUTCOMES[name]}")
+    return figures
+
+
+def plot_local_evidence(images: np.ndarray, maps: np.ndarray, titles: Sequence[str], suptitle: str):
+    """Images over their local-evidence maps on one symmetric scale (red: FAKE, blue: REAL)."""
+    from matplotlib import colormaps
+
+    scale = float(np.abs(maps).max()) or 1.0
+    colours = colormaps["RdBu_r"]((maps / scale + 1) / 2)[..., :3]  # (N, H, W, 3) in [0, 1]
+    tinted = ((0.5 * images / 255.0 + 0.5 * colours) * 255).round().astype(np.uint8)
+    return plot_tiles([list(images), list(tinted)], ["image", "local evidence"], titles,
+                      f"{suptitle} (colour scale ±{scale:.2f} logit per neighbourhood)")
 
 
 def save_results(dataset: str, table: pd.DataFrame, summary: Mapping) -> tuple[Path, Path]:

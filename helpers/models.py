@@ -165,8 +165,8 @@ class TwoScaleNet(nn.Module):
     shoe-sized images (240 px); it runs at any size of 16 px or more.
 
     Grad-CAM reads the global view's layers, so its maps explain the global view's share of
-    the logit; the local view's share is the average of a map of patch scores and has no
-    single layer to attach to.
+    the logit. The local view's share needs no gradients: average pooling and a linear head
+    commute, so it is exactly the mean of a map of patch scores (:meth:`local_evidence`).
     """
 
     def __init__(self, image_size: int = 240, global_width: int = 32, local_width: int = 16):
@@ -178,6 +178,20 @@ class TwoScaleNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.global_view(F.avg_pool2d(x, 2)) + self.local_view(x)
+
+    def view_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global and the local view's shares of the logit, each (N, 1); they sum to it."""
+        return self.global_view(F.avg_pool2d(x, 2)), self.local_view(x)
+
+    def local_evidence(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, h, w) scores of the local view's neighbourhoods (positive: evidence of FAKE).
+
+        Their mean over (h, w) is the local view's logit exactly (a CAM in the sense of
+        Zhou et al. 2016): each score is what one ~64-pixel neighbourhood adds to the verdict.
+        """
+        view = self.local_view
+        features = view.block3(view.block2(view.block1(view.stem(x))))
+        return torch.einsum("nchw,c->nhw", features.float(), view.head.weight[0].float()) * view.logit_scale
 
 
 class Ensemble(nn.Module):

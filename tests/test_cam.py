@@ -219,3 +219,33 @@ def test_region_shares_and_random_maps():
     assert maps.shape == (5, 32, 32) and maps.min() >= 0 and maps.max() <= 1
     np.testing.assert_array_equal(maps, cam.random_maps(5, 32, (4, 4), seed=0))
     assert cam.overlay(random_images(1, 32)[0], maps[0]).shape == (32, 32, 3)
+
+
+def test_a_two_view_model_splits_its_logit_and_maps_its_local_evidence():
+    torch.manual_seed(0)
+    model = models.build_model("two_scale", 64).eval()
+    info = {"mean": MEAN, "std": STD}
+    images = random_images(5, 64)
+    views = cam.view_logits(model, info, images, batch_size=2)
+    with torch.no_grad():
+        logits = model(cam.to_input(images, MEAN, STD)).flatten().numpy()
+    np.testing.assert_allclose(views["total"], logits, atol=1e-5)
+    np.testing.assert_allclose(views["global"] + views["local"], views["total"], atol=1e-6)
+    labels = np.array([1, 0, 1, 0, 1])
+    table = cam.view_table(views, labels)
+    for column, row in [("global", "global view alone"), ("local", "local view alone"), ("total", "both views")]:
+        wrong = int(((views[column] >= 0) != labels.astype(bool)).sum())
+        assert table.loc[row, "errors"] == wrong and table.loc[row, "accuracy"] == pytest.approx(1 - wrong / 5)
+    maps = cam.local_evidence_maps(model, info, images, batch_size=2)
+    assert maps.shape == (5, 64, 64)
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), views["local"], atol=1e-5)  # exact, upsampled
+    text = cam.describe_views(table)
+    assert f"({table.loc['both views', 'errors']})" in text and "global view" in text
+    groups = np.array(["TP", "TN", "TP", "FN", "TP"])
+    figures = cam.local_evidence_figures(model, info, images, [f"{i}.png" for i in range(5)],
+                                         np.full(5, 0.7), groups, n_per_group=2)
+    assert set(figures) == {"TP", "TN", "FN"} and all(len(f.axes) == 1 for f in figures.values())
+    single = models.build_model("fast", 32)
+    assert not cam.has_two_views(single) and cam.has_two_views(model)
+    with pytest.raises(TypeError, match="one view"):
+        cam.view_logits(single, info, random_images(1, 32))

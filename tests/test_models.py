@@ -98,6 +98,12 @@ def test_two_scale_sums_a_half_size_view_and_a_native_pixel_view():
         whole = model(x)
         parts = model.global_view(torch.nn.functional.avg_pool2d(x, 2)) + model.local_view(x)
     assert torch.allclose(whole, parts)
+    with torch.no_grad():  # each view's share on its own, and the local one as a map
+        global_share, local_share = model.view_logits(x)
+        evidence = model.local_evidence(x)
+    assert torch.allclose(global_share + local_share, whole)
+    assert evidence.shape == (2, 15, 15)
+    assert torch.allclose(evidence.mean(dim=(1, 2)), local_share.flatten(), atol=1e-5)
     # the local view is fully convolutional: it reads every native pixel, not a resized copy
     seen = {}
     handle = model.local_view.stem.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
