@@ -632,14 +632,16 @@ def local_evidence_maps(model: torch.nn.Module, info: Mapping, images: np.ndarra
 def describe_views(table: pd.DataFrame) -> str:
     """One paragraph on :func:`view_table`: how each view decides alone and how much it weighs."""
     g, loc, both = (table.loc[k] for k in ("global view alone", "local view alone", "both views"))
-    heavier = "global" if g["mean |share of the logit|"] >= loc["mean |share of the logit|"] else "local"
+    share = "mean |share of the logit|"
+    together = ("fewer errors than either alone, so neither view's map is the whole explanation"
+                if both["errors"] < min(g["errors"], loc["errors"]) else
+                "no fewer errors than the better view alone")
     return (f"**Two views.** Alone, the global view (the half-size image, which Grad-CAM explains) "
             f"gets {g['accuracy']:.2%} of the test images ({int(g['errors'])} errors), the local view "
             f"(native pixels, mapped exactly above) {loc['accuracy']:.2%} ({int(loc['errors'])}); together "
-            f"{both['accuracy']:.2%} ({int(both['errors'])}). The {heavier} view carries the larger share "
-            f"of the logit on average (mean |share| {g['mean |share of the logit|']:.2f} global, "
-            f"{loc['mean |share of the logit|']:.2f} local), so Grad-CAM's maps explain "
-            f"{'most' if heavier == 'global' else 'the smaller part'} of the verdict.")
+            f"{both['accuracy']:.2%} ({int(both['errors'])}): {together}. Grad-CAM's maps explain the "
+            f"global view's share of the logit (mean |share| {g[share]:.2f}), the local-evidence maps "
+            f"the local view's ({loc[share]:.2f}).")
 
 
 def local_evidence_figures(model: torch.nn.Module, info: Mapping, images: np.ndarray,
