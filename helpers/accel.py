@@ -85,10 +85,11 @@ def reuse_freed_memory(keep_mb: int = 1024, mmap_mb: int = 256) -> bool:
     and returns them when freed, so each step faults its pages in afresh: zero-filling them
     was 17 % of a ``cifake_paper`` bf16 step, its first max pool another 22 %. With blocks of
     up to ``mmap_mb`` taken from the heap and up to ``keep_mb`` of freed heap kept, that step
-    alone ran 1.5x faster; in ``benchmarks/bench_train.py`` (against ``--malloc glibc``,
-    2026-11-24) the whole fp32 loop went from 4,787 to 6,863 images/s, bf16 and ``fast``
-    gained 3-8 %, and the seed-style loop 18 %. Larger blocks (the image cache) still come
-    from ``mmap`` and go back to the OS when freed.
+    alone ran 1.5x faster. In ``benchmarks/bench_train.py`` against ``--malloc glibc`` (two
+    runs, 2026-11-24) the paper CNN's fp32 loop went from 4,787 to 6,863 and from 4,275 to
+    6,077 images/s; its bf16 loop moved within the noise (+3 %, -3 %), ``fast`` gained 2-8 %
+    and the seed-style loop 4-18 %. Larger blocks (the image cache) still come from ``mmap``
+    and go back to the OS when freed.
 
     Only on Linux with glibc, and neither when the user set malloc's own variables nor with
     ``REUSE_FREED_MEMORY=0`` in the environment: returns whether the setting was applied.
