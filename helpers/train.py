@@ -348,6 +348,14 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
 
 
 def _better(metrics: dict, best: dict | None) -> bool:
+    """The saved epoch: best validation accuracy, ties broken by the lower validation loss.
+
+    Checked against the alternatives on the shoes (2026-11-25): 6 default runs (split seeds
+    0-2 x training seeds 0-1), every epoch's validation logits kept; the epoch chosen on a
+    random half of the validation images was scored on the other half (500 halvings, both
+    ways). Errors summed over the runs, out of 1,038 images: this rule 12.3, lowest
+    validation loss 11.8, the last epoch 12.0. Half an error apart, so the rule stays.
+    """
     if best is None:
         return True
     return (metrics["val_acc"], -metrics["val_loss"]) > (best["val_acc"], -best["val_loss"])
