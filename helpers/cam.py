@@ -25,7 +25,7 @@ is compared with a random map of the same spatial resolution on the same images.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -573,21 +573,28 @@ def has_two_views(model: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
+def _two_view_batches(model: torch.nn.Module, info: Mapping, images: np.ndarray, device,
+                      batch_size: int, read: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """``read(batch)`` for the normalised images of a two-view model in eval mode, concatenated."""
+    if not has_two_views(model):
+        raise TypeError(f"{type(model).__name__} has one view; only two_scale splits its logit")
+    if len(images) == 0:
+        raise ValueError("no images given: pass at least one (N, H, W, 3) uint8 image")
+    was_training = model.training
+    model.eval()
+    try:
+        return np.concatenate([
+            read(to_input(images[start:start + batch_size], info["mean"], info["std"], device)).float().cpu().numpy()
+            for start in range(0, len(images), batch_size)])
+    finally:
+        model.train(was_training)
+
+
 def view_logits(model: torch.nn.Module, info: Mapping, images: np.ndarray,
                 device: str | torch.device = "cpu", batch_size: int = 32) -> pd.DataFrame:
     """Each image's logit split by view: columns ``global``, ``local`` and ``total`` (their sum)."""
-    if not has_two_views(model):
-        raise TypeError(f"{type(model).__name__} has one view; only two_scale splits its logit")
-    was_training = model.training
-    model.eval()
-    parts = []
-    try:
-        for start in range(0, len(images), batch_size):
-            batch = to_input(images[start:start + batch_size], info["mean"], info["std"], device)
-            parts.append(torch.cat(model.view_logits(batch), dim=1).float().cpu().numpy())
-    finally:
-        model.train(was_training)
-    logits = np.concatenate(parts) if parts else np.empty((0, 2), np.float32)
+    logits = _two_view_batches(model, info, images, device, batch_size,
+                               lambda batch: torch.cat(model.view_logits(batch), dim=1))
     return pd.DataFrame({"global": logits[:, 0], "local": logits[:, 1], "total": logits.sum(1)})
 
 
@@ -609,24 +616,15 @@ def view_table(views: pd.DataFrame, labels: np.ndarray, threshold: float = 0.5) 
     return table
 
 
-@torch.no_grad()
 def local_evidence_maps(model: torch.nn.Module, info: Mapping, images: np.ndarray,
                         device: str | torch.device = "cpu", batch_size: int = 32) -> np.ndarray:
     """The local view's signed neighbourhood scores (:meth:`TwoScaleNet.local_evidence`),
     (N, H, W) at the images' size: nearest-neighbour upsampled, so each block is one score."""
-    if not has_two_views(model):
-        raise TypeError(f"{type(model).__name__} has no local view")
-    was_training = model.training
-    model.eval()
-    maps = []
-    try:
-        for start in range(0, len(images), batch_size):
-            batch = to_input(images[start:start + batch_size], info["mean"], info["std"], device)
-            scores = model.local_evidence(batch)[:, None]
-            maps.append(torch.nn.functional.interpolate(scores, size=images.shape[1:3]).squeeze(1).cpu().numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(maps) if maps else np.empty(images.shape[:3], np.float32)
+    def read(batch: torch.Tensor) -> torch.Tensor:
+        scores = model.local_evidence(batch)[:, None]
+        return torch.nn.functional.interpolate(scores, size=images.shape[1:3]).squeeze(1)
+
+    return _two_view_batches(model, info, images, device, batch_size, read)
 
 
 def describe_views(table: pd.DataFrame) -> str:

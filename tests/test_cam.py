@@ -249,3 +249,5 @@ def test_a_two_view_model_splits_its_logit_and_maps_its_local_evidence():
     assert not cam.has_two_views(single) and cam.has_two_views(model)
     with pytest.raises(TypeError, match="one view"):
         cam.view_logits(single, info, random_images(1, 32))
+    with pytest.raises(ValueError, match="no images"):
+        cam.local_evidence_maps(model, info, random_images(0, 64))
