@@ -146,9 +146,12 @@ class FastNet(nn.Module):
         self.logit_scale = logit_scale
         self.cam_candidates = [self.stem, self.block1, self.block2, self.block3]
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's map, before the global pool."""
+        return self.block3(self.block2(self.block1(self.stem(x))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block3(self.block2(self.block1(self.stem(x))))
-        return self.head(self.pool(x).flatten(1)) * self.logit_scale
+        return self.head(self.pool(self.features(x)).flatten(1)) * self.logit_scale
 
 
 class TwoScaleNet(nn.Module):
@@ -177,7 +180,8 @@ class TwoScaleNet(nn.Module):
         self.cam_candidates = self.global_view.cam_candidates
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.global_view(F.avg_pool2d(x, 2)) + self.local_view(x)
+        global_share, local_share = self.view_logits(x)
+        return global_share + local_share
 
     def view_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The global and the local view's shares of the logit, each (N, 1); they sum to it."""
@@ -190,8 +194,8 @@ class TwoScaleNet(nn.Module):
         Zhou et al. 2016): each score is what one ~64-pixel neighbourhood adds to the verdict.
         """
         view = self.local_view
-        features = view.block3(view.block2(view.block1(view.stem(x))))
-        return torch.einsum("nchw,c->nhw", features.float(), view.head.weight[0].float()) * view.logit_scale
+        weights = view.head.weight[0].float()
+        return torch.einsum("nchw,c->nhw", view.features(x).float(), weights) * view.logit_scale
 
 
 class Ensemble(nn.Module):
