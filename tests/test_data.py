@@ -223,6 +223,19 @@ def test_jpeg_quality_is_estimated_from_the_tables(quality):
     assert images.decode(buffer.getvalue(), 16)[1].jpeg_quality == quality
 
 
+def test_jpeg_quality_estimate_covers_every_quality():
+    """Each of Pillow's 100 qualities is recognised, up to qualities whose tables coincide."""
+    tables = {}
+    for quality in range(1, 101):
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), "gray").save(buffer, format="JPEG", quality=quality)
+        with Image.open(buffer) as img:
+            tables[quality] = tuple(img.quantization[0])
+    for quality, table in tables.items():
+        lowest_same = min(q for q, t in tables.items() if sorted(t) == sorted(table))
+        assert images.estimate_jpeg_quality(table) == lowest_same, quality
+
+
 def test_harmonisation_gives_both_classes_the_same_last_compression():
     pixels = np.random.default_rng(2).integers(0, 256, (48, 48, 3), dtype=np.uint8)
     encoded = {}
