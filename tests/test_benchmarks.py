@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+from PIL import Image
+
 from tests.conftest import ROOT, shared_path
 
 
@@ -33,3 +35,23 @@ def test_bench_train_compares_the_two_loops():
               "--models", "cifake_paper")
     assert "369 MB" in out and "seed-style loop" in out and "project loop" in out
     assert re.search(r"images/s +x\d+\.\d", out)  # a speed-up figure next to the baseline
+
+
+def test_cifake_standin_has_cifakes_layout_and_no_source_in_two_splits(tmp_path):
+    shared_path("sneakers")
+    shared_path("cifar10-test-jpg.zip")
+    out = tmp_path / "standin"
+    printed = run("cifake_standin.py", str(out), "--test-per-class", "40", "--train-per-class", "120")
+    assert "not CIFAKE" in printed
+    for label in ("REAL", "FAKE"):
+        test = {p.stem.rsplit("_", 1)[0] for p in (out / "test" / label).glob("*.jpg")}
+        train = {p.stem.rsplit("_", 1)[0] for p in (out / "train" / label).glob("*.jpg")}
+        assert len(list((out / "test" / label).glob("*.jpg"))) == 40
+        assert len(list((out / "train" / label).glob("*.jpg"))) == 120
+        assert test and train and not test & train  # whole source images per split
+    with Image.open(next((out / "train" / "FAKE").glob("*.jpg"))) as img:
+        assert img.size == (32, 32) and img.format == "JPEG"
+    assert not list(tmp_path.glob("standin.tmp*"))  # the staging folder is gone
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cifake_standin.py"), str(out)],
+                           capture_output=True, text=True, check=False)
+    assert again.returncode == 1 and "exists" in again.stderr  # never overwritten
