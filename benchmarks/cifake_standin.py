@@ -64,7 +64,7 @@ def sources(label: str, archive: zipfile.ZipFile) -> list[tuple[str, Callable[[]
              if path.suffix.lower() in {".jpg", ".jpeg", ".png"}]
     if label == "REAL":
         names = sorted(n for n in archive.namelist() if n.endswith(".jpg"))
-        found += [(f"cifar-{Path(n).stem}",
+        found += [(f"cifar-{Path(n).parent.name}-{Path(n).stem}",  # stems repeat across classes
                    lambda n=n: [np.asarray(Image.open(io.BytesIO(archive.read(n))).convert("RGB"))])
                   for n in names]
     return found
@@ -92,7 +92,8 @@ def build(folder: Path, counts: dict[str, int], rng: np.random.Generator) -> Non
             for split, items in fill(label, archive, counts, rng).items():
                 (folder / split / label).mkdir(parents=True, exist_ok=True)
                 for name, tile in items:
-                    Image.fromarray(tile).save(folder / split / label / f"{name}.jpg", quality=95)
+                    with open(folder / split / label / f"{name}.jpg", "xb") as file:  # no name twice
+                        Image.fromarray(tile).save(file, format="JPEG", quality=95)
                 short = "" if len(items) == counts[split] else f" (all there are; {counts[split]:,} asked)"
                 print(f"{split}/{label}: {len(items):,} images{short}")
     (folder / "README.txt").write_text(__doc__)

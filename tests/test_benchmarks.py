@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import zipfile
 
 from PIL import Image
 
@@ -52,6 +53,12 @@ def test_cifake_standin_has_cifakes_layout_and_no_source_in_two_splits(tmp_path)
     with Image.open(next((out / "train" / "FAKE").glob("*.jpg"))) as img:
         assert img.size == (32, 32) and img.format == "JPEG"
     assert not list(tmp_path.glob("standin.tmp*"))  # the staging folder is gone
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cifake_standin
+
+    with zipfile.ZipFile(cifake_standin.CIFAR) as archive:
+        ids = [source_id for label in ("REAL", "FAKE") for source_id, _ in cifake_standin.sources(label, archive)]
+    assert len(ids) == len(set(ids)) > 10_000  # one name per source image: no file overwrites another
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cifake_standin.py"), str(out)],
                            capture_output=True, text=True, check=False)
     assert again.returncode == 1 and "exists" in again.stderr  # never overwritten
