@@ -486,7 +486,8 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
             break
         runner.train()
         started = time.perf_counter()
-        plan = epoch_plan(n, config, epoch, rank, world)
+        # the epoch's random choices go to the device in one copy, not a few small ones per step
+        plan = EpochPlan(*(part.to(device) for part in epoch_plan(n, config, epoch, rank, world)))
         sum_loss = torch.zeros((), device=device)
         sum_correct = torch.zeros((), device=device)
         for step in tqdm(range(steps), desc=f"epoch {epoch + 1}", leave=False, mininterval=1.0,
