@@ -38,6 +38,15 @@ def test_bench_train_compares_the_two_loops():
     assert re.search(r"images/s +x\d+\.\d", out)  # a speed-up figure next to the baseline
 
 
+def test_bench_train_times_an_epoch_of_random_images_without_the_shared_data():
+    # the GPU target's measurement: it must not depend on ../shared, which GPU users lack
+    out = run("bench_train.py", "--images", "300", "--epochs", "1", "--rounds", "1",
+              "--models", "cifake_paper", "--epoch-images", "600")
+    seconds = re.search(r"one epoch of the CIFAKE default config \(fast\) over 600 random 32x32 "
+                        r"images on CPU: (\d+\.\d+) s", out)
+    assert seconds and float(seconds.group(1)) > 0, out
+
+
 def test_cifake_standin_has_cifakes_layout_and_no_source_in_two_splits(tmp_path):
     shared_path("sneakers")
     shared_path("cifar10-test-jpg.zip")
