@@ -27,7 +27,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -380,6 +380,127 @@ def _record_run_time(ckpt_path: Path, seconds: float, epochs: int) -> None:
 
 # --------------------------------------------------------------------------- the loop
 
+@dataclass
+class _Learner:
+    """The model and what its updates need."""
+
+    net: nn.Module  # the model whose weights are trained and saved
+    runner: nn.Module  # what a step calls: ``net``, or ``net`` wrapped by DDP and torch.compile
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # float16 loss scaling; a no-op for bfloat16 and fp32
+    ema: nn.Module | None  # an average of the weights, when ``config.ema`` asks for one
+
+    @property
+    def scored(self) -> nn.Module:
+        """The weights that are validated and saved: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.net
+
+
+@dataclass
+class _Progress:
+    """How far a run has got: what ``<model>.last.pt`` keeps so that a resumed run goes on
+    exactly where it stopped."""
+
+    epoch: int = 0  # epochs done
+    rows: list[dict] = field(default_factory=list)  # the history, one dict per epoch
+    best: dict | None = None  # the best validation metrics so far, with their epoch
+    best_state: dict | None = None  # the weights that had them (on the CPU)
+    bad_epochs: int = 0  # epochs since the best one, for early stopping
+    stopped: bool = False
+
+
+def _learner(config: TrainConfig, size: int, device: torch.device, world: int) -> _Learner:
+    net = build_model(config.model, size, pretrained=config.pretrained, **config.model_options).to(device)
+    net.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+    runner: nn.Module = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        runner = torch.compile(runner)
+    ema = (torch.optim.swa_utils.AveragedModel(
+        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
+        if config.ema else None)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and amp_dtype(device) == torch.float16)
+    return _Learner(net, runner, make_optimizer(net, config), scaler, ema)
+
+
+def _resume(last_path: Path, ckpt_path: Path, config_dict: dict, fingerprint: str, learner: _Learner,
+            announce: bool) -> _Progress:
+    """The progress saved in ``last_path``, loaded into ``learner``, if it is of this very
+    configuration and data; a fresh start otherwise."""
+    if not last_path.is_file():
+        return _Progress()
+    state = torch.load(last_path, map_location="cpu", weights_only=True)
+    if not (state.get("format") == RESUME_FORMAT and state["config"] == config_dict
+            and state["data_fingerprint"] == fingerprint):
+        if announce:
+            print(f"{last_path} is from another configuration or data: starting afresh")
+        return _Progress()
+    learner.net.load_state_dict(state["model"])
+    learner.optimizer.load_state_dict(state["optimizer"])
+    learner.scaler.load_state_dict(state["scaler"])
+    if learner.ema is not None:
+        learner.ema.load_state_dict(state["ema"])
+    if announce:
+        print(f"resuming from {last_path} after epoch {state['epoch']}")
+    return _Progress(epoch=state["epoch"], rows=state["history"], best=state["best"],
+                     best_state=torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"],
+                     bad_epochs=state["bad_epochs"], stopped=state["stopped"])
+
+
+def _train_epoch(learner: _Learner, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+                 std: torch.Tensor, plan: EpochPlan, config: TrainConfig, first_step: int,
+                 total_steps: int, batch: int, steps: int, show_bar: bool) -> tuple[float, float, float]:
+    """``steps`` optimiser steps of ``batch`` images in ``plan``'s order.
+
+    Returns the summed training loss, the number of correct verdicts (both under the
+    augmentation and label smoothing the steps saw) and the learning rate of the last step.
+    """
+    from tqdm.auto import tqdm
+
+    device = images.device
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    sum_loss = torch.zeros((), device=device)  # summed on the device: no sync per step
+    sum_correct = torch.zeros((), device=device)
+    lr = config.lr
+    for step in tqdm(range(steps), desc=f"epoch {first_step // steps + 1}", leave=False, mininterval=1.0,
+                     disable=not show_bar):
+        lr = lr_at(first_step + step, total_steps, config.lr, config.warmup)
+        for group in learner.optimizer.param_groups:
+            group["lr"] = lr
+        rows = slice(step * batch, (step + 1) * batch)
+        index = plan.order[rows]
+        pixels = augment(images, index, plan.flips[rows], plan.shifts[rows])
+        if config.cutout:
+            pixels = cut_out(pixels, plan.centres[rows], config.cutout)
+        x = to_float(pixels, mean, std)
+        if config.tone:
+            x = adjust_tone(x, plan.tone[rows], std)
+        x = x.contiguous(memory_format=memory_format)
+        y = labels[index.to(device)]
+        with autocast(device, config.amp, cpu=config.cpu_amp):
+            logits = learner.runner(x).float()  # (B, 1), or (B, K) for an ensemble of K members
+        target = y * (1 - config.label_smoothing) + config.label_smoothing / 2
+        if logits.shape[1] == 1:
+            logits = logits.flatten()
+            loss = F.binary_cross_entropy_with_logits(logits, target)
+        else:  # every member its own loss: summed, so each gets a full-size gradient
+            loss = F.binary_cross_entropy_with_logits(
+                logits, target[:, None].expand_as(logits), reduction="none").mean(0).sum()
+            logits = logits.mean(1)
+        learner.optimizer.zero_grad(set_to_none=True)
+        learner.scaler.scale(loss).backward()
+        learner.scaler.step(learner.optimizer)
+        learner.scaler.update()
+        if learner.ema is not None:
+            learner.ema.update_parameters(learner.net)
+        sum_loss += loss.detach() * len(y) / (config.members or 1)
+        sum_correct += ((logits.detach() > 0).float() == y).sum()
+    return sum_loss.item(), sum_correct.item(), lr  # .item() waits for the device
+
+
 def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
         resume: bool = True, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train ``config.model`` on the train split of ``cache``; select on its val split.
@@ -426,140 +547,72 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
     y_val = torch.from_numpy(val_labels.astype(np.float32)).to(device)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
 
-    net = build_model(config.model, size, pretrained=config.pretrained, **config.model_options).to(device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    net.to(memory_format=memory_format)
-    runner: nn.Module = net
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        runner = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        runner = torch.compile(runner)
-    optimizer = make_optimizer(net, config)
-    # the weights that are validated and saved: an EMA of the trained ones when asked for
-    ema = (torch.optim.swa_utils.AveragedModel(
-        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
-        if config.ema else None)
-    scored = ema.module if ema is not None else net
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and amp_dtype(device) == torch.float16)
-
+    learner = _learner(config, size, device, world)
     out = Path(out_dir) if out_dir else paths.results_dir(config.dataset, "models")
     ckpt_path = out / f"{config.model}.pt"
     last_path = out / f"{config.model}.last.pt"
     history_path = out / f"{config.model}_history.csv"
     config_dict = asdict(config)
-
-    # ---- resume
-    rows: list[dict] = []
-    best: dict | None = None
-    best_state: dict | None = None
-    bad_epochs, stopped, start_epoch = 0, False, 0
-    if resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        if (state.get("format") == RESUME_FORMAT and state["config"] == config_dict
-                and state["data_fingerprint"] == cache.fingerprint):
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            rows, best, bad_epochs = state["history"], state["best"], state["bad_epochs"]
-            stopped, start_epoch = state["stopped"], state["epoch"]
-            best_state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
-            if rank == 0 and progress:
-                print(f"resuming from {last_path} after epoch {start_epoch}")
-        elif rank == 0 and progress:
-            print(f"{last_path} is from another configuration or data: starting afresh")
+    announce = rank == 0 and progress
+    done = (_resume(last_path, ckpt_path, config_dict, cache.fingerprint, learner, announce)
+            if resume else _Progress())
+    start_epoch = done.epoch
 
     n = len(x_train)
     local_batch = max(1, min(config.batch_size // world, n // world))
     steps = max(1, (n // world) // local_batch)
-    total_steps = steps * config.epochs
     env = environment_fingerprint() if rank == 0 else None
 
     bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",
-               unit="epoch", disable=not progress or rank != 0, initial=start_epoch,
-               total=config.epochs)
+               unit="epoch", disable=not announce, initial=start_epoch, total=config.epochs)
     for epoch in bar:
-        if stopped:
+        if done.stopped:
             break
-        runner.train()
+        learner.runner.train()
         started = time.perf_counter()
         # the epoch's random choices go to the device in one copy, not a few small ones per step
         plan = EpochPlan(*(part.to(device) for part in epoch_plan(n, config, epoch, rank, world)))
-        sum_loss = torch.zeros((), device=device)
-        sum_correct = torch.zeros((), device=device)
-        for step in tqdm(range(steps), desc=f"epoch {epoch + 1}", leave=False, mininterval=1.0,
-                         disable=not progress or rank != 0 or steps < 20):
-            lr = lr_at(epoch * steps + step, total_steps, config.lr, config.warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = slice(step * local_batch, (step + 1) * local_batch)
-            index = plan.order[batch]
-            pixels = augment(x_train, index, plan.flips[batch], plan.shifts[batch])
-            if config.cutout:
-                pixels = cut_out(pixels, plan.centres[batch], config.cutout)
-            x = to_float(pixels, mean_t, std_t)
-            if config.tone:
-                x = adjust_tone(x, plan.tone[batch], std_t)
-            x = x.contiguous(memory_format=memory_format)
-            y = y_train[index.to(device)]
-            with autocast(device, config.amp, cpu=config.cpu_amp):
-                logits = runner(x).float()  # (B, 1), or (B, K) for an ensemble of K members
-            target = y * (1 - config.label_smoothing) + config.label_smoothing / 2
-            if logits.shape[1] == 1:
-                logits = logits.flatten()
-                loss = F.binary_cross_entropy_with_logits(logits, target)
-            else:  # every member its own loss: summed, so each gets a full-size gradient
-                loss = F.binary_cross_entropy_with_logits(
-                    logits, target[:, None].expand_as(logits), reduction="none").mean(0).sum()
-                logits = logits.mean(1)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update_parameters(net)
-            sum_loss += loss.detach() * len(y) / (config.members or 1)
-            sum_correct += ((logits.detach() > 0).float() == y).sum()
+        train_loss, train_correct, lr = _train_epoch(
+            learner, x_train, y_train, mean_t, std_t, plan, config, epoch * steps,
+            steps * config.epochs, local_batch, steps, show_bar=announce and steps >= 20)
         seen = float(steps * local_batch)
-        train_loss, train_correct = sum_loss.item(), sum_correct.item()  # waits for the device
         train_seconds = time.perf_counter() - started
         if world > 1:
             import torch.distributed as dist
 
             train_loss, train_correct, seen = _all_reduce([train_loss, train_correct, seen], device)
-            for buffer in net.buffers():  # one set of batch-norm statistics everywhere
+            for buffer in learner.net.buffers():  # one set of batch-norm statistics everywhere
                 dist.broadcast(buffer, 0)
-        metrics = evaluate(scored, x_val, y_val, mean_t, std_t, config)
+        metrics = evaluate(learner.scored, x_val, y_val, mean_t, std_t, config)
         seconds = time.perf_counter() - started
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss / seen,
                "train_acc": train_correct / seen, **metrics, "seconds": seconds,
                "train_seconds": train_seconds, "images": seen,
                "images_per_s": seen / max(train_seconds, 1e-9)}
-        rows.append(row)
-        if _better(metrics, best):
-            best, bad_epochs = {**metrics, "epoch": epoch + 1}, 0
-            best_state = _cpu_state(scored)
+        done.rows.append(row)
+        done.epoch = epoch + 1
+        if _better(metrics, done.best):
+            done.best, done.bad_epochs = {**metrics, "epoch": epoch + 1}, 0
+            done.best_state = _cpu_state(learner.scored)
             if rank == 0:
                 _save({"format": CHECKPOINT_FORMAT, "version": 1, "model": config.model,
                        "model_options": config.model_options, "dataset": config.dataset,
-                       "image_size": size, "mean": mean, "std": std, "state_dict": best_state,
-                       "config": config_dict, "metrics": best, "data_fingerprint": cache.fingerprint,
-                       "environment": env, "train_seconds": sum(r["seconds"] for r in rows),
+                       "image_size": size, "mean": mean, "std": std, "state_dict": done.best_state,
+                       "config": config_dict, "metrics": done.best, "data_fingerprint": cache.fingerprint,
+                       "environment": env, "train_seconds": sum(r["seconds"] for r in done.rows),
                        "epoch": epoch + 1}, ckpt_path)
         else:
-            bad_epochs += 1
-        stopped = bool(config.patience) and bad_epochs >= config.patience
+            done.bad_epochs += 1
+        done.stopped = bool(config.patience) and done.bad_epochs >= config.patience
         if rank == 0:
             with atomic_path(history_path) as tmp:
-                pd.DataFrame(rows).to_csv(tmp, index=False)
+                pd.DataFrame(done.rows).to_csv(tmp, index=False)
             _save({"format": RESUME_FORMAT, "config": config_dict, "data_fingerprint": cache.fingerprint,
-                   "epoch": epoch + 1, "model": _cpu_state(net), "optimizer": optimizer.state_dict(),
-                   "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                   "history": rows, "best": best,
-                   "bad_epochs": bad_epochs, "stopped": stopped}, last_path)
+                   "epoch": done.epoch, "model": _cpu_state(learner.net),
+                   "optimizer": learner.optimizer.state_dict(), "scaler": learner.scaler.state_dict(),
+                   "ema": learner.ema.state_dict() if learner.ema is not None else None,
+                   "history": done.rows, "best": done.best,
+                   "bad_epochs": done.bad_epochs, "stopped": done.stopped}, last_path)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.4f}",
                         img_s=f"{row['images_per_s']:.0f}")
         if on_epoch:
@@ -570,14 +623,15 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
         import torch.distributed as dist
 
         dist.barrier()  # every process is done with last.pt before it goes
-    history = pd.DataFrame(rows)
+    history = pd.DataFrame(done.rows)
     if rank == 0:
-        _record_run_time(ckpt_path, float(history["seconds"].sum()), len(rows))
+        _record_run_time(ckpt_path, float(history["seconds"].sum()), len(done.rows))
         last_path.unlink(missing_ok=True)
-    net.load_state_dict(best_state)
+    net = learner.net
+    net.load_state_dict(done.best_state)
     net.eval()
     return TrainResult(
-        model=net, history=history, metrics=best, checkpoint=ckpt_path,
+        model=net, history=history, metrics=done.best, checkpoint=ckpt_path,
         seconds=float(history["seconds"].sum()),
         images_per_s=float(history["images"].sum() / history["train_seconds"].sum()),
         config=config, resumed_epochs=start_epoch)
