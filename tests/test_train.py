@@ -220,3 +220,18 @@ def test_the_command_line_separates_the_split_seed_from_the_training_seed(projec
     split_one = data.prepare("demo", source, seed=1, progress=False)
     assert info["config"]["seed"] == 0 and info["data_fingerprint"] == split_one.fingerprint
     assert split_one.fingerprint != data.prepare("demo", source, seed=0, progress=False).fingerprint
+
+
+def test_a_compiled_run_saves_and_reloads_the_plain_model(tiny_cache, tmp_path, monkeypatch):
+    # dynamo's aot_eager backend: the torch.compile wrapper without a C++ compiler, so the test
+    # checks what compiling changes for the loop (state-dict names, saving, reloading), not inductor
+    compile_fn = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module: compile_fn(module, backend="aot_eager"))
+    result = train.fit(tiny_cache, quick(epochs=2, compile=True), out_dir=tmp_path / "c", progress=False)
+    eager = train.fit(tiny_cache, quick(epochs=2), out_dir=tmp_path / "e", progress=False)
+    saved = torch.load(result.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert list(saved) == list(eager.model.state_dict())  # no "_orig_mod." prefixes
+    model, _ = inference.load_detector(result.checkpoint)
+    assert len(result.history) == 2
+    for (name, x), y in zip(model.state_dict().items(), eager.model.state_dict().values()):
+        assert torch.allclose(x.float(), y.float(), atol=1e-3), name  # the same training, traced
