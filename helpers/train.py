@@ -453,7 +453,7 @@ def _resume(last_path: Path, ckpt_path: Path, config_dict: dict, fingerprint: st
 def _train_epoch(learner: _Learner, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
                  std: torch.Tensor, plan: EpochPlan, config: TrainConfig, first_step: int,
                  total_steps: int, batch: int, steps: int, show_bar: bool) -> tuple[float, float, float]:
-    """``steps`` optimiser steps of ``batch`` images in ``plan``'s order.
+    """``steps`` optimiser steps of ``batch`` images in ``plan``'s order (``plan`` on their device).
 
     Returns the summed training loss, the number of correct verdicts (both under the
     augmentation and label smoothing the steps saw) and the learning rate of the last step.
@@ -470,16 +470,16 @@ def _train_epoch(learner: _Learner, images: torch.Tensor, labels: torch.Tensor, 
         lr = lr_at(first_step + step, total_steps, config.lr, config.warmup)
         for group in learner.optimizer.param_groups:
             group["lr"] = lr
-        rows = slice(step * batch, (step + 1) * batch)
-        index = plan.order[rows]
-        pixels = augment(images, index, plan.flips[rows], plan.shifts[rows])
+        part = slice(step * batch, (step + 1) * batch)
+        index = plan.order[part]
+        pixels = augment(images, index, plan.flips[part], plan.shifts[part])
         if config.cutout:
-            pixels = cut_out(pixels, plan.centres[rows], config.cutout)
+            pixels = cut_out(pixels, plan.centres[part], config.cutout)
         x = to_float(pixels, mean, std)
         if config.tone:
-            x = adjust_tone(x, plan.tone[rows], std)
+            x = adjust_tone(x, plan.tone[part], std)
         x = x.contiguous(memory_format=memory_format)
-        y = labels[index.to(device)]
+        y = labels[index]  # the plan is on the device already
         with autocast(device, config.amp, cpu=config.cpu_amp):
             logits = learner.runner(x).float()  # (B, 1), or (B, K) for an ensemble of K members
         target = y * (1 - config.label_smoothing) + config.label_smoothing / 2
