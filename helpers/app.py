@@ -165,7 +165,7 @@ def _enlarge(array: np.ndarray) -> Image.Image:
 
 
 def show_result(name: str, data: bytes, row, view: np.ndarray, heat: np.ndarray | None,
-                method: str, size: int) -> None:
+                method: str, size: int, threshold: float) -> None:
     """One uploaded image: the upload, the model's view, the CAM overlay and the verdict."""
     with st.container(border=True):
         st.subheader(name)
@@ -181,7 +181,8 @@ def show_result(name: str, data: bytes, row, view: np.ndarray, heat: np.ndarray 
             right.image(_enlarge(heat), width=SHOW_PX, caption=f"{method}: {what}")
         verdict.metric("P(AI-generated)", f"{row.p_fake:.1%}")
         verdict.markdown(f"**Verdict: {LABEL_TEXT[row.label]}**")
-        verdict.caption(f"FAKE when P >= {predict.THRESHOLD:.0%}")
+        verdict.caption(f"FAKE when P >= {threshold:.1%} (the detector's threshold, chosen on "
+                        "its validation images)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         views = np.stack([arrays[i] for i in good])
         heats: list[np.ndarray | None] = [None] * len(good)
         try:
-            classes = (rows["p_fake"].to_numpy() >= predict.THRESHOLD).astype(int)
+            classes = (rows["p_fake"].to_numpy() >= predict.decision_threshold(info)).astype(int)
             maps = cam.explain(model, info, views, classes, method,
                                device=next(model.parameters()).device)
             heats = [cam.overlay(v, m) for v, m in zip(views, maps)]
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
                        "the probabilities below are unaffected.")
         for k, i in enumerate(good):
             show_result(named[i][0], named[i][1], rows.iloc[k], views[k], heats[k], method,
-                        int(info["image_size"]))
+                        int(info["image_size"]), predict.decision_threshold(info))
 
     results = pd.concat([table, pd.DataFrame({"file": [n for n, _ in refused], "p_fake": np.nan,
                                               "label": None, "error": [r for _, r in refused]})],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import tarfile
 import time
@@ -52,6 +53,10 @@ class DatasetSpec:
     # set where the classes were published with different quantisation tables
     harmonise_jpeg: int | None = None
     citation: str = ""
+    # image categories encoded in the file names (CIFAKE: the CIFAR-10 class), see category_of
+    categories: tuple[str, ...] = ()
+    # published test accuracies to compare with: (who, accuracy in 0..1)
+    published: tuple[tuple[str, float], ...] = ()
     # lower-case folder names that mark each class
     class_folders: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
         "REAL": ("real",),
@@ -72,6 +77,14 @@ DATASETS: dict[str, DatasetSpec] = {
             kaggle_handle="birdy654/cifake-real-and-ai-generated-synthetic-images",
             kaggle_version=3,
             citation="Bird & Lotfi (2024), CIFAKE, IEEE Access 12:15642-15650",
+            categories=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                        "ship", "truck"),
+            published=(("CIFAKE paper CNN (Bird & Lotfi 2024)", 0.9298),
+                       ("ResNet50, ImageNet-pretrained", 0.922),
+                       ("EfficientNetB6", 0.941),
+                       ("ResNet-18 from scratch", 0.95),
+                       ("best from scratch seen", 0.9766),
+                       ("ViT-S, ImageNet-pretrained (best published)", 0.9877)),
         ),
         DatasetSpec(
             name="sneakers", title="Shoes: real photos vs Midjourney images",
@@ -79,6 +92,7 @@ DATASETS: dict[str, DatasetSpec] = {
             kaggle_handle="sunnykakar/shoes-dataset-real-and-ai-generated-images",
             kaggle_version=1,
             citation="Kakar (2024), Shoes Dataset: Real and AI-Generated Images (MIT licence)",
+            published=(("reference CNN, test", 0.9634), ("reference CNN, validation", 0.9611)),
         ),
         DatasetSpec(
             name="demo", title="DEMO (offline, synthetic): scikit-image photo crops vs a small GAN",
@@ -95,6 +109,29 @@ def get_spec(name: str) -> DatasetSpec:
         return DATASETS[name]
     except KeyError:
         raise KeyError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}") from None
+
+
+_CATEGORY_SUFFIX = re.compile(r"\((\d+)\)$")
+
+
+def category_of(name: str, spec: DatasetSpec) -> str | None:
+    """The image category a file name encodes, or None where the dataset has none.
+
+    CIFAKE names its files ``N (k).jpg``: image N of CIFAR-10 class k (1 = airplane ...
+    10 = truck), and ``N.jpg`` for class 1 (the dataset's README). A suffix outside 1..10
+    gives None rather than a wrong category.
+    """
+    if not spec.categories:
+        return None
+    match = _CATEGORY_SUFFIX.search(PurePosixPath(name).stem.strip())
+    k = int(match.group(1)) if match else 1
+    return spec.categories[k - 1] if 1 <= k <= len(spec.categories) else None
+
+
+def read_files(source: Path, names: set[str]) -> dict[str, bytes]:
+    """The bytes of the files ``names`` (relative paths as in the cache) inside ``source``
+    (a folder or archive, as :func:`iter_source` reads it); names not found are left out."""
+    return {rel: read() for rel, read in iter_source(source) if rel in names}
 
 
 # --------------------------------------------------------------------------- sources
@@ -258,6 +295,24 @@ class ImageCache:
         """Skipped files and removed duplicates, each with its reason."""
         return pd.read_csv(self.path / "report.csv")
 
+    def removed_from(self, name: str) -> np.ndarray:
+        """Indices of the images taken out of split ``name`` because their pixels also occur
+        in an earlier split (see :func:`remove_leakage`; kept in the cache as DROPPED)."""
+        report = self.report()
+        files = set(report.loc[report["reason"].str.startswith(f"removed from {name}:"), "file"])
+        return np.flatnonzero((self.split == DROPPED) & np.isin(self.files, list(files)))
+
+    def test_protocols(self) -> dict[str, np.ndarray]:
+        """Indices of the test images under the two protocols, sorted.
+
+        ``published``: every test file, as the published results count them (CIFAKE: all
+        20,000 official test files); ``clean``: without the files whose decoded pixels also
+        occur in train or validation (what notebook 05 reports first).
+        """
+        clean = self.indices("test")
+        return {"published": np.sort(np.concatenate([clean, self.removed_from("test")])),
+                "clean": clean}
+
     def counts(self) -> pd.DataFrame:
         """Images per split x class (removed duplicates as their own row)."""
         names = {**{i: s for i, s in enumerate(SPLITS)}, DROPPED: "removed (leakage)"}
@@ -280,6 +335,16 @@ def cache_dir(dataset: str, source_fp: str, image_size: int, seed: int) -> Path:
     jpeg = get_spec(dataset).harmonise_jpeg
     tag = f"-jpeg{jpeg}" if jpeg else ""
     return paths.processed_dir(dataset) / f"cache-v{CACHE_VERSION}-{image_size}px{tag}-{source_fp}-seed{seed}"
+
+
+def find_cache(dataset: str, image_size: int | None = None, seed: int = 0) -> ImageCache | None:
+    """The most recently built cache of ``dataset`` at ``image_size`` (default: the dataset's)
+    and split ``seed``, whatever its source; None if there is none. For reading another
+    dataset's test split without knowing where its raw copy came from."""
+    size = image_size or get_spec(dataset).image_size
+    found = sorted(paths.processed_dir(dataset).glob(f"cache-v{CACHE_VERSION}-{size}px*-seed{seed}/meta.json"),
+                   key=lambda p: p.stat().st_mtime)
+    return load_cache(found[-1].parent) if found else None
 
 
 def load_cache(path: Path) -> ImageCache:

@@ -1,8 +1,9 @@
 """Honest evaluation of trained detectors on the test split (notebook 05).
 
 Everything here is measured on ``cache.part("test")`` only: images never used for training
-or for model selection. The decision threshold is fixed at :data:`THRESHOLD` (0.5 on
-P(FAKE)) beforehand and stated with every result; it is never tuned on the test set.
+or for model selection. Each detector decides at its own threshold on P(FAKE), chosen on the
+validation split when it was trained and saved with it (:func:`helpers.inference.choose_threshold`),
+and stated with every result; it is never tuned on the test set.
 
 * Metrics come from scikit-learn (accuracy, ROC AUC, average precision, F1, log loss,
   classification report, confusion matrix, calibration curve). Two things it lacks are
@@ -36,10 +37,12 @@ from sklearn.calibration import calibration_curve
 
 from . import paths
 from .data import CLASS_NAMES
+from .inference import DEFAULT_THRESHOLD
 from .repro import atomic_path, environment_fingerprint, write_csv, write_json
 
-#: Decision threshold on P(FAKE): an image is called AI-generated when ``p_fake >= THRESHOLD``.
-THRESHOLD = 0.5
+#: Decision threshold on P(FAKE) where none other is given (an image is called AI-generated
+#: when ``p_fake >= THRESHOLD``); a detector's own, chosen on validation, takes precedence.
+THRESHOLD = DEFAULT_THRESHOLD
 #: Equal-width bins of the reliability diagram and of the expected calibration error.
 CALIBRATION_BINS = 10
 #: Checkpoints in ``results/<dataset>/models/`` that are not detectors (the GAN of notebook 04).
@@ -379,6 +382,11 @@ class Detector:
     def image_size(self) -> int:
         return int(self.info["image_size"])
 
+    @property
+    def threshold(self) -> float:
+        """P(FAKE) at or above which it calls an image AI-generated (saved with it)."""
+        return float(self.info.get("threshold", DEFAULT_THRESHOLD))
+
 
 def detector_checkpoints(dataset: str) -> list[Path]:
     """``results/<dataset>/models/*.pt`` that may be detectors: not resume files
@@ -482,17 +490,22 @@ class ModelResult:
     def name(self) -> str:
         return self.detector.name
 
+    @property
+    def threshold(self) -> float:
+        """The decision threshold these metrics were computed at."""
+        return float(self.metrics["threshold"])
+
 
 def evaluate_detector(detector: Detector, images: np.ndarray, labels: np.ndarray,
                       files: Sequence[str], device: str = "cpu", batch_size: int = 512,
-                      threshold: float = THRESHOLD, n_bootstrap: int = 1000,
+                      threshold: float | None = None, n_bootstrap: int = 1000,
                       seed: int = 0) -> ModelResult:
     """Predict ``images`` (the test split) and compute :func:`classification_metrics` plus the
     detector's size, training time and inference speed.
 
     The speed is that of this very pass of :func:`helpers.inference.predict_proba` over the
     test images (after a one-batch warm-up), decoding excluded; ``benchmarks/bench_inference.py``
-    measures it more carefully.
+    measures it more carefully. ``threshold`` None: the detector's own (chosen on validation).
     """
     from .inference import predict_proba
 
@@ -503,6 +516,7 @@ def evaluate_detector(detector: Detector, images: np.ndarray, labels: np.ndarray
                                       batch_size=batch_size), dtype=np.float64)
     seconds = time.perf_counter() - start
     row: dict[str, Any] = {"model": detector.name, "architecture": detector.info.get("model")}
+    threshold = detector.threshold if threshold is None else threshold
     row.update(classification_metrics(labels, p_fake, threshold, n_bootstrap, seed))
     row.update(
         params=_count_parameters(detector.model),
@@ -536,13 +550,15 @@ def comparison_table(results: Sequence[ModelResult]) -> pd.DataFrame:
 
 def robustness_table(detector: Detector, sets: dict[str, tuple[Perturbation | None, np.ndarray]],
                      labels: np.ndarray, device: str = "cpu", batch_size: int = 512,
-                     threshold: float = THRESHOLD, clean_p_fake: np.ndarray | None = None) -> pd.DataFrame:
+                     threshold: float | None = None, clean_p_fake: np.ndarray | None = None) -> pd.DataFrame:
     """Accuracy, AUC and per-class recall of ``detector`` on each set of :func:`perturbed_sets`.
 
     ``clean_p_fake`` (the predictions already made on the clean set) saves one pass.
+    ``threshold`` None: the detector's own.
     """
     from .inference import predict_proba
 
+    threshold = detector.threshold if threshold is None else threshold
     labels = np.asarray(labels).astype(np.int64)
     rows = []
     for name, (perturbation, images) in sets.items():
@@ -598,7 +614,7 @@ def resize_to(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def cross_generator(result: ModelResult, gan_images: np.ndarray, gan_resolution: int | None = None,
-                    device: str = "cpu", batch_size: int = 512, threshold: float = THRESHOLD,
+                    device: str = "cpu", batch_size: int = 512, threshold: float | None = None,
                     n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Rate at which a detector flags an unseen generator's images as AI-generated.
 
@@ -614,6 +630,7 @@ def cross_generator(result: ModelResult, gan_images: np.ndarray, gan_resolution:
     from .inference import predict_proba
 
     detector = result.detector
+    threshold = result.threshold if threshold is None else threshold
     gan_images = np.asarray(gan_images)
     gan = resize_to(gan_images, detector.image_size)
     flag_gan = predicted_labels(predict_proba(detector.model, detector.info, gan, device=device,
@@ -631,17 +648,18 @@ def cross_generator(result: ModelResult, gan_images: np.ndarray, gan_resolution:
     }
 
 
-def colour_check(result: ModelResult, colour_p_fake, threshold: float = THRESHOLD,
+def colour_check(result: ModelResult, colour_p_fake, threshold: float | None = None,
                  n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """The detector's test accuracy where colour alone points the right way and where it
     points the wrong way, next to the colour-only baseline's own accuracy
     (:func:`helpers.explore.colour_baseline`; ``colour_p_fake`` is its P(FAKE) on the same
     test images). A detector that reads how images were made stays accurate on the images
     whose colours mislead; one that learned the classes' colours falls to the baseline there.
-    One row per subset, with bootstrap intervals; an empty subset gets NaN."""
+    One row per subset, with bootstrap intervals; an empty subset gets NaN. The baseline
+    decides at 0.5; the detector at ``threshold`` (None: its own)."""
     y = result.y_true
-    colour_right = predicted_labels(colour_p_fake, threshold) == y
-    detector_right = predicted_labels(result.p_fake, threshold) == y
+    colour_right = predicted_labels(colour_p_fake, THRESHOLD) == y
+    detector_right = predicted_labels(result.p_fake, result.threshold if threshold is None else threshold) == y
     subsets = [("colour-only baseline", "all test images", colour_right, np.ones_like(colour_right)),
                (result.name, "all test images", detector_right, np.ones_like(colour_right)),
                (result.name, "colour-only right", detector_right, colour_right),
@@ -663,14 +681,14 @@ def _subset_accuracies(model: str, subsets, n_bootstrap: int, seed: int) -> pd.D
     return pd.DataFrame(rows)
 
 
-def near_duplicate_check(result: ModelResult, near_duplicate, threshold: float = THRESHOLD,
+def near_duplicate_check(result: ModelResult, near_duplicate, threshold: float | None = None,
                          n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """The detector's test accuracy on all test images, on those with no near-duplicate in the
     train split and on those with one (``near_duplicate``: a boolean per test image, from
     :func:`helpers.explore.near_duplicates`). If the score rests on test images that are copies
     of training images, it drops without them. One row per subset, with bootstrap intervals."""
     near = np.asarray(near_duplicate, dtype=bool)
-    right = predicted_labels(result.p_fake, threshold) == result.y_true
+    right = predicted_labels(result.p_fake, result.threshold if threshold is None else threshold) == result.y_true
     subsets = [(result.name, "all test images", right, np.ones_like(near)),
                (result.name, "no near-duplicate in train", right, ~near),
                (result.name, "near-duplicate in train", right, near)]
@@ -820,10 +838,11 @@ def summary(results: Sequence[ModelResult], best: ModelResult, robustness: pd.Da
 
 # --------------------------------------------------------------------------- figures
 
-def plot_confusion(result: ModelResult, threshold: float = THRESHOLD):
+def plot_confusion(result: ModelResult, threshold: float | None = None):
     """Counts and row-normalised confusion matrices side by side."""
     import matplotlib.pyplot as plt
 
+    threshold = result.threshold if threshold is None else threshold
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.6))
     for ax, normalize, title in ((axes[0], None, "counts"), (axes[1], "true", "normalised by true class")):
         skm.ConfusionMatrixDisplay.from_predictions(
@@ -832,7 +851,7 @@ def plot_confusion(result: ModelResult, threshold: float = THRESHOLD):
             colorbar=False, values_format=".0f" if normalize is None else ".2%")
         ax.set_title(title, fontsize=10)
         ax.grid(False)
-    fig.suptitle(f"{result.name}: test split, threshold {threshold}", fontsize=11)
+    fig.suptitle(f"{result.name}: test split, threshold {threshold:.3g}", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -847,24 +866,24 @@ def _operating_point(r: ModelResult, threshold: float) -> tuple[float, float, fl
     return fpr, tpr, tp / max(tp + fp, 1)
 
 
-def plot_roc(results: Sequence[ModelResult], threshold: float = THRESHOLD):
-    """ROC curve of every model (scikit-learn's display), its AUC, and the threshold's point."""
+def plot_roc(results: Sequence[ModelResult]):
+    """ROC curve of every model (scikit-learn's display), its AUC, and its threshold's point."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 4.4))
     for r in results:
         # no styling arguments: their names changed across scikit-learn 1.5-1.9
         skm.RocCurveDisplay.from_predictions(r.y_true, r.p_fake, pos_label=1, ax=ax, name=r.name)
-        fpr, tpr, _ = _operating_point(r, threshold)
+        fpr, tpr, _ = _operating_point(r, r.threshold)
         ax.plot([fpr], [tpr], "k.", ms=9)
     ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
     ax.set(xlabel="false-positive rate (REAL called FAKE)", ylabel="true-positive rate (FAKE found)")
-    ax.set_title(f"ROC on the test split (dot: threshold {threshold:g})", fontsize=10)
+    ax.set_title("ROC on the test split (dot: each model's threshold)", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     return fig
 
 
-def plot_pr(results: Sequence[ModelResult], threshold: float = THRESHOLD):
+def plot_pr(results: Sequence[ModelResult]):
     """Precision-recall curve of every model (FAKE = positive), average precision, threshold point."""
     import matplotlib.pyplot as plt
 
@@ -872,12 +891,12 @@ def plot_pr(results: Sequence[ModelResult], threshold: float = THRESHOLD):
     for r in results:
         skm.PrecisionRecallDisplay.from_predictions(r.y_true, r.p_fake, pos_label=1, ax=ax,
                                                     name=r.name)
-        _, recall, precision = _operating_point(r, threshold)
+        _, recall, precision = _operating_point(r, r.threshold)
         ax.plot([recall], [precision], "k.", ms=9)
     prevalence = float(np.mean(results[0].y_true)) if results else 0.5
     ax.axhline(prevalence, color="grey", ls=":", lw=1, label=f"chance ({prevalence:.2f})")
     ax.set(xlabel="recall (FAKE found)", ylabel="precision (called FAKE and FAKE)", ylim=(0, 1.02))
-    ax.set_title(f"precision-recall, FAKE positive (dot: threshold {threshold:g})", fontsize=10)
+    ax.set_title("precision-recall, FAKE positive (dot: each model's threshold)", fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
     return fig
 
@@ -1031,7 +1050,7 @@ def write_performance(dataset: str, results: Sequence[ModelResult], cache, confi
     payload = {
         "dataset": dataset, "is_demo": bool(cache.meta.get("is_demo", False)),
         "data_fingerprint": cache.fingerprint, "split": "test",
-        "threshold": float(config.get("THRESHOLD", THRESHOLD)),
+        "threshold_override": config.get("THRESHOLD"),
         "config": config, "models": models, "environment": environment_fingerprint(),
         **(extra or {}),
     }

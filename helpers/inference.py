@@ -23,6 +23,8 @@ from .accel import autocast, images_to_device, to_float
 CHECKPOINT_FORMAT = "aidetect-detector"
 # What torch.load raises for a truncated or foreign file.
 CORRUPT_CHECKPOINT = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile)
+#: The decision threshold of checkpoints saved before thresholds were chosen on validation.
+DEFAULT_THRESHOLD = 0.5
 #: Keys of the ``info`` dict returned by :func:`load_detector`.
 INFO_KEYS = ("model", "dataset", "image_size", "mean", "std", "metrics", "data_fingerprint",
              "config")
@@ -39,7 +41,8 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
     ``info`` holds ``model``, ``dataset``, ``image_size``, ``mean``, ``std``, ``metrics``
     (validation), ``data_fingerprint`` and ``config`` (the training configuration), plus
     ``environment``, ``train_seconds`` (the whole run), ``epoch`` (the one saved),
-    ``epochs_run`` and ``path``.
+    ``epochs_run``, ``path``, ``threshold`` (P(FAKE) at or above it means AI-generated; chosen
+    on validation, :data:`DEFAULT_THRESHOLD` for older checkpoints) and ``threshold_source``.
     """
     from .models import build_model
 
@@ -70,8 +73,38 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
     # the whole run's time (older checkpoints: the time to their own epoch)
     seconds = ckpt.get("run_seconds", ckpt.get("train_seconds"))
     info.update(environment=ckpt.get("environment"), train_seconds=seconds,
-                epoch=ckpt.get("epoch"), epochs_run=ckpt.get("epochs_run"), path=str(path))
+                epoch=ckpt.get("epoch"), epochs_run=ckpt.get("epochs_run"), path=str(path),
+                threshold=float(ckpt.get("threshold", DEFAULT_THRESHOLD)),
+                threshold_source="validation" if "threshold" in ckpt else "default (older checkpoint)")
     return model, info
+
+
+def choose_threshold(labels: np.ndarray, p_fake: np.ndarray) -> tuple[float, float]:
+    """The decision threshold on P(FAKE) that maximises accuracy on ``labels`` (0/1), and that
+    accuracy. An image is called FAKE when ``p_fake >= threshold``.
+
+    Candidates are 0.5 and the midpoints between consecutive distinct probabilities; among
+    equally accurate ones the closest to 0.5 wins, so a detector whose best cut already lies
+    at 0.5 keeps it, and a wide gap between the classes puts the cut where 0.5 falls in it.
+    ``labels`` and ``p_fake`` are (N,) arrays; raises ValueError when they are empty.
+    """
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    p_fake = np.asarray(p_fake, dtype=np.float64).ravel()
+    if len(labels) == 0 or len(labels) != len(p_fake):
+        raise ValueError(f"need as many labels as probabilities (got {len(labels)} and {len(p_fake)})")
+    values = np.unique(p_fake)
+    candidates = np.unique(np.concatenate([[DEFAULT_THRESHOLD], (values[1:] + values[:-1]) / 2,
+                                           [values[0], np.nextafter(values[-1], np.inf)]]))
+    # accuracy at each candidate from sorted scores: FAKE called right at or above the cut,
+    # REAL right below it
+    order = np.sort(p_fake[labels == 1])
+    real = np.sort(p_fake[labels == 0])
+    fake_right = len(order) - np.searchsorted(order, candidates, side="left")
+    real_right = np.searchsorted(real, candidates, side="left")
+    accuracy = (fake_right + real_right) / len(labels)
+    best = np.flatnonzero(accuracy == accuracy.max())
+    pick = best[np.argmin(np.abs(candidates[best] - DEFAULT_THRESHOLD))]
+    return float(candidates[pick]), float(accuracy[pick])
 
 
 @torch.inference_mode()

@@ -33,8 +33,6 @@ from .data import CLASS_NAMES
 from .images import IMAGE_SUFFIXES, BadImageError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-#: Decision threshold on P(FAKE), as in the evaluation (notebook 05).
-THRESHOLD = 0.5
 COLUMNS = ["file", "p_fake", "label", "error"]
 #: Files decoded before each round of forward passes (bounds memory for large folders).
 CHUNK_IMAGES = 4096
@@ -90,10 +88,18 @@ def _decode_all(names: Sequence[str], decoders: Sequence[Callable[[], np.ndarray
 
 def classify_decoded(names: Sequence[str], arrays: Sequence[np.ndarray | None],
                      errors: Sequence[str | None], model, info: dict, device: str = "cpu",
-                     batch_size: int = 512, threshold: float = THRESHOLD) -> pd.DataFrame:
+                     batch_size: int = 512, threshold: float | None = None) -> pd.DataFrame:
     """The result table for already decoded images (None where decoding failed, with its error)."""
     p_fake = _scores(arrays, model, info, device, batch_size)
-    return _table(names, p_fake, errors, threshold)
+    return _table(names, p_fake, errors, decision_threshold(info, threshold))
+
+
+def decision_threshold(info: dict, threshold: float | None = None) -> float:
+    """``threshold`` if given, else the detector's own: chosen on its validation split when it
+    was trained and saved in the checkpoint (0.5 for checkpoints older than that)."""
+    from .inference import DEFAULT_THRESHOLD
+
+    return float(info.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold)
 
 
 def _scores(arrays: Sequence[np.ndarray | None], model, info: dict, device: str,
@@ -116,7 +122,7 @@ def _table(names: Sequence[str], p_fake: np.ndarray, errors: Sequence[str | None
 
 
 def _classify(names: Sequence[str], decoders: Sequence[Callable[[], np.ndarray]], model,
-              info: dict, device: str, batch_size: int, threshold: float,
+              info: dict, device: str, batch_size: int, threshold: float | None,
               workers: int | None) -> pd.DataFrame:
     chunk = max(CHUNK_IMAGES, batch_size)  # bounded memory for any number of files
     scores, errors = [np.zeros(0)], []
@@ -125,17 +131,18 @@ def _classify(names: Sequence[str], decoders: Sequence[Callable[[], np.ndarray]]
                                            decoders[start:start + chunk], workers)
         scores.append(_scores(arrays, model, info, device, batch_size))
         errors += chunk_errors
-    return _table(names, np.concatenate(scores), errors, threshold)
+    return _table(names, np.concatenate(scores), errors, decision_threshold(info, threshold))
 
 
 def classify_files(paths: Sequence[str | os.PathLike], model, info: dict, device: str = "cpu",
-                   batch_size: int = 512, threshold: float = THRESHOLD,
+                   batch_size: int = 512, threshold: float | None = None,
                    workers: int | None = None) -> pd.DataFrame:
     """Classify image files with a loaded detector (:func:`helpers.inference.load_detector`).
 
     Returns one row per path, in order: ``file``, ``p_fake`` (P(AI-generated), NaN when
     unreadable), ``label`` (``FAKE`` when ``p_fake >= threshold``, else ``REAL``; None when
-    unreadable) and ``error`` (None, or why the file could not be read).
+    unreadable) and ``error`` (None, or why the file could not be read). ``threshold`` None:
+    the detector's own (:func:`decision_threshold`).
     """
     size, quality = int(info["image_size"]), preprocessing_jpeg_quality(info)
     names = [str(p) for p in paths]
@@ -154,7 +161,7 @@ def decode_images(named_bytes: Sequence[tuple[str, bytes]], info: dict,
 
 
 def classify_images(named_bytes: Sequence[tuple[str, bytes]], model, info: dict,
-                    device: str = "cpu", batch_size: int = 512, threshold: float = THRESHOLD,
+                    device: str = "cpu", batch_size: int = 512, threshold: float | None = None,
                     workers: int | None = None) -> pd.DataFrame:
     """:func:`classify_files` for in-memory files, e.g. uploads: ``[(name, bytes), ...]``."""
     arrays, errors = decode_images(named_bytes, info, workers)
@@ -192,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.predict",
         description="Print, for each image, the probability that it is AI-generated (FAKE) "
-                    "according to a trained detector, and its label at threshold "
-                    f"{THRESHOLD} (FAKE if P >= {THRESHOLD}).",
+                    "according to a trained detector, and its label: FAKE if P >= the "
+                    "detector's threshold, chosen on its validation split and saved with it.",
         epilog="Preprocessing is the same as in training (helpers/images.py, module docstring):\n"
                f"{_preprocessing_rule()}\n\n"
                "Exit code: 0 all images classified, 1 some could not be read (listed with the "
@@ -211,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "label, error) to this CSV file")
     parser.add_argument("--batch-size", type=int, default=512, metavar="N",
                         help="images per forward pass (default: 512)")
-    parser.add_argument("--threshold", type=float, default=THRESHOLD,
-                        help=f"decision threshold on P(AI-generated) (default: {THRESHOLD})")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="decision threshold on P(AI-generated) (default: the detector's own, "
+                             "chosen on its validation split)")
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, mps or auto (default: auto)")
     return parser
@@ -255,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    if not 0.0 <= args.threshold <= 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         print("error: --threshold must lie in [0, 1]", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -264,15 +272,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no usable detector: {err}\nTrain one first (make train "
               f"DATASET={args.dataset}) or pass --model PATH/TO/CHECKPOINT.pt", file=sys.stderr)
         return EXIT_USAGE
+    threshold = decision_threshold(info, args.threshold)
     print(f"model {path} ({info.get('model')}, trained on {info.get('dataset')}, "
-          f"{info['image_size']}x{info['image_size']} input, device {device})", file=sys.stderr)
+          f"{info['image_size']}x{info['image_size']} input, device {device}); FAKE when "
+          f"P >= {threshold:.3g} ({'given' if args.threshold is not None else info.get('threshold_source')})",
+          file=sys.stderr)
     if info.get("dataset") == "demo":
         print("warning: this is the DEMO detector, trained on a small synthetic set; its verdicts "
               "on real-world images mean nothing.", file=sys.stderr)
 
     files, problems = expand_paths(args.paths)
     table = classify_files(files, model, info, device=device, batch_size=args.batch_size,
-                           threshold=args.threshold)
+                           threshold=threshold)
     if problems:
         table = pd.concat([table, pd.DataFrame(
             {"file": [p for p, _ in problems], "p_fake": np.nan, "label": None,

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import paths
-from .accel import amp_dtype, autocast, channel_stats, images_to_device, to_float
-from .inference import CHECKPOINT_FORMAT, predict_logits
+from .accel import amp_dtype, autocast, channel_stats, choose_cpu_amp, images_to_device, to_float
+from .inference import CHECKPOINT_FORMAT, choose_threshold, predict_logits
 from .models import build_model
 from .repro import atomic_path, environment_fingerprint, pick_device, seed_everything, set_cpu_threads
 
@@ -80,8 +80,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto: cuda, then mps, then cpu
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 on older GPUs)
-    cpu_amp: bool = False  # bfloat16 autocast on CPUs with native bfloat16 (accel.cpu_has_bf16):
-    # about 2x faster for wide convolutions at large batches, slower for tiny models
+    cpu_amp: bool | None = None  # bfloat16 autocast on the CPU; None: measured per machine and
+    # model (accel.choose_cpu_amp), since it is 1.6x faster on one AVX512-BF16 CPU, slower on another
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (CUDA; slow to start)
     threads: int | None = None  # CPU threads (None: every core)
@@ -149,21 +149,10 @@ DEFAULTS: dict[str, dict] = {
     #   8 for 30 epochs), mean val loss 0.069 (0.075), lower in 4 of 6 runs; 344-480 s each
     #   on 2 busy cores. The best validation epoch was 26-46 of 50. This is the default.
     "sneakers": dict(model="two_scale", width=32, epochs=50, batch_size=64, lr=0.05, translate=8,
-                     cutout=120, cpu_amp=True),
-    # 100k 32x32 training images (90k train, 10k val), 20k official test images. CIFAKE itself
-    # could not be downloaded here, so the stem was chosen on a 32-px stand-in: the shoes
-    # images downsized to 32 px (real photos vs a diffusion model, as CIFAKE), same training
-    # settings, mean over split seeds 0-2 of the 173 validation images (2026-11-24):
-    #   stem / width           MFLOP  val errors (per seed)  AUC     val loss  inference bf16 / fp32
-    #   3x3 full-res / 64 .... 172    3.3 (5, 1, 4)          0.9951  0.1157    1,679 / 746 images/s
-    #   3x3 full-res / 32 ....  43    3.7 (5, 2, 4)          0.9887  0.1191    4,560 / 2,677
-    #   2x2 patch / 96 .......  96    3.3 (4, 1, 5)          0.9929  0.1116    3,574 / 1,759
-    #   2x2 patch / 64 .......  43    5.0 (6, 4, 5)          0.9919  0.1152    7,514 / 3,776
-    # Differences of one or two errors in 173 are noise; the 2x2 patch stem at width 64 is the
-    # only one that meets 5,000 images/s on 2 CPU cores (bf16 autocast) and trains 4x faster
-    # than the full-resolution design, so it is the default.
-    "cifake": dict(model="fast", width=64, patch=2, epochs=12, batch_size=512, lr=0.1, translate=2,
-                   cpu_amp=True),
+                     cutout=120),
+    # CIFAKE: chosen on its validation split (10k images carved from train), never on test;
+    # the configurations tried, their figures and times: docs/cifake-detector-study.md
+    "cifake": dict(model="fast", width=64, patch=2, epochs=40, batch_size=512, lr=0.1, translate=2),
 }
 
 
@@ -366,8 +355,9 @@ def _save(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _record_run_time(ckpt_path: Path, seconds: float, epochs: int) -> None:
-    """Add the whole run's time to the best checkpoint, saved mid-run with only its own epoch's.
+def _finish_checkpoint(ckpt_path: Path, seconds: float, epochs: int, threshold: dict) -> None:
+    """Add what is known only at the end of the run to the best checkpoint (saved mid-run):
+    the whole run's time and epochs, and the decision threshold chosen on validation.
 
     The comparison tables report training time per model; the time to the best epoch would
     flatter a run that peaked early but still trained (and cost) every epoch.
@@ -375,7 +365,41 @@ def _record_run_time(ckpt_path: Path, seconds: float, epochs: int) -> None:
     if not ckpt_path.is_file():
         return
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    _save({**ckpt, "run_seconds": seconds, "epochs_run": epochs}, ckpt_path)
+    _save({**ckpt, "run_seconds": seconds, "epochs_run": epochs, **threshold}, ckpt_path)
+
+
+def _resolve_cpu_amp(config: TrainConfig, size: int, device: torch.device, batch: int,
+                     announce: bool) -> tuple[TrainConfig, dict | None]:
+    """``config`` with ``cpu_amp`` decided: as given, or (None) by the cached probe of
+    :func:`helpers.accel.choose_cpu_amp` at this run's batch size. Off the CPU it is False."""
+    if device.type != "cpu":
+        return replace(config, cpu_amp=False), None
+    if config.cpu_amp is not None:
+        return config, None
+    key = {"model": config.model, **config.model_options}
+    use, probe = choose_cpu_amp(lambda: build_model(config.model, size, **config.model_options), key,
+                                size, batch, paths.DATA / "processed" / "cpu_precision.json")
+    if announce:
+        rates = (f"bfloat16 {probe['bf16']:,.0f} vs fp32 {probe['fp32']:,.0f} training images/s"
+                 f"{' (measured earlier on this machine)' if probe.get('cached') else ''}"
+                 if "fp32" in probe else probe["reason"])
+        print(f"CPU precision: {'bfloat16 autocast' if use else 'fp32'} ({rates})")
+    return replace(config, cpu_amp=use), probe
+
+
+def validation_threshold(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+                         std: torch.Tensor, config: TrainConfig) -> dict:
+    """The decision threshold on P(FAKE) chosen on the validation split, as saved in the
+    checkpoint: ``{"threshold": t, "threshold_val_acc": ...}``.
+
+    Scored one pass per image, as ``predict`` and notebook 05 score; see
+    :func:`helpers.inference.choose_threshold` for the rule.
+    """
+    logits = predict_logits(model, images, mean, std, config.eval_batch_size, False, config.amp,
+                            bool(config.cpu_amp))
+    p_fake = torch.sigmoid(logits).double().cpu().numpy()
+    threshold, accuracy = choose_threshold(labels.cpu().numpy(), p_fake)
+    return {"threshold": threshold, "threshold_val_acc": accuracy}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -547,6 +571,11 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
     y_val = torch.from_numpy(val_labels.astype(np.float32)).to(device)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
 
+    n = len(x_train)
+    local_batch = max(1, min(config.batch_size // world, n // world))
+    steps = max(1, (n // world) // local_batch)
+    config, probe = _resolve_cpu_amp(config, size, device, local_batch, announce=rank == 0 and progress)
+
     learner = _learner(config, size, device, world)
     out = Path(out_dir) if out_dir else paths.results_dir(config.dataset, "models")
     ckpt_path = out / f"{config.model}.pt"
@@ -557,11 +586,7 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
     done = (_resume(last_path, ckpt_path, config_dict, cache.fingerprint, learner, announce)
             if resume else _Progress())
     start_epoch = done.epoch
-
-    n = len(x_train)
-    local_batch = max(1, min(config.batch_size // world, n // world))
-    steps = max(1, (n // world) // local_batch)
-    env = environment_fingerprint() if rank == 0 else None
+    env = {**environment_fingerprint(), "cpu_precision_probe": probe} if rank == 0 else None
 
     bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",
                unit="epoch", disable=not announce, initial=start_epoch, total=config.epochs)
@@ -624,12 +649,14 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
 
         dist.barrier()  # every process is done with last.pt before it goes
     history = pd.DataFrame(done.rows)
-    if rank == 0:
-        _record_run_time(ckpt_path, float(history["seconds"].sum()), len(done.rows))
-        last_path.unlink(missing_ok=True)
     net = learner.net
     net.load_state_dict(done.best_state)
     net.eval()
+    threshold = validation_threshold(net, x_val, y_val, mean_t, std_t, config)
+    if rank == 0:
+        _finish_checkpoint(ckpt_path, seconds=float(history["seconds"].sum()), epochs=len(done.rows),
+                           threshold=threshold)
+        last_path.unlink(missing_ok=True)
     return TrainResult(
         model=net, history=history, metrics=done.best, checkpoint=ckpt_path,
         seconds=float(history["seconds"].sum()),
@@ -665,7 +692,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cutout", type=int, default=None, help="side of a random mid-grey square per training image")
     p.add_argument("--ema", type=float, default=None, help="keep an EMA of the weights with this decay per step")
     p.add_argument("--cpu-amp", dest="cpu_amp", action="store_true", default=None,
-                   help="bfloat16 autocast on CPUs with native bfloat16 (AVX512-BF16, AMX)")
+                   help="bfloat16 autocast on the CPU (default: measured, whichever is faster here)")
+    p.add_argument("--no-cpu-amp", dest="cpu_amp", action="store_false",
+                   help="fp32 on the CPU, whatever the probe would choose")
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="training seed, and split seed unless --split-seed")
     p.add_argument("--split-seed", type=int, default=None,

@@ -350,7 +350,7 @@ def test_colour_check_splits_the_test_set_where_colour_misleads(predictions):
     y, p = predictions  # detector wrong on images 5, 6 and 14
     colour_p = np.where(np.arange(16) < 8, 0.2, 0.8)
     colour_p[[0, 5, 9, 14]] = 1 - colour_p[[0, 5, 9, 14]]  # colour wrong on 0, 5, 9 and 14
-    result = SimpleNamespace(name="fast", y_true=y, p_fake=p)
+    result = SimpleNamespace(name="fast", y_true=y, p_fake=p, threshold=0.5)
     table = ev.colour_check(result, colour_p, n_bootstrap=200).set_index(["classifier", "images"])
     assert table.loc[("colour-only baseline", "all test images"), "accuracy"] == 12 / 16
     assert table.loc[("fast", "all test images"), "accuracy"] == 13 / 16
@@ -369,7 +369,7 @@ def test_near_duplicate_check_scores_the_test_images_without_copies_in_train(pre
     y, p = predictions  # detector wrong on images 5, 6 and 14
     near = np.zeros(16, dtype=bool)
     near[[1, 5, 9]] = True  # three test images with a near-duplicate in train, one of them missed
-    result = SimpleNamespace(name="fast", y_true=y, p_fake=p)
+    result = SimpleNamespace(name="fast", y_true=y, p_fake=p, threshold=0.5)
     table = ev.near_duplicate_check(result, near, n_bootstrap=200).set_index("images")
     assert table.loc["all test images", "accuracy"] == 13 / 16
     assert table.loc["near-duplicate in train", ["n_images", "accuracy"]].tolist() == [3, 2 / 3]
@@ -389,5 +389,5 @@ def test_describe_colour_check_follows_the_numbers(right_where_misled, finding):
     colour_p = np.where(np.arange(100) < 60, 1 - y, y) * 0.8 + 0.1  # misleads on the first 60
     p = y * 0.8 + 0.1
     p[right_where_misled:60] = 1 - p[right_where_misled:60]  # detector wrong on some of them
-    table = ev.colour_check(SimpleNamespace(name="m", y_true=y, p_fake=p), colour_p, n_bootstrap=500)
+    table = ev.colour_check(SimpleNamespace(name="m", y_true=y, p_fake=p, threshold=0.5), colour_p, n_bootstrap=500)
     assert finding in ev.describe_colour_check(table)

@@ -1,0 +1,118 @@
+"""The decision threshold is chosen on validation, saved with the detector and used by every
+consumer; CPU precision follows a measurement, cached per machine."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import accel, data, evaluate, inference, predict, train
+from tests.conftest import write_dataset
+
+
+def test_the_threshold_maximises_accuracy_and_prefers_one_half_on_ties():
+    assert inference.choose_threshold([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == (0.5, 1.0)
+    # the classes overlap 0.5: the cut moves to where they separate
+    threshold, accuracy = inference.choose_threshold([0, 0, 1, 1], [0.1, 0.6, 0.8, 0.9])
+    assert accuracy == 1.0 and 0.6 < threshold <= 0.8
+    threshold, accuracy = inference.choose_threshold([0, 0, 0, 1, 1], [0.2, 0.3, 0.55, 0.52, 0.9])
+    assert accuracy == 0.8 and threshold in (0.5, 0.535, 0.725)
+    with pytest.raises(ValueError, match="as many labels"):
+        inference.choose_threshold([], [])
+
+
+def test_the_threshold_is_the_best_cut_found_by_brute_force():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    p = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).round(2)  # ties on purpose
+    threshold, accuracy = inference.choose_threshold(labels, p)
+    grid = np.linspace(0, 1.01, 2021)
+    best = max(((p >= t) == labels).mean() for t in grid)
+    assert accuracy == pytest.approx(best) == ((p >= threshold) == labels).mean()
+
+
+def _tiny_cache(project_dirs, tmp_path):
+    source = write_dataset(tmp_path / "tiny", n_per_class=40)
+    return data.prepare("demo", source, seed=0, progress=False)
+
+
+def test_the_threshold_round_trips_through_the_checkpoint_and_is_used(project_dirs, tmp_path):
+    cache = _tiny_cache(project_dirs, tmp_path)
+    config = train.default_config("demo", model="fast", width=8, epochs=2, batch_size=32,
+                                  device="cpu", threads=1, cpu_amp=False)
+    result = train.fit(cache, config, out_dir=tmp_path / "m", progress=False)
+    model, info = inference.load_detector(result.checkpoint)
+    assert info["threshold_source"] == "validation"
+    val_images, val_labels = cache.part("val")
+    p_val = inference.predict_proba(model, info, val_images)
+    expected, accuracy = inference.choose_threshold(val_labels, p_val)
+    assert info["threshold"] == expected
+    assert torch.load(result.checkpoint, weights_only=True)["threshold_val_acc"] == accuracy
+    # predict, the app and notebook 05 read it from there
+    assert predict.decision_threshold(info) == expected
+    assert predict.decision_threshold(info, 0.9) == 0.9
+    detector = evaluate.Detector("fast", result.checkpoint, model, info)
+    test_images, test_labels = cache.part("test")
+    scored = evaluate.evaluate_detector(detector, test_images, test_labels,
+                                        cache.files[cache.indices("test")], n_bootstrap=50)
+    assert scored.threshold == expected and scored.metrics["threshold"] == expected
+
+
+def test_an_older_checkpoint_without_a_threshold_decides_at_one_half(project_dirs, tmp_path):
+    cache = _tiny_cache(project_dirs, tmp_path)
+    config = train.default_config("demo", model="fast", width=8, epochs=1, batch_size=32,
+                                  device="cpu", threads=1, cpu_amp=False)
+    path = train.fit(cache, config, out_dir=tmp_path / "m", progress=False).checkpoint
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["threshold"]
+    torch.save(ckpt, path)
+    _, info = inference.load_detector(path)
+    assert info["threshold"] == 0.5 and info["threshold_source"].startswith("default")
+
+
+def test_cpu_precision_is_measured_once_per_machine_and_model(tmp_path, monkeypatch):
+    calls = []
+
+    def measured(build, size, batch, steps=3):
+        calls.append((size, batch))
+        return {"fp32": 1000.0, "bf16": 1100.0}  # faster, but not by BF16_MIN_SPEED_UP
+
+    monkeypatch.setattr(accel, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(accel, "measure_cpu_precision", measured)
+    cache_file = tmp_path / "probe.json"
+    use, record = accel.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
+    assert use is False and record["cached"] is False and calls == [(32, 64)]
+    use, record = accel.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
+    assert use is False and record["cached"] is True and len(calls) == 1  # reused
+    accel.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 128, cache_file)  # another batch size
+    assert len(calls) == 2 and len(json.loads(cache_file.read_text())) == 2
+    monkeypatch.setattr(accel, "measure_cpu_precision", lambda *a, **k: {"fp32": 1000.0, "bf16": 1200.0})
+    assert accel.choose_cpu_amp(lambda: None, {"model": "other"}, 32, 64, cache_file)[0] is True
+    monkeypatch.setattr(accel, "cpu_has_bf16", lambda: False)  # emulated bfloat16: never
+    assert accel.choose_cpu_amp(lambda: None, {"model": "x"}, 32, 64, cache_file)[0] is False
+
+
+def test_the_precision_probe_times_both_precisions_without_moving_the_random_stream():
+    from helpers.models import build_model
+
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    rates = accel.measure_cpu_precision(lambda: build_model("fast", 16, width=8), 16, 8, steps=1)
+    assert set(rates) == {"fp32", "bf16"} and min(rates.values()) > 0
+    assert torch.equal(torch.rand(3), before)
+
+
+def test_training_records_the_precision_it_chose(project_dirs, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "choose_cpu_amp", lambda *a: (False, {"fp32": 2.0, "bf16": 1.0, "cached": False}))
+    cache = _tiny_cache(project_dirs, tmp_path)
+    config = train.default_config("demo", model="fast", width=8, epochs=1, batch_size=32,
+                                  device="cpu", threads=1)
+    assert config.cpu_amp is None  # measured, not set
+    result = train.fit(cache, config, out_dir=tmp_path / "m", progress=False)
+    ckpt = torch.load(result.checkpoint, weights_only=True)
+    assert ckpt["config"]["cpu_amp"] is False
+    assert ckpt["environment"]["cpu_precision_probe"]["fp32"] == 2.0
