@@ -179,7 +179,7 @@ def plot_accuracy_vs_time(curves: pd.DataFrame, references: Sequence[tuple[str, 
             ax.annotate(f"{who} {accuracy:.2%}", (0, accuracy), fontsize=7, color="dimgray",
                         va="bottom")
     ax.set(xlabel="training time (minutes, validation included)", ylabel="validation accuracy",
-           xscale="symlog", ylim=(max(0.5, low - 0.01), 1.0))
+           xlim=(0, None), ylim=(max(0.5, low - 0.01), 1.0))
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
