@@ -8,6 +8,7 @@ import shutil
 import tarfile
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -264,10 +265,18 @@ def test_offline_download_fails_fast_with_instructions(project_dirs, tmp_path, m
     assert time.perf_counter() - start < 5
 
 
+def small_cifake(monkeypatch, n_files: int) -> data.DatasetSpec:
+    """The registry's CIFAKE, published (for this test) with ``n_files`` images."""
+    spec = replace(data.get_spec("cifake"), expected_files=n_files)
+    monkeypatch.setitem(data.DATASETS, "cifake", spec)
+    return spec
+
+
 def test_a_dataset_already_in_kagglehubs_cache_needs_no_network(project_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
-    spec = data.get_spec("cifake")
+    spec = small_cifake(monkeypatch, 24)
     write_dataset(data._kaggle_cache_dir(spec) / "cifake", n_per_class=8)
+    data.kaggle_completion_marker(spec).touch()  # what kagglehub writes after a download
     monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: pytest.fail("network used"))
     assert data.prepare("cifake", progress=False).meta["n_images"] == 24
 
