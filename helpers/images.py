@@ -149,6 +149,9 @@ def upright(img: Image.Image) -> tuple[Image.Image, str | None]:
     be parsed at all, or an orientation outside 1-8, leaves the image as stored, with a note.
     """
     try:
+        raw = img.info.get("exif")
+        if isinstance(raw, bytes) and raw:  # Pillow's JPEG reader swallows a parse error at
+            Image.Exif().load(raw)          # open and then reports no EXIF at all
         value = img.getexif().get(_ORIENTATION, 1)
     except Exception as err:  # noqa: BLE001 - any parser error: the pixels are still fine
         return img, f"EXIF metadata unreadable ({_describe(err)}): orientation not applied"
@@ -280,12 +283,30 @@ def without_metadata(data: bytes) -> bytes | None:
     return stripped if stripped is not None and stripped != data else None
 
 
+def _why_unidentified(data: bytes) -> str:
+    """The reason for a file Pillow cannot identify. Pillow hides why the plugin of a PNG,
+    JPEG or WebP refused it (a broken chunk is reported as "cannot identify"); its plugin,
+    asked directly, says."""
+    from PIL import JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+
+    for matches, plugin in ((data.startswith(_PNG_SIGNATURE), PngImagePlugin.PngImageFile),
+                            (data.startswith(b"\xff\xd8\xff"), JpegImagePlugin.JpegImageFile),
+                            (data[:4] == b"RIFF" and data[8:12] == b"WEBP",
+                             WebPImagePlugin.WebPImageFile)):
+        if matches:
+            try:
+                plugin(io.BytesIO(data)).close()
+            except Exception as err:  # noqa: BLE001 - the plugin's own complaint
+                return f"corrupt or truncated image ({_describe(err)})"
+    return "not an image file (Pillow cannot identify it)"
+
+
 def _decode(data: bytes, size: int, jpeg_quality: int | None) -> tuple[np.ndarray, ImageInfo]:
     """:func:`decode`'s stages; each failure is raised as :class:`_Refused` with its reason."""
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise _Refused("not an image file (Pillow cannot identify it)") from None
+        raise _Refused(_why_unidentified(data)) from None
     except Image.DecompressionBombError as err:
         raise _Refused(f"too large to decode safely ({err})", final=True) from None
     except Exception as err:  # noqa: BLE001 - a plugin's header parser may raise anything
@@ -345,8 +366,8 @@ def decode(data: bytes, size: int, name: str = "<bytes>",
         except _Refused:
             pass  # not (only) the metadata: the first reason is the file's
         else:
-            note = (f"malformed metadata ({failure.reason}): decoded without its metadata "
-                    "segments (EXIF orientation, if any, not applied)")
+            note = (f"malformed metadata, decoded without it (with it: {failure.reason}); "
+                    "EXIF orientation, if any, not applied")
             return array, replace(info, notes=(note, *info.notes))
     raise BadImageError(f"{name}: {failure.reason}")
 

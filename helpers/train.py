@@ -39,6 +39,7 @@ from torch import nn
 
 from . import paths
 from .accel import amp_dtype, autocast, channel_stats, images_to_device, to_float
+from .data import check_counts, split_counts
 from .inference import CHECKPOINT_FORMAT, predict_logits
 from .models import build_model
 from .repro import atomic_path, environment_fingerprint, pick_device, seed_everything, set_cpu_threads
@@ -538,6 +539,8 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
     if len(train_images) == 0 or len(val_images) == 0:
         raise ValueError(f"{cache.path}: needs train and val images (has {len(train_images)} "
                          f"and {len(val_images)}); rebuild it with data.prepare(..., force=True)")
+    # never a detector of one class: a cache built before data.check_counts existed may be one
+    check_counts(split_counts(cache.labels, cache.split), str(cache.path), ("train", "val"))
     mean, std = channel_stats(train_images)
 
     # the data lives on the device as uint8 for the whole run
