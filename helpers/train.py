@@ -515,6 +515,9 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
     """
     from tqdm.auto import tqdm
 
+    # never a detector of one class (a cache built before data.check_counts existed may hold
+    # one); checked before anything, the torch settings included, is changed
+    check_counts(split_counts(cache.labels, cache.split), str(cache.path), ("train", "val"))
     rank, world = _dist()
     device = pick_device(config.device)
     if device.type == "cuda" and world > 1:
@@ -539,8 +542,6 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
     if len(train_images) == 0 or len(val_images) == 0:
         raise ValueError(f"{cache.path}: needs train and val images (has {len(train_images)} "
                          f"and {len(val_images)}); rebuild it with data.prepare(..., force=True)")
-    # never a detector of one class: a cache built before data.check_counts existed may be one
-    check_counts(split_counts(cache.labels, cache.split), str(cache.path), ("train", "val"))
     mean, std = channel_stats(train_images)
 
     # the data lives on the device as uint8 for the whole run
