@@ -2,11 +2,11 @@
 
 The rule (documented in the README):
 
-1. Decode with Pillow and apply the EXIF orientation. Files over :data:`MAX_PIXELS` pixels
-   are refused from their header, before any pixel is decoded. A file whose metadata is
-   malformed but whose pixels decode is kept: unreadable EXIF leaves it unrotated, and a
-   JPEG or PNG that fails only because of a metadata segment is decoded without its
-   metadata; either way the file's notes say so.
+1. Decode with Pillow and apply the EXIF orientation. Images over 180 million pixels
+   (``MAX_PIXELS``) are refused from their header, before any pixel is decoded. A file
+   whose metadata is malformed but whose pixels decode is kept: unreadable EXIF leaves it
+   unrotated, and a JPEG or PNG that fails only because of a metadata segment is decoded
+   without its metadata; either way the file's notes say so.
 2. Convert to 8-bit RGB, one rule per pixel format: 8-bit grayscale is replicated to three
    channels; 16-bit integer images keep the high byte of each value (value // 256, the
    type's range 0..65535 mapped to 0..255, as Pillow reduces 16-bit colour PNGs), the same
