@@ -75,8 +75,12 @@ $(RESULTS)/.params-%: FORCE
 
 FORCE:
 
+# A parameter the notebook does not declare (a typo) stops the step before papermill, which
+# would only warn and run with the defaults: step options must name the notebook's own
+# parameters, PARAMS (every notebook) a parameter of at least one notebook.
 define execute
 	@mkdir -p $(@D)
+	@$(PY) -m helpers.notebook $< $(1) -- $(NB_PARAMS)
 	@echo ">>> $(DATASET): executing $< (params: $(NB_PARAMS) $(1))"
 	@$(PY) -m papermill $< $@.tmp.ipynb -k $(KERNEL) --cwd notebooks --log-output --no-progress-bar \
 	    $(NB_PARAMS) $(1) || { mv -f $@.tmp.ipynb $(@:.ipynb=.failed.ipynb) 2>/dev/null; \

@@ -120,7 +120,9 @@ def synthetic_epoch_seconds(device: torch.device, n: int, epochs: int = 3) -> fl
     rng = np.random.default_rng(0)
     cache = data.ImageCache(
         images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-        labels=(np.arange(n) % 2).astype(np.uint8), split=(np.arange(n) % 50 == 0).astype(np.int8),
+        # every 50th image is validation; labels alternate in blocks of 50 so that both
+        # classes are in it (fit refuses a split of one class)
+        labels=(np.arange(n) // 50 % 2).astype(np.uint8), split=(np.arange(n) % 50 == 0).astype(np.int8),
         files=np.array(["random"] * n), meta={"dataset": "cifake", "data_fingerprint": "synthetic"},
         path=Path("random-images"))
     config = train.default_config("cifake", device=str(device), epochs=epochs, tta=False)

@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 from helpers import cam, inference, paths, predict
 from helpers import images as image_rule
 from helpers.data import DATASETS
+from helpers.paths import printable
 
 #: Largest file accepted, per file (Streamlit's uploader refuses bigger ones; so does the app).
 MAX_UPLOAD_MB = 25
@@ -140,6 +141,12 @@ def split_oversized(uploads) -> tuple[list[tuple[str, bytes]], list[tuple[str, s
     return ok, refused
 
 
+def markdown_text(text: str) -> str:
+    """``text`` shown literally by Streamlit's markdown (file names may hold ``*``, ``_``,
+    ``$`` or ``[...]``, which would otherwise format the name instead of showing it)."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>$~#|" else ch for ch in printable(text))
+
+
 def advice(error: str) -> str:
     """What to do about a file the decoder refused (its message says why)."""
     if "not an image" in error:
@@ -166,9 +173,12 @@ def _enlarge(array: np.ndarray) -> Image.Image:
 
 def show_result(name: str, data: bytes, row, view: np.ndarray, heat: np.ndarray | None,
                 method: str, size: int, threshold: float) -> None:
-    """One uploaded image: the upload, the model's view, the CAM overlay and the verdict."""
+    """One uploaded image: the upload, the model's view, the CAM overlay and the verdict
+    (and a note when malformed metadata was left out to decode it)."""
     with st.container(border=True):
-        st.subheader(name)
+        st.subheader(markdown_text(name))
+        if isinstance(getattr(row, "note", None), str):
+            st.warning(markdown_text(f"Decoded with a caveat: {row.note}"))
         left, middle, right, verdict = st.columns([1, 1, 1, 1.1])
         try:
             left.image(thumbnail(data), caption="uploaded", width=SHOW_PX)
@@ -216,13 +226,13 @@ def main(argv: list[str] | None = None) -> None:
 
     named, refused = split_oversized(uploads)
     with st.spinner(f"Classifying {len(named)} image(s) ..."):
-        arrays, errors = predict.decode_images(named, info)  # decoded once: scores and CAMs
+        arrays, errors, notes = predict.decode_images(named, info)  # decoded once: scores, CAMs
         table = predict.classify_decoded([n for n, _ in named], arrays, errors, model, info,
-                                         device=str(next(model.parameters()).device))
+                                         device=str(next(model.parameters()).device), notes=notes)
     for name, reason in refused:
-        st.error(f"{name}: {reason}")
+        st.error(markdown_text(f"{name}: {reason}"))
     for row in table[table["error"].notna()].itertuples():
-        st.error(f"{row.file}: {row.error}. {advice(row.error)}")
+        st.error(markdown_text(f"{row.file}: {row.error}. {advice(row.error)}"))
 
     good = [i for i, e in enumerate(table["error"]) if e is None or pd.isna(e)]
     if good:
@@ -241,8 +251,9 @@ def main(argv: list[str] | None = None) -> None:
             show_result(named[i][0], named[i][1], rows.iloc[k], views[k], heats[k], method,
                         int(info["image_size"]), predict.decision_threshold(info))
 
-    results = pd.concat([table, pd.DataFrame({"file": [n for n, _ in refused], "p_fake": np.nan,
-                                              "label": None, "error": [r for _, r in refused]})],
+    results = pd.concat([table, pd.DataFrame({"file": [printable(n) for n, _ in refused],
+                                              "p_fake": np.nan, "label": None,
+                                              "error": [r for _, r in refused], "note": None})],
                         ignore_index=True) if refused else table
     with st.expander("All results as a table"):
         st.dataframe(results, hide_index=True)

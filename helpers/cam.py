@@ -127,6 +127,9 @@ def compute_cams(model: torch.nn.Module, images: np.ndarray, classes: Iterable[i
 
     ``images`` are uint8 (N, H, W, 3); the maps have the input's height and width. The CAM
     object is created once and used as a context manager; each image gets its own target.
+    Gradients are turned on here, so a call from inside ``torch.no_grad()`` or
+    ``torch.inference_mode()`` (an inference loop) gives the same maps as any other; a model
+    whose weights were made inside ``inference_mode`` raises RuntimeError saying what to do.
     """
     if method not in METHODS:
         raise KeyError(f"unknown CAM method {method!r}; choose one of {list(METHODS)}")
@@ -135,11 +138,17 @@ def compute_cams(model: torch.nn.Module, images: np.ndarray, classes: Iterable[i
         raise ValueError(f"{len(images)} images but {len(classes)} classes: give one class per image")
     if not set(np.unique(classes)) <= {0, 1}:
         raise ValueError("classes must be 0 (REAL) or 1 (FAKE)")
+    if any(p.is_inference() for p in model.parameters()):
+        raise RuntimeError("Grad-CAM needs gradients, but this model's weights were created "
+                           "inside torch.inference_mode(): load or build the model outside it "
+                           "(torch.inference_mode() around the CAM call itself is fine).")
     layer = _target_layer(model, target_layer)
     out = np.empty(images.shape[:3], dtype=np.float32)
     was_training = model.training
     try:
-        with _one_blas_thread(), _gradients_from(model, layer) as layer_has_weights, \
+        # the library backpropagates: gradients on whatever mode the caller is in
+        with torch.inference_mode(False), torch.enable_grad(), _one_blas_thread(), \
+                _gradients_from(model, layer) as layer_has_weights, \
                 METHODS[method](model=model, target_layers=[layer]) as cam:
             for start in range(0, len(images), batch_size):
                 stop = start + batch_size

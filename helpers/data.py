@@ -9,12 +9,14 @@ ever read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socket
 import tarfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,17 +26,24 @@ import numpy as np
 import pandas as pd
 
 from . import paths
-from .images import IMAGE_SUFFIXES, BadImageError, decode
+from .images import IMAGE_SUFFIXES, MAX_FILE_BYTES, BadImageError, decode
 from .repro import environment_fingerprint, fingerprint_bytes, write_json
 
 CLASS_NAMES = ("REAL", "FAKE")  # label 0 = real photo, label 1 = AI-generated
 SPLITS = ("train", "val", "test")
 DROPPED = -1  # split code of images removed from evaluation (leakage)
-CACHE_VERSION = 2  # bump whenever the decoding rule or the cache layout changes
+CACHE_VERSION = 3  # bump whenever the decoding rule or the cache layout changes
+#: A Kaggle download holding fewer than this share of the published image files is refused.
+MIN_DOWNLOADED_SHARE = 0.99
 
 
 class DataUnavailableError(RuntimeError):
     """The data cannot be obtained here; the message says what to do instead."""
+
+
+class DatasetError(DataUnavailableError):
+    """The source is not the dataset it claims to be (one class, an empty split, ...); the
+    message names what was found and what is accepted. Raised before anything is saved."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,9 @@ class DatasetSpec:
     # re-encode every image at this JPEG quality before resizing (images.decode, rule 3):
     # set where the classes were published with different quantisation tables
     harmonise_jpeg: int | None = None
+    # image files in the published version; a Kaggle download with fewer than
+    # MIN_DOWNLOADED_SHARE of them is refused (a local copy may be a subset)
+    expected_files: int | None = None
     citation: str = ""
     # image categories encoded in the file names (CIFAKE: the CIFAR-10 class), see category_of
     categories: tuple[str, ...] = ()
@@ -75,7 +87,7 @@ DATASETS: dict[str, DatasetSpec] = {
             name="cifake", title="CIFAKE: real (CIFAR-10) vs Stable Diffusion 1.4 images",
             native_size=32, image_size=32, official_split=True,
             kaggle_handle="birdy654/cifake-real-and-ai-generated-synthetic-images",
-            kaggle_version=3,
+            kaggle_version=3, expected_files=120_000,
             citation="Bird & Lotfi (2024), CIFAKE, IEEE Access 12:15642-15650",
             categories=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                         "ship", "truck"),
@@ -90,7 +102,7 @@ DATASETS: dict[str, DatasetSpec] = {
             name="sneakers", title="Shoes: real photos vs Midjourney images",
             native_size=240, image_size=240, harmonise_jpeg=90,
             kaggle_handle="sunnykakar/shoes-dataset-real-and-ai-generated-images",
-            kaggle_version=1,
+            kaggle_version=1, expected_files=2_181,
             citation="Kakar (2024), Shoes Dataset: Real and AI-Generated Images (MIT licence)",
             published=(("reference CNN, test", 0.9634), ("reference CNN, validation", 0.9611)),
         ),
@@ -141,34 +153,85 @@ def _skip_member(rel: str) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in parts)
 
 
+def zip_member_name(member: zipfile.ZipInfo) -> str:
+    """A zip member's name, read the way a folder's names are read (``os.fsdecode``).
+
+    Names are bytes. Zip tools that set the UTF-8 flag are decoded by Python already; for
+    the others Python assumes cp437, which garbles the UTF-8 names most tools store without
+    the flag (``café`` becomes ``caf├⌐``). Here the stored bytes are decoded as UTF-8 and a
+    byte that is not UTF-8 (a legacy code page) is kept as an escape, so a zip and the folder
+    it unpacks to give the same names.
+    """
+    if member.flag_bits & 0x800:
+        return member.filename
+    try:
+        raw = member.filename.encode("cp437")
+    except UnicodeEncodeError:  # not a name Python decoded as cp437: keep it as it is
+        return member.filename
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def iter_source(source: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    """Yield ``(relative path, read)`` for every file in a folder, zip or tar(.gz) archive."""
+    """Yield ``(relative path, read)`` for every file in a folder, zip or tar(.gz) archive.
+
+    Names are decoded alike for every kind of source (bytes that are not UTF-8 as
+    ``os.fsdecode`` escapes; :func:`helpers.paths.printable` shows them). ``read()`` may raise
+    whatever the archive's codec raises for one damaged member. A damaged archive whose
+    members cannot even be listed raises :class:`DataUnavailableError`.
+    """
     source = Path(source)
     if source.is_dir():
         for path in sorted(source.rglob("*")):
             rel = path.relative_to(source).as_posix()
             if path.is_file() and not _skip_member(rel):
-                yield rel, path.read_bytes
+                yield rel, (lambda p=path: _read_limited(p.stat().st_size, p.read_bytes))
     elif zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as archive:
-            for member in sorted(archive.infolist(), key=lambda m: m.filename):
-                if not member.is_dir() and not _skip_member(member.filename):
-                    yield member.filename, (lambda m=member: archive.read(m))
+        with _listing(source), zipfile.ZipFile(source) as archive:
+            members = sorted(((zip_member_name(m), m) for m in archive.infolist() if not m.is_dir()),
+                             key=lambda item: item[0])
+            for name, member in members:
+                if not _skip_member(name):
+                    yield name, (lambda m=member: _read_limited(m.file_size, lambda: archive.read(m)))
     elif source.is_file() and tarfile.is_tarfile(source):
-        with tarfile.open(source) as archive:
+        with _listing(source), tarfile.open(source) as archive:
             members = sorted((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.name)
             for member in members:
                 if not _skip_member(member.name):
-                    yield member.name, (lambda m=member: archive.extractfile(m).read())
+                    yield member.name, (lambda m=member: _read_limited(
+                        m.size, lambda: archive.extractfile(m).read()))
     else:
         raise DataUnavailableError(
-            f"{source}: not a folder, .zip or .tar(.gz) archive. Point DATA_SOURCE at the "
-            "dataset's folder or at the archive downloaded from Kaggle."
+            f"{paths.printable(source)}: not a folder, .zip or .tar(.gz) archive. Point "
+            "DATA_SOURCE at the dataset's folder or at the archive downloaded from Kaggle."
         )
 
 
+def _read_limited(size: int, read: Callable[[], bytes]) -> bytes:
+    """``read()`` unless the file is larger than an image file may be (a zip bomb, a video)."""
+    if size > MAX_FILE_BYTES:
+        raise BadImageError(f"too large to decode safely ({size:,} bytes; the limit is "
+                            f"{MAX_FILE_BYTES:,})")
+    return read()
+
+
+@contextlib.contextmanager
+def _listing(source: Path) -> Iterator[None]:
+    """A truncated or corrupt archive whose list of files cannot be read: one clear error.
+    (A damaged member is read, and reported, one file at a time.)"""
+    try:
+        yield
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, ValueError) as err:
+        raise DataUnavailableError(
+            f"{paths.printable(source)}: damaged archive, its list of files cannot be read "
+            f"({type(err).__name__}: {err}). Download or copy it again, or unpack what is "
+            "readable into a folder and point DATA_SOURCE at the folder.") from None
+
+
 def source_fingerprint(source: Path) -> str:
-    """Cheap identity of a source: names and sizes of its files (no file is read)."""
+    """Cheap identity of a source: names and sizes of its files (no file is read).
+
+    Names enter as their bytes, so names that are not UTF-8 count like any other.
+    """
     source = Path(source)
     if source.is_dir():
         entries = sorted(
@@ -176,14 +239,15 @@ def source_fingerprint(source: Path) -> str:
             for p in source.rglob("*") if p.is_file()
         )
     elif zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as archive:
-            entries = sorted(f"{m.filename}:{m.file_size}:{m.CRC}" for m in archive.infolist())
+        with _listing(source), zipfile.ZipFile(source) as archive:
+            entries = sorted(f"{zip_member_name(m)}:{m.file_size}:{m.CRC}" for m in archive.infolist())
     elif source.is_file():
         stat = source.stat()
         entries = [f"{source.name}:{stat.st_size}"]
     else:
-        raise DataUnavailableError(f"{source}: does not exist. Check the DATA_SOURCE path.")
-    return fingerprint_bytes("\n".join(entries).encode())
+        raise DataUnavailableError(f"{paths.printable(source)}: does not exist. Check the "
+                                   "DATA_SOURCE path.")
+    return fingerprint_bytes("\n".join(entries).encode("utf-8", "surrogateescape"))
 
 
 def classify_path(rel: str, spec: DatasetSpec) -> tuple[int | None, str | None]:
@@ -203,11 +267,71 @@ def classify_path(rel: str, spec: DatasetSpec) -> tuple[int | None, str | None]:
     return label, split
 
 
+def layout_root(rel: str, spec: DatasetSpec) -> str | None:
+    """The folder that holds one copy of the dataset's layout: everything on ``rel``'s path
+    above its class folder and its ``train``/``test`` folder (``""`` at the top, None outside
+    any class folder). ``archive/cifake/train/REAL/1.jpg`` -> ``archive/cifake``."""
+    folders = [p.lower() for p in PurePosixPath(rel).parts[:-1]]
+    accepted = {name for names in spec.class_folders.values() for name in names}
+    marks = [i for i, f in enumerate(folders) if f in accepted]
+    if not marks:
+        return None
+    splits = [i for i, f in enumerate(folders) if f in ("train", "test")]
+    top = min([marks[-1], *splits[-1:]])  # the class folder classify_path uses, its split
+    return "/".join(PurePosixPath(rel).parts[:top])
+
+
 # --------------------------------------------------------------------------- locating data
 
+def _kaggle_root() -> Path:
+    return Path(os.environ.get("KAGGLEHUB_CACHE", Path.home() / ".cache" / "kagglehub"))
+
+
 def _kaggle_cache_dir(spec: DatasetSpec) -> Path:
-    root = Path(os.environ.get("KAGGLEHUB_CACHE", Path.home() / ".cache" / "kagglehub"))
-    return root / "datasets" / spec.kaggle_handle / "versions" / str(spec.kaggle_version)
+    return _kaggle_root() / "datasets" / spec.kaggle_handle / "versions" / str(spec.kaggle_version)
+
+
+def kaggle_completion_marker(spec: DatasetSpec) -> Path:
+    """The file kagglehub writes once a download of the dataset's version has finished
+    (``kagglehub.cache``: ``datasets/<owner>/<name>/<version>.complete``)."""
+    return _kaggle_root() / "datasets" / spec.kaggle_handle / f"{spec.kaggle_version}.complete"
+
+
+def count_image_files(folder: Path) -> int:
+    """Files below ``folder`` whose suffix is an image suffix (names only; nothing is read)."""
+    return sum(1 for _, _, names in os.walk(folder) for name in names
+               if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES)
+
+
+def redownload_hint(spec: DatasetSpec) -> str:
+    """The commands that download a dataset's pinned version again, replacing what is there."""
+    return (f"Download it again:\n"
+            f"  python -c \"import kagglehub; kagglehub.dataset_download('{spec.kaggle_ref}', "
+            f"force_download=True)\"\n"
+            f"(or delete {paths.printable(_kaggle_cache_dir(spec))} and run `make data "
+            f"DATASET={spec.name}`), or point DATA_SOURCE at a complete local copy.")
+
+
+def check_download(spec: DatasetSpec, folder: Path, marker: bool = True) -> None:
+    """Refuse an unfinished Kaggle download: no completion marker (``marker``), or far fewer
+    image files than the published version holds (:data:`MIN_DOWNLOADED_SHARE`).
+
+    Raises :class:`DataUnavailableError` with the commands that download it again.
+    """
+    where = paths.printable(folder)
+    if marker and not kaggle_completion_marker(spec).exists():
+        found = count_image_files(folder)
+        raise DataUnavailableError(
+            f"{where}: an unfinished download of {spec.name!r} ({found:,} image files): "
+            f"kagglehub writes {paths.printable(kaggle_completion_marker(spec))} when a "
+            f"download completes, and it is missing. {redownload_hint(spec)}")
+    if spec.expected_files:
+        found = count_image_files(folder)
+        if found < MIN_DOWNLOADED_SHARE * spec.expected_files:
+            raise DataUnavailableError(
+                f"{where}: an incomplete download of {spec.name!r}: {found:,} image files, but "
+                f"version {spec.kaggle_version} has {spec.expected_files:,}. "
+                f"{redownload_hint(spec)}")
 
 
 def _network_reachable(host: str = "www.kaggle.com", port: int = 443, timeout: float = 3.0) -> bool:
@@ -234,18 +358,27 @@ def offline_message(spec: DatasetSpec, reason: str) -> str:
 
 
 def download_kaggle(spec: DatasetSpec) -> Path:
-    """Download (once, into kagglehub's cache) the pinned version of a Kaggle dataset."""
+    """Download (once, into kagglehub's cache) the pinned version of a Kaggle dataset.
+
+    A copy already in the cache is used only if kagglehub marked it finished and it holds
+    the published number of images; otherwise :func:`check_download` says how to fetch it
+    again. The data step never trains on half a download.
+    """
     cached = _kaggle_cache_dir(spec)
     if cached.is_dir() and any(cached.iterdir()):
+        check_download(spec, cached)
         return cached
     if not _network_reachable():
         raise DataUnavailableError(offline_message(spec, "www.kaggle.com is not reachable"))
     import kagglehub
 
     try:
-        return Path(kagglehub.dataset_download(spec.kaggle_ref))
+        path = Path(kagglehub.dataset_download(spec.kaggle_ref))
     except Exception as err:  # kagglehub raises many kinds (HTTP, auth, consent)
         raise DataUnavailableError(offline_message(spec, f"{type(err).__name__}: {err}")) from err
+    # kagglehub marks its own cache; on Kaggle or Colab it may hand out a mounted copy instead
+    check_download(spec, path, marker=False)
+    return path
 
 
 def locate(dataset: str, source: str | os.PathLike | None = None, seed: int = 0) -> Path:
@@ -370,41 +503,186 @@ def prepare(dataset: str = "demo", source: str | os.PathLike | None = None,
     if (target / "meta.json").exists() and not force:
         cache = load_cache(target)
         cache.meta["source"] = str(raw)  # same files (same fingerprint), maybe moved since
+        check_counts(cache.meta["counts"], paths.printable(raw))
         return cache
     return build_cache(spec, raw, target, image_size, seed, val_fraction, test_fraction,
                        source_fp, progress)
 
 
-def _decode_all(spec: DatasetSpec, raw: Path, size: int, progress: bool):
+@dataclass
+class _Decoded:
+    """What :func:`_decode_all` found: kept images with their records, skipped files, and per
+    kept file its layout root and a digest of its bytes (to find a second copy)."""
+
+    images: list[np.ndarray]
+    records: pd.DataFrame
+    skipped: list[tuple[str, str]]
+    roots: list[str]
+    digests: list[str]
+
+
+def _reason(err: BadImageError, name: str) -> str:
+    text = str(err)
+    return text[len(name) + 2:] if text.startswith(f"{name}: ") else text
+
+
+def _decode_all(spec: DatasetSpec, raw: Path, size: int, progress: bool) -> _Decoded:
+    """Decode every file of ``raw`` by the image rule; one unreadable file is one skipped row
+    (file names as :func:`helpers.paths.printable` shows them), never a stopped step."""
     from tqdm.auto import tqdm
 
-    images, kept, skipped = [], [], []
+    images, kept, skipped, roots, digests = [], [], [], [], []
     total = sum(1 for _ in iter_source(raw))  # lists names only; archives stay open below
     for rel, read in tqdm(iter_source(raw), total=total, desc=f"decoding {spec.name}", unit="file",
                           disable=not progress, mininterval=1.0):
+        name = paths.printable(rel)
         label, split = classify_path(rel, spec)
         if label is None:
-            skipped.append((rel, "not inside a class folder (REAL/FAKE, real/ai-...)"))
+            skipped.append((name, "not inside a class folder (REAL/FAKE, real/ai-...)"))
             continue
         try:
-            array, info = decode(read(), size, rel, spec.harmonise_jpeg)
+            data = read()
         except BadImageError as err:
-            reason = str(err).split(": ", 1)[-1]
+            skipped.append((name, str(err)))
+            continue
+        except Exception as err:  # noqa: BLE001 - one damaged member: CRC, codec, encryption
+            skipped.append((name, f"cannot read it from the source ({type(err).__name__}: {err})"))
+            continue
+        try:
+            array, info = decode(data, size, name, spec.harmonise_jpeg)
+        except BadImageError as err:
+            reason = _reason(err, name)
             if PurePosixPath(rel).suffix.lower() not in IMAGE_SUFFIXES:
-                reason = f"not an image file (suffix {PurePosixPath(rel).suffix or 'none'})"
-            skipped.append((rel, reason))
+                reason = f"not an image file (suffix {PurePosixPath(name).suffix or 'none'})"
+            skipped.append((name, reason))
             continue
         note = [f"re-encoded at JPEG quality {spec.harmonise_jpeg}"] if spec.harmonise_jpeg else []
         if info.mode != "RGB":
             note.append(f"converted {info.mode} to RGB")
         if (info.width, info.height) != (size, size):
             note.append(f"resized {info.width}x{info.height} to {size}x{size}")
+        note.extend(info.notes)
         images.append(array)
-        kept.append(dict(file=rel, label=label, official_split=split or "",
+        roots.append(paths.printable(layout_root(rel, spec) or ""))
+        digests.append(fingerprint_bytes(data))
+        kept.append(dict(file=name, label=label, official_split=split or "",
                          width=info.width, height=info.height, mode=info.mode,
                          format=info.format, jpeg_quality=info.jpeg_quality,
                          qtables_id=info.qtables_id, conversion="; ".join(note)))
-    return images, pd.DataFrame(kept), skipped
+    return _Decoded(images, pd.DataFrame(kept), skipped, roots, digests)
+
+
+def find_copies(files: list[str], roots: list[str], digests: list[str]) -> dict[int, int]:
+    """Files that repeat another copy of the dataset held in the same source.
+
+    An archive that holds the dataset twice (``archive/train/...`` and a nested
+    ``archive/cifake/train/...``) has two layout roots (:func:`layout_root`) whose files have
+    the same path below the root and the same bytes. The root with the most files is kept
+    (then the outermost); a file of another root that repeats one of it is a copy. Returns
+    ``{index of the copy: index of the file kept}``; files that differ are all kept.
+    """
+    members: dict[str, list[int]] = {}
+    for i, root in enumerate(roots):
+        members.setdefault(root, []).append(i)
+    if len(members) < 2:
+        return {}
+    seen: dict[tuple[str, str], int] = {}
+    copies: dict[int, int] = {}
+    for root in sorted(members, key=lambda r: (-len(members[r]), len(r), r)):
+        own = {}
+        for i in members[root]:
+            key = (files[i][len(root) + 1:] if root else files[i], digests[i])
+            if key in seen:
+                copies[i] = seen[key]
+            else:
+                own[key] = i
+        seen.update(own)
+    return copies
+
+
+def _drop_copies(raw: Path, decoded: _Decoded) -> _Decoded:
+    """:func:`find_copies` applied: copies become skipped rows, with one warning per copy."""
+    files = decoded.records["file"].tolist() if len(decoded.records) else []
+    copies = find_copies(files, decoded.roots, decoded.digests)
+    if not copies:
+        return decoded
+    pairs: dict[tuple[str, str], int] = {}
+    for i, j in copies.items():
+        pairs[(decoded.roots[i], decoded.roots[j])] = pairs.get((decoded.roots[i], decoded.roots[j]), 0) + 1
+    for (copy, kept), n in pairs.items():
+        warnings.warn(f"{paths.printable(raw)}: the dataset is in the source twice: {n:,} files "
+                      f"under {copy or '.'}/ repeat those under {kept or '.'}/ (same path below "
+                      "it, same bytes); only the copy under "
+                      f"{kept or '.'}/ is used (the others are listed in the data report)",
+                      stacklevel=3)
+    keep = [i for i in range(len(files)) if i not in copies]
+    skipped = decoded.skipped + [(files[i], f"second copy of the dataset: same bytes as {files[j]}")
+                                 for i, j in copies.items()]
+    return _Decoded([decoded.images[i] for i in keep],
+                    decoded.records.iloc[keep].reset_index(drop=True), skipped,
+                    [decoded.roots[i] for i in keep], [decoded.digests[i] for i in keep])
+
+
+def _folder_summary(files: list[str], limit: int = 8) -> str:
+    """``folder/ (count)`` of the files' folders, largest first: what a message shows."""
+    counts = pd.Series([PurePosixPath(f).parent.as_posix() for f in files]).value_counts()
+    shown = [f"{folder}/ ({n:,})" for folder, n in counts.head(limit).items()]
+    more = f" and {len(counts) - limit} more" if len(counts) > limit else ""
+    return ", ".join(shown) + more
+
+
+def check_classes(spec: DatasetSpec, raw: Path, records: pd.DataFrame,
+                  skipped: list[tuple[str, str]]) -> None:
+    """Raise :class:`DatasetError` unless images of both classes were found, naming the
+    folders found (recognised and not) and the class folder names accepted."""
+    labels = set(records["label"]) if len(records) else set()
+    if labels == {0, 1}:
+        return
+    outside = [f for f, reason in skipped if reason.startswith("not inside a class folder")
+               and PurePosixPath(f).suffix.lower() in IMAGE_SUFFIXES]
+    found = [f"{CLASS_NAMES[k]}: {_folder_summary(records.loc[records['label'] == k, 'file'].tolist())}"
+             for k in sorted(labels)]
+    accepted = "; ".join(f"{c}: {', '.join(spec.class_folders[c])}" for c in CLASS_NAMES)
+    what = ("no images found inside class folders" if not labels else
+            f"images of one class only ({CLASS_NAMES[labels.pop()]}); a detector needs both")
+    raise DatasetError(
+        f"{paths.printable(raw)}: {what}.\n"
+        f"  recognised: {'; '.join(found) or 'none'}\n"
+        f"  images outside any class folder: {_folder_summary(outside) if outside else 'none'}\n"
+        f"Class folder names accepted (any letter case; the nearest on a file's path decides), "
+        f"in the layout of {spec.name!r}: {accepted}. Rename or move the folders, or point "
+        "DATA_SOURCE at a copy in the dataset's own layout.")
+
+
+def split_counts(labels: np.ndarray, split: np.ndarray) -> dict[str, dict[str, int]]:
+    """Images per split and class, ``{split: {class: n}}`` (removed duplicates not counted)."""
+    return {s: {c: int(((split == i) & (labels == k)).sum()) for k, c in enumerate(CLASS_NAMES)}
+            for i, s in enumerate(SPLITS)}
+
+
+def check_counts(counts: dict[str, dict[str, int]], where: str,
+                 splits: tuple[str, ...] = SPLITS) -> None:
+    """Raise :class:`DatasetError` when one of ``splits`` lacks a class: a detector trained,
+    selected or tested on one class says nothing."""
+    empty = [f"{s} has no {c} image" for s in splits for c in CLASS_NAMES
+             if not counts.get(s, {}).get(c)]
+    if empty:
+        table = "; ".join(f"{s} " + " / ".join(f"{counts.get(s, {}).get(c, 0):,} {c}"
+                                               for c in CLASS_NAMES) for s in SPLITS)
+        raise DatasetError(
+            f"{where}: {', '.join(empty)} ({table}). With train/ and test/ folders each must "
+            "hold both classes; without them every class needs at least 3 images (one per "
+            "split). Nothing was trained or saved.")
+
+
+def _stratified(pool: np.ndarray, labels: np.ndarray, size: float, seed: int):
+    """sklearn's stratified split of ``pool``; a fraction too small to hold one image of
+    each class becomes exactly one of each (tiny datasets), other splits are unchanged."""
+    from sklearn.model_selection import train_test_split
+
+    classes = len(np.unique(labels[pool]))
+    test_size = classes if np.ceil(size * len(pool)) < classes else size
+    return train_test_split(pool, test_size=test_size, random_state=seed, stratify=labels[pool])
 
 
 def assign_split(labels: np.ndarray, official: np.ndarray | None, seed: int,
@@ -412,21 +690,19 @@ def assign_split(labels: np.ndarray, official: np.ndarray | None, seed: int,
     """Split codes (0 train, 1 val, 2 test), stratified by label and deterministic in ``seed``.
 
     With an official split, its test part is kept and validation is carved from its train
-    part; otherwise train/val/test are drawn from everything.
+    part; otherwise train/val/test are drawn from everything. Every split gets at least one
+    image of each class when there are enough; raises ValueError when there are not.
     """
-    from sklearn.model_selection import train_test_split
-
     split = np.zeros(len(labels), dtype=np.int8)
     index = np.arange(len(labels))
     if official is not None:
         split[official == "test"] = 2
         pool = index[official != "test"]
     else:
-        pool, test = train_test_split(index, test_size=test_fraction, random_state=seed,
-                                      stratify=labels)
+        pool, test = _stratified(index, labels, test_fraction, seed)
         split[test] = 2
     val_size = val_fraction / (1 - (0 if official is not None else test_fraction))
-    _, val = train_test_split(pool, test_size=val_size, random_state=seed, stratify=labels[pool])
+    _, val = _stratified(pool, labels, val_size, seed)
     split[val] = 1
     return split
 
@@ -462,21 +738,29 @@ def remove_leakage(images: np.ndarray, labels: np.ndarray, split: np.ndarray,
 def build_cache(spec: DatasetSpec, raw: Path, target: Path, image_size: int, seed: int,
                 val_fraction: float, test_fraction: float, source_fp: str,
                 progress: bool = True) -> ImageCache:
-    """Decode every image of ``raw`` once, split, de-duplicate and write the cache atomically."""
+    """Decode every image of ``raw`` once, split, de-duplicate and write the cache atomically.
+
+    Raises :class:`DatasetError` (and writes nothing) when the source is not a usable
+    dataset: fewer than two classes found, or a split left without one of them.
+    """
     start = time.perf_counter()
-    images, records, skipped = _decode_all(spec, raw, image_size, progress)
-    if not images:
-        raise DataUnavailableError(
-            f"{raw}: no images found inside class folders. Expected the layout of "
-            f"{spec.name!r} (class folders named {dict(spec.class_folders)})."
-        )
-    images = np.stack(images)
+    decoded = _drop_copies(raw, _decode_all(spec, raw, image_size, progress))
+    records, skipped = decoded.records, decoded.skipped
+    check_classes(spec, raw, records, skipped)
+    images = np.stack(decoded.images)
     labels = records["label"].to_numpy(np.uint8)
     files = records["file"].to_numpy(str)
     has_official = spec.official_split and (records["official_split"] == "test").any()
     official = records["official_split"].to_numpy(str) if has_official else None
-    split = assign_split(labels, official, seed, val_fraction, test_fraction)
+    try:
+        split = assign_split(labels, official, seed, val_fraction, test_fraction)
+    except ValueError as err:  # sklearn: too few images of a class to stratify
+        counts = {"all": {c: int((labels == k).sum()) for k, c in enumerate(CLASS_NAMES)}}
+        raise DatasetError(f"{paths.printable(raw)}: too few images to split into train, val "
+                           f"and test ({counts['all']}; {err}). Every class needs at least 3 "
+                           "images. Nothing was trained or saved.") from None
     split, leak_rows = remove_leakage(images, labels, split, files)
+    check_counts(split_counts(labels, split), paths.printable(raw))
     records["split"] = [SPLITS[s] if s >= 0 else "removed" for s in split]
 
     report = pd.DataFrame(
@@ -494,8 +778,7 @@ def build_cache(spec: DatasetSpec, raw: Path, target: Path, image_size: int, see
         "official_split": bool(has_official), "cache_version": CACHE_VERSION,
         "n_images": len(labels), "n_skipped": len(skipped),
         "n_removed_leakage": int((split == DROPPED).sum()),
-        "counts": {s: {c: int(((split == i) & (labels == k)).sum())
-                       for k, c in enumerate(CLASS_NAMES)} for i, s in enumerate(SPLITS)},
+        "counts": split_counts(labels, split),
         "data_fingerprint": fingerprint_bytes(images, labels, split),
         "build_seconds": round(time.perf_counter() - start, 2),
         "environment": environment_fingerprint(),

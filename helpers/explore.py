@@ -12,20 +12,24 @@ COLOUR_BINS = 32
 
 
 def sample_grid(cache: ImageCache, per_class: int = 12, split: str = "train", seed: int = 0):
-    """A figure with one row of random ``split`` images per class, file names as titles."""
+    """A figure with one row of random ``split`` images per class, file names as titles:
+    ``per_class`` of each, or all of them when a class has fewer (a small dataset)."""
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(seed)
     index = cache.indices(split)
-    fig, axes = plt.subplots(2, per_class, figsize=(1.2 * per_class, 3.0))
-    for row, name in enumerate(CLASS_NAMES):
-        chosen = rng.choice(index[cache.labels[index] == row], per_class, replace=False)
+    pools = [index[cache.labels[index] == row] for row in range(len(CLASS_NAMES))]
+    columns = max(1, min(per_class, max(len(pool) for pool in pools)))
+    fig, axes = plt.subplots(2, columns, figsize=(1.2 * columns, 3.0), squeeze=False)
+    for row, pool in enumerate(pools):
+        chosen = rng.choice(pool, min(per_class, len(pool)), replace=False)
+        for ax in axes[row]:
+            ax.axis("off")
         for ax, i in zip(axes[row], chosen):
             ax.imshow(cache.images[i], interpolation="nearest")
             ax.set_title(str(cache.files[i]).rsplit("/", 1)[-1][:12], fontsize=6)
-            ax.axis("off")
-        axes[row, 0].text(-0.15, 0.5, name, transform=axes[row, 0].transAxes, ha="right",
-                          va="center", fontsize=11, fontweight="bold")
+        axes[row, 0].text(-0.15, 0.5, CLASS_NAMES[row], transform=axes[row, 0].transAxes,
+                          ha="right", va="center", fontsize=11, fontweight="bold")
     fig.suptitle(f"{cache.meta['title']}: random {split} images", fontsize=10)
     return fig
 

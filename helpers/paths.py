@@ -28,11 +28,32 @@ def results_dir(dataset: str, *parts: str) -> Path:
     return path
 
 
+def printable(name: str | os.PathLike) -> str:
+    """A file name as reports, CSVs and the app show it: valid text on any terminal or file.
+
+    File names are bytes. Python hands names that are not valid UTF-8 over with each bad
+    byte as a lone surrogate (``os.fsdecode``); writing those to a UTF-8 file or terminal
+    raises. Here each such byte becomes ``\\xNN`` and every other unprintable character
+    (control codes, bidirectional overrides) its ``\\x``/``\\u`` escape; ordinary names,
+    CIFAKE's ``0 (10).jpg`` and non-ASCII ones such as ``café.jpg``, are returned unchanged.
+    """
+    text = os.fspath(name)
+    if text.isprintable():  # the usual case, and the cheap test
+        return text
+    return "".join(
+        ch if ch.isprintable()
+        else f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF  # an undecodable byte
+        else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
 def shown(path: str | os.PathLike) -> str:
     """``path`` as reports show it: relative to the project root when inside it, so a report
-    reads the same in every clone; absolute otherwise (a dataset copy elsewhere on disk)."""
+    reads the same in every clone; absolute otherwise (a dataset copy elsewhere on disk).
+    Undecodable bytes and control characters are escaped (:func:`printable`)."""
     path = Path(path).resolve()
     try:
-        return path.relative_to(ROOT.resolve()).as_posix()
+        return printable(path.relative_to(ROOT.resolve()).as_posix())
     except ValueError:
-        return str(path)
+        return printable(str(path))

@@ -9,7 +9,9 @@ image goes through exactly the preprocessing of training, :func:`helpers.images.
 side to the model's size and a centre crop).
 All images are decoded first (in threads), then classified in batches by one model load.
 
-Files that cannot be read are listed with the reason and do not stop the run. Exit code:
+Files that cannot be read are listed with the reason and do not stop the run; a file whose
+malformed metadata was left out is classified, with a note saying so. File names are shown
+escaped where they are not valid text (:func:`helpers.paths.printable`). Exit code:
 0 all images classified, 1 some failed, 2 usage error or no usable model.
 
 :func:`classify_files` and :func:`classify_images` (for uploaded bytes) are the same
@@ -31,9 +33,10 @@ import pandas as pd
 from . import images as image_rule
 from .data import CLASS_NAMES
 from .images import IMAGE_SUFFIXES, BadImageError
+from .paths import printable
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-COLUMNS = ["file", "p_fake", "label", "error"]
+COLUMNS = ["file", "p_fake", "label", "error", "note"]
 #: Files decoded before each round of forward passes (bounds memory for large folders).
 CHUNK_IMAGES = 4096
 
@@ -54,12 +57,12 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
                 reason = f"folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
-                problems.append((str(item), reason))
+                problems.append((printable(item), reason))
             files.extend(found)
         elif path.exists():
             files.append(path)
         else:
-            problems.append((str(item), "no such file or folder"))
+            problems.append((printable(item), "no such file or folder"))
     return files, problems
 
 
@@ -68,14 +71,23 @@ def _reason(err: BadImageError, name: str) -> str:
     return text[len(name) + 2:] if text.startswith(f"{name}: ") else text
 
 
-def _decode_all(names: Sequence[str], decoders: Sequence[Callable[[], np.ndarray]],
-                workers: int | None) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """Run the decoders in a thread pool (Pillow releases the GIL while decoding)."""
+Decoder = Callable[[], tuple[np.ndarray, image_rule.ImageInfo]]
+
+
+def _note(info: image_rule.ImageInfo) -> str | None:
+    return "; ".join(info.notes) or None
+
+
+def _decode_all(names: Sequence[str], decoders: Sequence[Decoder], workers: int | None
+                ) -> tuple[list[np.ndarray | None], list[str | None], list[str | None]]:
+    """Run the decoders in a thread pool (Pillow releases the GIL while decoding): arrays (None
+    where decoding failed), errors and notes, one per decoder."""
     def run(i: int):
         try:
-            return decoders[i](), None
+            array, info = decoders[i]()
+            return array, None, _note(info)
         except BadImageError as err:
-            return None, _reason(err, names[i])
+            return None, _reason(err, names[i]), None
 
     workers = workers or min(8, os.cpu_count() or 1)
     if workers <= 1 or len(decoders) <= 1:
@@ -83,15 +95,17 @@ def _decode_all(names: Sequence[str], decoders: Sequence[Callable[[], np.ndarray
     else:
         with ThreadPoolExecutor(workers) as pool:
             out = list(pool.map(run, range(len(decoders))))
-    return [a for a, _ in out], [e for _, e in out]
+    return [a for a, _, _ in out], [e for _, e, _ in out], [n for _, _, n in out]
 
 
 def classify_decoded(names: Sequence[str], arrays: Sequence[np.ndarray | None],
                      errors: Sequence[str | None], model, info: dict, device: str = "cpu",
-                     batch_size: int = 512, threshold: float | None = None) -> pd.DataFrame:
-    """The result table for already decoded images (None where decoding failed, with its error)."""
+                     batch_size: int = 512, threshold: float | None = None,
+                     notes: Sequence[str | None] | None = None) -> pd.DataFrame:
+    """The result table for already decoded images (None where decoding failed, with its error;
+    ``notes`` from :func:`decode_images`). ``threshold`` None: the detector's own."""
     p_fake = _scores(arrays, model, info, device, batch_size)
-    return _table(names, p_fake, errors, decision_threshold(info, threshold))
+    return _table(names, p_fake, errors, decision_threshold(info, threshold), notes)
 
 
 def decision_threshold(info: dict, threshold: float | None = None) -> float:
@@ -115,23 +129,25 @@ def _scores(arrays: Sequence[np.ndarray | None], model, info: dict, device: str,
 
 
 def _table(names: Sequence[str], p_fake: np.ndarray, errors: Sequence[str | None],
-           threshold: float) -> pd.DataFrame:
+           threshold: float, notes: Sequence[str | None] | None = None) -> pd.DataFrame:
     labels = [None if e else CLASS_NAMES[int(p >= threshold)] for p, e in zip(p_fake, errors)]
-    return pd.DataFrame({"file": list(names), "p_fake": p_fake, "label": labels,
-                         "error": list(errors)}, columns=COLUMNS)
+    notes = list(notes) if notes is not None else [None] * len(names)
+    return pd.DataFrame({"file": [printable(n) for n in names], "p_fake": p_fake,
+                         "label": labels, "error": list(errors), "note": notes}, columns=COLUMNS)
 
 
-def _classify(names: Sequence[str], decoders: Sequence[Callable[[], np.ndarray]], model,
-              info: dict, device: str, batch_size: int, threshold: float | None,
+def _classify(names: Sequence[str], decoders: Sequence[Decoder], model, info: dict,
+              device: str, batch_size: int, threshold: float | None,
               workers: int | None) -> pd.DataFrame:
     chunk = max(CHUNK_IMAGES, batch_size)  # bounded memory for any number of files
-    scores, errors = [np.zeros(0)], []
+    scores, errors, notes = [np.zeros(0)], [], []
     for start in range(0, len(names), chunk):
-        arrays, chunk_errors = _decode_all(names[start:start + chunk],
-                                           decoders[start:start + chunk], workers)
+        arrays, chunk_errors, chunk_notes = _decode_all(names[start:start + chunk],
+                                                        decoders[start:start + chunk], workers)
         scores.append(_scores(arrays, model, info, device, batch_size))
         errors += chunk_errors
-    return _table(names, np.concatenate(scores), errors, decision_threshold(info, threshold))
+        notes += chunk_notes
+    return _table(names, np.concatenate(scores), errors, decision_threshold(info, threshold), notes)
 
 
 def classify_files(paths: Sequence[str | os.PathLike], model, info: dict, device: str = "cpu",
@@ -139,24 +155,26 @@ def classify_files(paths: Sequence[str | os.PathLike], model, info: dict, device
                    workers: int | None = None) -> pd.DataFrame:
     """Classify image files with a loaded detector (:func:`helpers.inference.load_detector`).
 
-    Returns one row per path, in order: ``file``, ``p_fake`` (P(AI-generated), NaN when
-    unreadable), ``label`` (``FAKE`` when ``p_fake >= threshold``, else ``REAL``; None when
-    unreadable) and ``error`` (None, or why the file could not be read). ``threshold`` None:
-    the detector's own (:func:`decision_threshold`).
+    Returns one row per path, in order: ``file`` (escaped where not valid text), ``p_fake``
+    (P(AI-generated), NaN when unreadable), ``label`` (``FAKE`` when ``p_fake >= threshold``,
+    else ``REAL``; None when unreadable), ``error`` (None, or why the file could not be read)
+    and ``note`` (None, or the malformed metadata that was left out to decode it).
+    ``threshold`` None: the detector's own (:func:`decision_threshold`).
     """
     size, quality = int(info["image_size"]), preprocessing_jpeg_quality(info)
-    names = [str(p) for p in paths]
-    decoders = [lambda p=p: image_rule.decode_file(p, size, quality)[0] for p in paths]
+    names = [printable(p) for p in paths]  # decode_file names its errors the same way
+    decoders = [lambda p=p: image_rule.decode_file(p, size, quality) for p in paths]
     return _classify(names, decoders, model, info, device, batch_size, threshold, workers)
 
 
-def decode_images(named_bytes: Sequence[tuple[str, bytes]], info: dict,
-                  workers: int | None = None) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """Model inputs for in-memory files by the training rule: (arrays or None, errors or None)."""
+def decode_images(named_bytes: Sequence[tuple[str, bytes]], info: dict, workers: int | None = None
+                  ) -> tuple[list[np.ndarray | None], list[str | None], list[str | None]]:
+    """Model inputs for in-memory files by the training rule: (arrays or None, errors or None,
+    notes or None), one of each per file."""
     size, quality = int(info["image_size"]), preprocessing_jpeg_quality(info)
-    names = [str(name) for name, _ in named_bytes]
-    decoders = [lambda d=data, n=name: image_rule.decode(d, size, n, quality)[0]
-                for name, data in named_bytes]
+    names = [printable(name) for name, _ in named_bytes]
+    decoders = [lambda d=data, n=n: image_rule.decode(d, size, n, quality)
+                for n, (_, data) in zip(names, named_bytes)]
     return _decode_all(names, decoders, workers)
 
 
@@ -164,9 +182,10 @@ def classify_images(named_bytes: Sequence[tuple[str, bytes]], model, info: dict,
                     device: str = "cpu", batch_size: int = 512, threshold: float | None = None,
                     workers: int | None = None) -> pd.DataFrame:
     """:func:`classify_files` for in-memory files, e.g. uploads: ``[(name, bytes), ...]``."""
-    arrays, errors = decode_images(named_bytes, info, workers)
+    arrays, errors, notes = decode_images(named_bytes, info, workers)
     names = [str(name) for name, _ in named_bytes]
-    return classify_decoded(names, arrays, errors, model, info, device, batch_size, threshold)
+    return classify_decoded(names, arrays, errors, model, info, device, batch_size, threshold,
+                            notes)
 
 
 def _preprocessing_rule() -> str:
@@ -215,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset whose best detector is used when --model is not given "
                              "(default: demo)")
     parser.add_argument("--csv", metavar="OUT", help="also write the table (file, p_fake, "
-                                                     "label, error) to this CSV file")
+                                                     "label, error, note) to this CSV file")
     parser.add_argument("--batch-size", type=int, default=512, metavar="N",
                         help="images per forward pass (default: 512)")
     parser.add_argument("--threshold", type=float, default=None,
@@ -239,7 +258,8 @@ def _load(args) -> tuple[object, dict, Path, str]:
 
 
 def print_table(table: pd.DataFrame, stream=None) -> None:
-    """Human-readable output: one line per classified image, then the failures."""
+    """Human-readable output: one line per classified image (and its note, if any), then the
+    failures."""
     stream = stream or sys.stdout
     good = table[table["error"].isna()]
     bad = table[table["error"].notna()]
@@ -247,6 +267,8 @@ def print_table(table: pd.DataFrame, stream=None) -> None:
         print(f"{'P(AI)':>7}  {'label':<5}  file", file=stream)
         for row in good.itertuples():
             print(f"{row.p_fake:7.4f}  {row.label:<5}  {row.file}", file=stream)
+            if isinstance(row.note, str):
+                print(f"{'':7}  {'':<5}  note: {row.note}", file=stream)
     if len(bad):
         print(f"\n{len(bad)} of {len(table)} could not be classified:", file=stream)
         for row in bad.itertuples():
@@ -255,6 +277,9 @@ def print_table(table: pd.DataFrame, stream=None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``aidetect-predict``); returns the exit code."""
+    for stream in (sys.stdout, sys.stderr):  # a name no terminal encoding can show: escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -287,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems:
         table = pd.concat([table, pd.DataFrame(
             {"file": [p for p, _ in problems], "p_fake": np.nan, "label": None,
-             "error": [r for _, r in problems]}, columns=COLUMNS)], ignore_index=True)
+             "error": [r for _, r in problems], "note": None}, columns=COLUMNS)],
+            ignore_index=True)
     print_table(table)
     if args.csv:
         from .repro import atomic_path

@@ -39,6 +39,7 @@ from torch import nn
 
 from . import paths
 from .accel import amp_dtype, autocast, channel_stats, choose_cpu_amp, images_to_device, to_float
+from .data import check_counts, split_counts
 from .inference import CHECKPOINT_FORMAT, choose_threshold, predict_logits
 from .models import build_model
 from .repro import atomic_path, environment_fingerprint, pick_device, seed_everything, set_cpu_threads
@@ -538,6 +539,9 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
     """
     from tqdm.auto import tqdm
 
+    # never a detector of one class (a cache built before data.check_counts existed may hold
+    # one); checked before anything, the torch settings included, is changed
+    check_counts(split_counts(cache.labels, cache.split), str(cache.path), ("train", "val"))
     rank, world = _dist()
     device = pick_device(config.device)
     if device.type == "cuda" and world > 1:

@@ -204,3 +204,26 @@ def test_server_answers_on_localhost(trained, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.mark.filterwarnings("ignore:Metadata Warning:UserWarning")  # Pillow on the bad EXIF
+def test_files_with_malformed_metadata_and_odd_names_are_classified(results_tree, uploads):
+    """The bad-inputs example (an EXIF tag of the wrong type) crashed the whole page; a PNG
+    with a broken metadata chunk was refused. Both get a verdict, the PNG a caveat, and a
+    name holding markdown characters is shown as it is."""
+    from tests.test_images import encode, jpeg_with_app1, picture, png_chunk, png_with
+
+    wrong_type = bytes.fromhex(
+        "457869660000" "4d4d002a00000008" "0003" "014e" "0002" "0000000b" "00000032"
+        "0112" "0003" "00000001" "00060000" "011a" "0005" "00000001" "0000003e"
+        "00000000" "50686f6e654d6f64656c00" "000000004800000001")
+    files = [("bad_exif.jpg", jpeg_with_app1(encode(picture(), "JPEG"), wrong_type)),
+             ("broken_icc.png", png_with(encode(picture(), "PNG"), png_chunk(b"iCCP", b"x\0\0", 0))),
+             ("my *best* [shot] $1.png", uploads["small.png"])]
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    upload(at, files)
+    assert not at.exception, at.exception
+    assert not at.error, texts(at.error)
+    assert len([m for m in at.metric if m.label == "P(AI-generated)"]) == 3
+    assert "malformed metadata, decoded without it" in texts(at.warning)
+    assert r"my \*best\* \[shot\] \$1.png" in texts(at.subheader)

@@ -96,6 +96,30 @@ def test_frozen_weights_still_give_maps():
     assert maps.shape == (2, 32, 32) and maps.max() > 0
 
 
+@pytest.mark.parametrize("gradients_off", [torch.no_grad, torch.inference_mode])
+def test_a_call_with_gradients_off_gives_the_same_maps(gradients_off):
+    """From inside an inference loop (no_grad, inference_mode) the CAM turns gradients on for
+    itself: the same maps as a plain call, for every method, and gradients off again after."""
+    torch.manual_seed(0)
+    model = models.build_model("seed_cnn", 32).eval()
+    images, classes = random_images(4, 32, seed=3), [1, 0, 1, 0]
+    for method in cam.METHODS:
+        plain = cam.compute_cams(model, images, classes, MEAN, STD, method)
+        assert plain.max() > 0, method  # maps with content, so equality means something
+        with gradients_off():
+            maps = cam.compute_cams(model, images, classes, MEAN, STD, method)
+            assert not torch.is_grad_enabled()
+        np.testing.assert_allclose(maps, plain, atol=1e-6, err_msg=method)
+
+
+def test_a_model_made_in_inference_mode_gets_one_sentence():
+    with torch.inference_mode():
+        model = models.build_model("seed_cnn", 32).eval()
+    with pytest.raises(RuntimeError, match=r"^Grad-CAM needs gradients.*inference_mode\(\): load "
+                                           r"or build the model outside it"):
+        cam.compute_cams(model, random_images(1, 32), [1], MEAN, STD)
+
+
 # --------------------------------------------------------------------------- a known region
 
 PATCH = 8  # FAKE images carry a bright noisy PATCH x PATCH square in the top-left corner

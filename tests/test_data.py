@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import tarfile
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import data, images
+from helpers import data, images, paths
 from tests.conftest import write_dataset
 
 
@@ -264,10 +266,18 @@ def test_offline_download_fails_fast_with_instructions(project_dirs, tmp_path, m
     assert time.perf_counter() - start < 5
 
 
+def small_cifake(monkeypatch, n_files: int) -> data.DatasetSpec:
+    """The registry's CIFAKE, published (for this test) with ``n_files`` images."""
+    spec = replace(data.get_spec("cifake"), expected_files=n_files)
+    monkeypatch.setitem(data.DATASETS, "cifake", spec)
+    return spec
+
+
 def test_a_dataset_already_in_kagglehubs_cache_needs_no_network(project_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
-    spec = data.get_spec("cifake")
+    spec = small_cifake(monkeypatch, 24)
     write_dataset(data._kaggle_cache_dir(spec) / "cifake", n_per_class=8)
+    data.kaggle_completion_marker(spec).touch()  # what kagglehub writes after a download
     monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: pytest.fail("network used"))
     assert data.prepare("cifake", progress=False).meta["n_images"] == 24
 
@@ -307,3 +317,260 @@ def test_reports_show_paths_inside_the_project_relative_to_it(tmp_path):
     inside = paths.ROOT / "data" / "processed" / "demo" / "cache"
     assert paths.shown(inside) == "data/processed/demo/cache"  # the same in every clone
     assert paths.shown(tmp_path / "cifake") == str((tmp_path / "cifake").resolve())  # elsewhere: absolute
+
+
+# ---------------------------------------------------------------- file names are bytes
+
+ODD_NAMES = [b"0 (10).jpg", b'photo, "final" v2.jpg', "café ñandú.jpg".encode(), "猫.jpg".encode(),
+             b"caf\xe9-latin1.jpg", b"tab\there.jpg"]  # the Latin-1 one is not valid UTF-8
+
+
+def _jpeg(rng: np.random.Generator) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=75)
+    return buffer.getvalue()
+
+
+class LegacyName(zipfile.ZipInfo):
+    """A zip entry whose name is stored as raw bytes without the UTF-8 flag (old tools)."""
+
+    def _encodeFilenameFlags(self):  # zipfile calls it by this name
+        return self.raw, self.flag_bits & ~0x800
+
+
+def odd_name_sources(root: Path) -> dict[str, Path]:
+    """The same CIFAKE-layout dataset with ODD_NAMES as a folder, a .tar.gz and a legacy zip."""
+    rng = np.random.default_rng(3)
+    members = []
+    for split, n in (("train", 8), ("test", 3)):
+        for cls in ("REAL", "FAKE"):
+            for i in range(n):
+                name = ODD_NAMES[i] if i < len(ODD_NAMES) else f"{i} ({i + 1}).jpg".encode()
+                members.append((f"{split}/{cls}/".encode() + name, _jpeg(rng)))
+    folder = root / "folder"
+    try:
+        for raw, content in members:
+            path = os.path.join(os.fsencode(folder), raw)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as file:
+                file.write(content)
+    except OSError as err:  # e.g. macOS refuses names that are not UTF-8
+        pytest.skip(f"this file system does not store arbitrary bytes in names: {err}")
+    with tarfile.open(root / "set.tar.gz", "w:gz", encoding="utf-8", errors="surrogateescape") as tar:
+        for raw, content in members:
+            info = tarfile.TarInfo(os.fsdecode(raw))
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    with zipfile.ZipFile(root / "legacy.zip", "w") as archive:
+        for raw, content in members:
+            info = LegacyName(raw.decode("cp437"))
+            info.raw = raw
+            archive.writestr(info, content)
+    return {"folder": folder, "tar": root / "set.tar.gz", "zip": root / "legacy.zip"}
+
+
+def test_every_file_is_processed_whatever_bytes_its_name_holds(project_dirs, tmp_path):
+    sources = odd_name_sources(tmp_path)
+    caches = {kind: data.prepare("cifake", src, progress=False) for kind, src in sources.items()}
+    names = {kind: sorted(map(str, cache.files)) for kind, cache in caches.items()}
+    assert names["folder"] == names["tar"] == names["zip"]  # one reading of names for every source
+    assert len({c.fingerprint for c in caches.values()}) == 1
+    assert caches["folder"].meta["n_images"] == 22 and caches["folder"].meta["n_skipped"] == 0
+    files = set(names["folder"])
+    assert {"train/REAL/0 (10).jpg", "train/FAKE/café ñandú.jpg", "train/REAL/猫.jpg", "test/REAL/0 (10).jpg",
+            "train/REAL/caf\\xe9-latin1.jpg", "train/REAL/tab\\there.jpg",
+            'train/FAKE/photo, "final" v2.jpg', "train/REAL/7 (8).jpg"} <= files
+    for cache in caches.values():  # the cache's text files are plain UTF-8, names escaped
+        records = (cache.path / "records.csv").read_text(encoding="utf-8")
+        assert "caf\\xe9-latin1.jpg" in records and "猫.jpg" in records
+        cache.report()
+
+
+def test_zip_names_without_the_utf8_flag_are_read_as_the_bytes_they_are(tmp_path):
+    path = tmp_path / "names.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for raw in (b"plain.jpg", "café.jpg".encode(), b"caf\xe9.jpg"):
+            info = LegacyName(raw.decode("cp437"))
+            info.raw = raw
+            archive.writestr(info, b"x")
+        archive.writestr("flagged-猫.jpg", b"x")  # Python sets the UTF-8 flag itself
+    with zipfile.ZipFile(path) as archive:
+        names = [data.zip_member_name(m) for m in archive.infolist()]
+    assert names == ["plain.jpg", "café.jpg", os.fsdecode(b"caf\xe9.jpg"), "flagged-猫.jpg"]
+    assert [paths.printable(n) for n in names][2] == "caf\\xe9.jpg"
+
+
+def test_printable_escapes_only_what_cannot_be_shown():
+    assert paths.printable("train/FAKE/1000 (10).jpg") == "train/FAKE/1000 (10).jpg"
+    assert paths.printable("café 猫.jpg") == "café 猫.jpg"
+    assert paths.printable(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg"
+    assert paths.printable("a\nb\u202e.jpg") == "a\\nb\\u202e.jpg"  # newline, bidi override
+    assert paths.printable(paths.printable(os.fsdecode(b"\xff.jpg"))) == "\\xff.jpg"
+
+
+# ---------------------------------------------------------------- a dataset that is not what it claims
+
+def _no_cache_written(data_dir: Path, dataset: str) -> bool:
+    folder = data_dir / "processed" / dataset
+    return not folder.exists() or not any(folder.iterdir())
+
+
+def test_one_recognised_class_stops_the_data_step_naming_the_folders(project_dirs, tmp_path):
+    rng = np.random.default_rng(5)
+    for folder in ("only_real/real", "underscore/real", "underscore/ai_generated"):
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(
+                tmp_path / folder / f"{i}.jpg")
+    with pytest.raises(data.DatasetError, match=r"one class only \(REAL\)") as only:
+        data.prepare("sneakers", tmp_path / "only_real", progress=False)
+    assert "recognised: REAL: real/ (6)" in str(only.value)
+    with pytest.raises(data.DatasetError) as underscore:
+        data.prepare("sneakers", tmp_path / "underscore", progress=False)
+    message = str(underscore.value)
+    assert "images outside any class folder: ai_generated/ (6)" in message
+    assert "ai-generated" in message and "ai-midjourney" in message and "REAL: real" in message
+    assert _no_cache_written(project_dirs[0], "sneakers")
+
+
+def test_a_split_without_one_class_stops_the_data_step(project_dirs, tmp_path):
+    source = write_dataset(tmp_path / "set", n_per_class=8)
+    shutil.rmtree(source / "test" / "FAKE")  # test/ holds real photos only
+    with pytest.raises(data.DatasetError, match="test has no FAKE image") as err:
+        data.prepare("cifake", source, progress=False)
+    assert "test 4 REAL / 0 FAKE" in str(err.value)
+    assert _no_cache_written(project_dirs[0], "cifake")
+
+
+def test_tiny_datasets_get_both_classes_in_every_split_or_a_clear_error(project_dirs, tmp_path):
+    for n in (3, 4, 5):
+        cache = data.prepare("sneakers", write_dataset(tmp_path / f"s{n}", n, layout="shoes"),
+                             progress=False)
+        assert all(count >= 1 for split in cache.meta["counts"].values() for count in split.values())
+    with pytest.raises(data.DatasetError, match="too few images"):
+        data.prepare("sneakers", write_dataset(tmp_path / "s1", 1, layout="shoes"), progress=False)
+
+
+def test_the_split_of_ordinary_datasets_is_unchanged():
+    """The minimum of one image per class applies only where a fraction rounds below it."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.repeat([0, 1], [641, 1085])
+    index = np.arange(len(labels))
+    pool, test = train_test_split(index, test_size=0.15, random_state=0, stratify=labels)
+    _, val = train_test_split(pool, test_size=0.1 / 0.85, random_state=0, stratify=labels[pool])
+    split = data.assign_split(labels, None, 0, 0.1, 0.15)
+    assert np.array_equal(np.flatnonzero(split == 2), np.sort(test))
+    assert np.array_equal(np.flatnonzero(split == 1), np.sort(val))
+
+
+def test_a_one_class_cache_is_never_trained_on(project_dirs, tmp_path):
+    import torch
+
+    from helpers import train
+
+    cache = data.prepare("cifake", write_dataset(tmp_path / "set", n_per_class=8), progress=False)
+    cache.labels = cache.labels.copy()
+    cache.labels[cache.split == data.SPLITS.index("val")] = 0  # validation of one class
+    config = train.TrainConfig(dataset="cifake", model="fast", width=8, epochs=1, batch_size=8,
+                               device="cpu", threads=1)
+    threads = torch.get_num_threads()
+    with pytest.raises(data.DatasetError, match="val has no FAKE image"):
+        train.fit(cache, config, out_dir=tmp_path / "models", progress=False)
+    assert not (tmp_path / "models").exists() and torch.get_num_threads() == threads
+
+
+def _zip_twice(tiny: Path, out: Path, prefixes: tuple[str, ...]) -> Path:
+    with zipfile.ZipFile(out, "w") as archive:
+        for prefix in prefixes:
+            for path in sorted(tiny.rglob("*.png")):
+                archive.write(path, prefix + path.relative_to(tiny).as_posix())
+    return out
+
+
+def test_an_archive_holding_the_dataset_twice_is_used_once_with_a_warning(project_dirs, tiny_cifake,
+                                                                        tmp_path):
+    once = data.prepare("cifake", _zip_twice(tiny_cifake, tmp_path / "once.zip", ("archive/",)),
+                        progress=False)
+    twice_zip = _zip_twice(tiny_cifake, tmp_path / "twice.zip", ("archive/", "archive/cifake/"))
+    with pytest.warns(UserWarning, match=r"twice: 48 files under archive/cifake/ repeat those "
+                                         r"under archive/"):
+        twice = data.prepare("cifake", twice_zip, progress=False)
+    assert twice.meta["counts"] == once.meta["counts"] and twice.fingerprint == once.fingerprint
+    assert twice.meta["n_removed_leakage"] == 0  # no test image counted twice, none removed
+    report = twice.report()
+    copies = report[report["reason"].str.startswith("second copy of the dataset")]
+    assert len(copies) == 48 and copies["file"].str.startswith("archive/cifake/").all()
+
+
+def test_two_parts_with_the_same_file_names_are_not_copies(project_dirs, tmp_path):
+    write_dataset(tmp_path / "set" / "part1", n_per_class=8, seed=1)
+    write_dataset(tmp_path / "set" / "part2", n_per_class=8, seed=2)  # same names, other images
+    cache = data.prepare("cifake", tmp_path / "set", progress=False)
+    assert cache.meta["n_images"] == 48 and cache.meta["n_skipped"] == 0
+
+
+def test_a_damaged_archive_member_is_one_skipped_file(project_dirs, tiny_cifake, tmp_path):
+    path = tmp_path / "set.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for file in sorted(tiny_cifake.rglob("*.png")):
+            archive.write(file, file.relative_to(tiny_cifake).as_posix())
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        member = archive.getinfo("train/REAL/real003.png")
+        start = member.header_offset + 30 + len(member.filename.encode())
+    raw[start + 100] ^= 0xFF  # its CRC no longer matches
+    path.write_bytes(bytes(raw))
+    cache = data.prepare("cifake", path, progress=False)
+    report = cache.report().set_index("file")
+    assert "cannot read it from the source (BadZipFile" in report.loc["train/REAL/real003.png", "reason"]
+    assert cache.meta["n_images"] == 47
+    truncated = tmp_path / "cut.tar.gz"
+    _tar(tiny_cifake, tmp_path / "whole.tar.gz")
+    truncated.write_bytes((tmp_path / "whole.tar.gz").read_bytes()[:3000])
+    with pytest.raises(data.DataUnavailableError, match="damaged archive"):
+        data.prepare("cifake", truncated, progress=False)
+
+
+# ---------------------------------------------------------------- unfinished Kaggle downloads
+
+def test_the_completion_marker_is_where_kagglehub_writes_it(tmp_path, monkeypatch):
+    from kagglehub.cache import _get_completion_marker_filepath
+    from kagglehub.handle import parse_dataset_handle
+
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path))
+    for name in ("cifake", "sneakers"):
+        spec = data.get_spec(name)
+        theirs = _get_completion_marker_filepath(parse_dataset_handle(spec.kaggle_ref))
+        assert data.kaggle_completion_marker(spec) == Path(theirs)
+
+
+def test_an_interrupted_kaggle_download_is_refused_with_the_command(project_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: False)
+    spec = small_cifake(monkeypatch, 30)
+    folder = data._kaggle_cache_dir(spec)
+    write_dataset(folder / "train_only", n_per_class=8)  # no marker: the download was cut off
+    shutil.rmtree(folder / "train_only" / "test")
+    with pytest.raises(data.DataUnavailableError, match="unfinished download") as err:
+        data.prepare("cifake", progress=False)
+    assert f"kagglehub.dataset_download('{spec.kaggle_ref}', force_download=True)" in str(err.value)
+    data.kaggle_completion_marker(spec).touch()  # marked finished, but 16 of 30 files
+    with pytest.raises(data.DataUnavailableError, match="16 image files, but version 3 has 30"):
+        data.prepare("cifake", progress=False)
+    assert _no_cache_written(project_dirs[0], "cifake")
+
+
+def test_a_short_fresh_download_is_refused_and_a_local_subset_is_not(project_dirs, tmp_path, monkeypatch):
+    import kagglehub
+
+    spec = small_cifake(monkeypatch, 100)
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: True)
+    short = write_dataset(tmp_path / "mounted", n_per_class=8)  # e.g. a Kaggle notebook's input
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda ref: str(short))
+    with pytest.raises(data.DataUnavailableError, match="incomplete download"):
+        data.prepare("cifake", progress=False)
+    # the same files as a local copy (DATA_SOURCE) are used: a local copy may be a subset
+    assert spec.expected_files == 100
+    assert data.prepare("cifake", short, progress=False).meta["n_images"] == 24

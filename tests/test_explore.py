@@ -54,3 +54,35 @@ def test_recompressed_and_shifted_copies_of_training_images_are_found():
     assert table["similarity"].is_monotonic_decreasing
     assert explore.near_duplicate_figure(cache, table) is not None
     assert explore.near_duplicate_figure(cache, table.iloc[:0]) is None
+
+
+def test_notebook_02s_helpers_run_on_datasets_with_few_images_per_class(project_dirs, tmp_path):
+    """Fewer than 12 images per class (the sample grid's default): every helper notebook 02
+    calls, on a CIFAKE-layout and a shoes-layout cache built from tiny folders."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from threadpoolctl import threadpool_limits
+
+    from helpers import data
+    from tests.conftest import write_dataset
+
+    for dataset, n, layout in (("demo", 4, "cifake"), ("sneakers", 3, "shoes")):
+        cache = data.prepare(dataset, write_dataset(tmp_path / dataset, n, layout=layout),
+                             progress=False)
+        train_counts = cache.meta["counts"]["train"]
+        grid = explore.sample_grid(cache, per_class=12, seed=0)
+        shown = [ax for ax in grid.axes if ax.images]
+        assert len(shown) == sum(train_counts.values())  # every training image, no more
+        assert len(grid.axes) == 2 * max(train_counts.values())
+        for figure in (explore.balance_figure(cache), explore.spectrum_figure(cache)):
+            assert figure.axes
+        assert explore.channel_statistics(cache).notna().all().all()
+        with threadpool_limits(limits=1):  # OpenMP threads on a few images: all overhead
+            assert 0 <= explore.colour_only_accuracy(cache, "val", 0).estimate <= 1
+        assert len(explore.format_table(cache)) >= 2 and explore.shortcut_verdict(cache)
+        explore.jpeg_table(cache)
+        near = explore.near_duplicates(cache, threshold=0.95)
+        explore.near_duplicate_figure(cache, near)
+        plt.close("all")

@@ -191,3 +191,57 @@ def test_best_checkpoint_skips_a_corrupt_file_with_a_warning(results_tree):
             assert best_checkpoint("cifake") == good
     finally:
         broken.unlink()
+
+
+@pytest.mark.filterwarnings("ignore:Metadata Warning:UserWarning")  # Pillow on the bad EXIF
+def test_a_folder_of_good_files_and_every_bad_kind(results_tree, images, tmp_path, capsys):
+    """Files from the wild: the good ones (broken metadata and odd names included) are
+    classified, every other is listed with its reason, and the run ends with exit code 1."""
+    import os
+    import struct
+    import zlib
+
+    from tests.test_images import encode, exif_block, jpeg_with_app1, picture, png_chunk, png_with
+
+    folder = tmp_path / "wild"
+    folder.mkdir()
+    photo = (images / "photo.jpg").read_bytes()
+    (folder / "good.jpg").write_bytes(photo)
+    (folder / "deep16.png").write_bytes(encode(Image.fromarray(
+        np.tile(np.linspace(0, 65535, 40).astype(np.uint16), (30, 1))), "PNG"))
+    wrong_type = bytes.fromhex(  # NumberOfInks as ASCII beside Orientation 6: struct.error before
+        "457869660000" "4d4d002a00000008" "0003" "014e" "0002" "0000000b" "00000032"
+        "0112" "0003" "00000001" "00060000" "011a" "0005" "00000001" "0000003e"
+        "00000000" "50686f6e654d6f64656c00" "000000004800000001")
+    (folder / "bad_exif.jpg").write_bytes(jpeg_with_app1(encode(picture(), "JPEG"), wrong_type))
+    (folder / "rotated.jpg").write_bytes(encode(picture(), "JPEG", exif=exif_block(6)))
+    (folder / "broken_icc.png").write_bytes(png_with(encode(picture(), "PNG"),
+                                                     png_chunk(b"iCCP", b"icc\0\0xyz", crc=0)))
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.jpg"), "wb") as file:
+        file.write(photo)  # a name that is not UTF-8
+    (folder / "truncated.jpg").write_bytes(photo[: len(photo) // 3])
+    (folder / "notes.png").write_text("a text file with an image's name")
+    header = struct.pack(">IIBBBBB", 15_000, 12_100, 8, 2, 0, 0, 0)
+    (folder / "wide.png").write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+                                      + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                                      + png_chunk(b"IEND", b""))
+    os.mkfifo(tmp_path / "pipe.jpg")
+    out = tmp_path / "table.csv"
+    with pytest.warns(Image.DecompressionBombWarning):
+        code = predict.main([str(folder), str(tmp_path / "pipe.jpg"), "--csv", str(out),
+                             "--model", str(results_tree["checkpoint"]), "--device", "cpu"])
+    assert code == predict.EXIT_SOME_FAILED
+    table = pd.read_csv(out, encoding="utf-8")  # names escaped: the CSV is plain UTF-8
+    table.index = table["file"].str.rsplit("/", n=1).str[-1]
+    good = ["good.jpg", "deep16.png", "bad_exif.jpg", "rotated.jpg", "broken_icc.png", "caf\\xe9.jpg"]
+    assert table.loc[good, "error"].isna().all() and table.loc[good, "p_fake"].between(0, 1).all()
+    assert table.loc["broken_icc.png", "note"].startswith("malformed metadata, decoded without it")
+    assert table.loc[["good.jpg", "bad_exif.jpg"], "note"].isna().all()
+    reasons = table["error"].dropna().to_dict()
+    assert reasons["truncated.jpg"].startswith("corrupt or truncated image")
+    assert reasons["notes.png"].startswith("not an image file")
+    assert reasons["wide.png"].startswith("too large to decode safely (15000x12100")
+    assert reasons["pipe.jpg"] == "not a regular file" and len(reasons) == 4
+    printed = capsys.readouterr().out
+    assert "4 of 10 could not be classified" in printed and "caf\\xe9.jpg" in printed
+    assert "note: malformed metadata" in printed
