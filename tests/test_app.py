@@ -104,6 +104,8 @@ def test_upload_shows_probability_label_and_overlay(results_tree, uploads):
     assert [m.value for m in metrics] == [f"{p:.1%}" for p in expected["p_fake"]]
     verdicts = [m.value for m in at.markdown if str(m.value).startswith("**Verdict:")]
     assert len(verdicts) == 3
+    # the verdict is taken at the detector's own threshold, chosen on validation, and says so
+    assert texts(at.caption).count(f"FAKE when P >= {info['threshold']:.1%}") == 3
     for verdict, label in zip(verdicts, expected["label"], strict=True):
         assert f"({label})" in verdict
     # per image: the upload, the model's view and the Grad-CAM overlay
