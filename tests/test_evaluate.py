@@ -253,7 +253,7 @@ def test_pipeline_writes_metrics_robustness_and_cross_generator(detector, projec
     m = result.metrics
     assert m["n_test"] == 24 and m["params"] > 0 and m["train_seconds"] == 12.5
     assert m["inference_images_per_s"] > 0 and m["ci_low"] <= m["accuracy"] <= m["ci_high"]
-    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, result.p_fake >= 0.5))
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, result.p_fake >= result.threshold))
 
     sets = ev.perturbed_sets(images)
     table = ev.robustness_table(detector, sets, labels, batch_size=8, clean_p_fake=result.p_fake)

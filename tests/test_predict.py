@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import data, paths, predict
+from helpers import data, inference, paths, predict
 from helpers.images import decode_file
 from tests.conftest import train_tiny_detector
 
@@ -67,7 +67,8 @@ def test_predict_files_folder_and_corrupt(results_tree, images, tmp_path, capsys
     assert names == ["photo.jpg", "alpha.png", "gray.png", "corrupt.jpg", "big.bmp", "small.webp"]
     good = _ok(table)
     assert len(good) == 5 and good["p_fake"].between(0, 1).all()
-    assert (good["label"] == np.where(good["p_fake"] >= 0.5, "FAKE", "REAL")).all()
+    threshold = inference.load_detector(results_tree["checkpoint"])[1]["threshold"]  # chosen on validation
+    assert (good["label"] == np.where(good["p_fake"] >= threshold, "FAKE", "REAL")).all()
     bad = table[table["error"].notna()]
     assert bad["file"].str.endswith("corrupt.jpg").all() and len(bad) == 1
     assert bad["p_fake"].isna().all()
