@@ -69,7 +69,7 @@ def train_tiny_detector(root: Path, dataset: str) -> dict:
         source = write_dataset(root / "source", n_per_class=16)
         cache = data.prepare(dataset, source, progress=False)
         config = train.TrainConfig(dataset=dataset, model="fast", width=8, epochs=1, batch_size=16,
-                                   device="cpu", threads=1)
+                                   device="cpu", threads=1, cpu_amp=False)  # no speed probe: same result every run
         result = train.fit(cache, config, progress=False)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
