@@ -42,7 +42,7 @@ class Source:
 
     def read(self, size: int, jpeg_quality: int | None) -> tuple[np.ndarray, np.ndarray]:
         """(images (M, size, size, 3) uint8, labels (M,)) of the files that decode; a file
-        that does not is left out (the sources are files this project already decoded once)."""
+        that does not is left out and counted in :func:`score`'s ``n_unreadable``."""
         images, keep = [], []
         for i, (name, blob) in enumerate(zip(self.files, self.blobs)):
             try:
@@ -127,6 +127,7 @@ def score(detector: Detector, source: Source, device: str = "cpu", batch_size: i
             "trained_on_source": source.name.split()[0] == detector.info["dataset"]
             and source.name.endswith("test"),
             "n_real": int((labels == 0).sum()), "n_fake": int((labels == 1).sum()),
+            "n_unreadable": len(source.labels) - len(labels),
             "auc": skm.roc_auc_score(labels, p_fake) if both else np.nan,
             "average_precision": skm.average_precision_score(labels, p_fake) if both else np.nan,
             "accuracy": float((flagged == labels.astype(bool)).mean()) if len(labels) else np.nan,
