@@ -6,8 +6,9 @@
 #   make train TRAIN_PARAMS="-p MODEL resnet18 -p EPOCHS 30"        one step's parameters
 #
 # Each step executes one notebook with papermill into results/$(DATASET)/notebooks/ and
-# renders it to HTML; a step reruns only when its notebook, the helpers it uses, an earlier
-# step or the parameters changed.
+# renders it to HTML; a step reruns only when its notebook, the helpers it imports (directly or
+# not: derived from the code, see helpers/core/imports.py), an earlier step or the parameters
+# changed.
 
 DATASET     ?= demo
 DATA_SOURCE ?=
@@ -38,8 +39,12 @@ SOURCE  := $(if $(DATA_SOURCE),$(abspath $(DATA_SOURCE)),)
 NB_PARAMS := -p DATASET $(DATASET) -p SEED $(SEED) $(if $(SOURCE),-p DATA_SOURCE $(SOURCE),) $(PARAMS)
 stamp = $(RESULTS)/.params-$(1)
 
-DATA_HELPERS := $(addprefix helpers/,__init__.py paths.py repro.py images.py data.py demo.py gan.py accel.py notebook.py)
-ALL_HELPERS  := $(wildcard helpers/*.py)
+# DEPS_<notebook>: the helpers files each notebook imports, directly or not (derived from the
+# imports, regenerated whenever a notebook or a helper changes)
+DEPS_MK := .deps.mk
+$(DEPS_MK): $(wildcard notebooks/*.ipynb) $(shell find helpers -name '*.py')
+	@$(PYTHON) -m helpers.core.imports --make $(wildcard notebooks/*.ipynb) > $@.tmp && mv $@.tmp $@
+-include $(DEPS_MK)
 
 # step name -> notebook; steps whose notebook is absent are left out
 STEPS := data:01_download explore:02_explore train:03_train_cnn gan:04_train_gan \
@@ -48,11 +53,11 @@ nb_of = $(word 2,$(subst :, ,$(filter $(1):%,$(STEPS))))
 out_of = $(if $(wildcard notebooks/$(call nb_of,$(1)).ipynb),$(RUN)/$(call nb_of,$(1)).ipynb,)
 PRESENT := $(foreach s,$(STEPS),$(call out_of,$(word 1,$(subst :, ,$(s)))))
 
-.PHONY: all env test test-fast data explore train gan evaluate gradcam reference-models index predict app \
+.PHONY: all env test test-fast data explore train gan evaluate gradcam reference-models index readme predict app \
         bench lint clean-results help
 .DELETE_ON_ERROR:
 
-all: index ## run every notebook present, then build the results index
+all: index readme ## run every notebook present, then the results index and the README's table
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -80,7 +85,7 @@ FORCE:
 # parameters, PARAMS (every notebook) a parameter of at least one notebook.
 define execute
 	@mkdir -p $(@D)
-	@$(PY) -m helpers.notebook $< $(1) -- $(NB_PARAMS)
+	@$(PY) -m helpers.core.parameters $< $(1) -- $(NB_PARAMS)
 	@echo ">>> $(DATASET): executing $< (params: $(NB_PARAMS) $(1))"
 	@$(PY) -m papermill $< $@.tmp.ipynb -k $(KERNEL) --cwd notebooks --log-output --no-progress-bar \
 	    $(NB_PARAMS) $(1) || { mv -f $@.tmp.ipynb $(@:.ipynb=.failed.ipynb) 2>/dev/null; \
@@ -89,20 +94,20 @@ define execute
 	@$(PY) -m jupyter nbconvert --to html --log-level ERROR $@ --output-dir $(@D)
 endef
 
-$(RUN)/01_download.ipynb: notebooks/01_download.ipynb $(DATA_HELPERS) $(ENV) $(call stamp,DATA)
+$(RUN)/01_download.ipynb: notebooks/01_download.ipynb $(DEPS_01_download) $(ENV) $(call stamp,DATA)
 	$(call execute,$(DATA_PARAMS))
-$(RUN)/02_explore.ipynb: notebooks/02_explore.ipynb $(RUN)/01_download.ipynb $(DATA_HELPERS) $(call stamp,EXPLORE)
+$(RUN)/02_explore.ipynb: notebooks/02_explore.ipynb $(RUN)/01_download.ipynb $(DEPS_02_explore) $(call stamp,EXPLORE)
 	$(call execute,$(EXPLORE_PARAMS))
-$(RUN)/03_train_cnn.ipynb: notebooks/03_train_cnn.ipynb $(RUN)/01_download.ipynb $(ALL_HELPERS) $(call stamp,TRAIN)
+$(RUN)/03_train_cnn.ipynb: notebooks/03_train_cnn.ipynb $(RUN)/01_download.ipynb $(DEPS_03_train_cnn) $(call stamp,TRAIN)
 	$(call execute,$(TRAIN_PARAMS))
-$(RUN)/04_train_gan.ipynb: notebooks/04_train_gan.ipynb $(RUN)/01_download.ipynb $(ALL_HELPERS) $(call stamp,GAN)
+$(RUN)/04_train_gan.ipynb: notebooks/04_train_gan.ipynb $(RUN)/01_download.ipynb $(DEPS_04_train_gan) $(call stamp,GAN)
 	$(call execute,$(GAN_PARAMS))
 # every detector in models/ is evaluated, so a new one (make reference-models) reruns the step
 $(RUN)/05_evaluate.ipynb: notebooks/05_evaluate.ipynb $(RUN)/03_train_cnn.ipynb \
-                          $(call out_of,gan) $(ALL_HELPERS) $(call stamp,EVALUATE) \
+                          $(call out_of,gan) $(DEPS_05_evaluate) $(call stamp,EVALUATE) \
                           $(filter-out %.last.pt,$(wildcard $(RESULTS)/models/*.pt))
 	$(call execute,$(EVALUATE_PARAMS))
-$(RUN)/06_gradcam.ipynb: notebooks/06_gradcam.ipynb $(RUN)/03_train_cnn.ipynb $(ALL_HELPERS) $(call stamp,GRADCAM)
+$(RUN)/06_gradcam.ipynb: notebooks/06_gradcam.ipynb $(RUN)/03_train_cnn.ipynb $(DEPS_06_gradcam) $(call stamp,GRADCAM)
 	$(call execute,$(GRADCAM_PARAMS))
 
 data:     $(call out_of,data)     ## 01: get the data (Kaggle, DATA_SOURCE or demo), build the cache
@@ -115,20 +120,23 @@ gradcam:  $(call out_of,gradcam)  ## 06: Grad-CAM maps and their faithfulness
 reference-models: $(call out_of,data) ## train REFERENCE_MODELS (name:epochs ...) for notebook 05's comparison
 	@for m in $(REFERENCE_MODELS); do \
 	    echo ">>> $(DATASET): training $${m%%:*} for $${m##*:} epochs"; \
-	    $(PY) -m helpers.train --dataset $(DATASET) $(if $(SOURCE),--data-source $(SOURCE),) \
+	    $(PY) -m helpers.training --dataset $(DATASET) $(if $(SOURCE),--data-source $(SOURCE),) \
 	        --seed $(SEED) --model $${m%%:*} --epochs $${m##*:} --quiet || exit 1; \
 	done
 
 index: $(PRESENT) ## results/<dataset>/index.html and results/index.html
-	$(PY) -m helpers.report $(DATASET)
+	$(PY) -m helpers.report $(DATASET) --no-readme
+
+readme: index ## the README's results table, from every dataset's metrics file
+	$(PY) -m helpers.report --readme-only
 
 # ---------------------------------------------------------------------------- tools
 predict: $(ENV) ## classify your own images: make predict IMAGES="a.jpg folder/"
 	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES="photo.jpg folder/" [DATASET=...]'; exit 2; }
-	$(PY) -m helpers.predict $(IMAGES) --dataset $(DATASET)
+	$(PY) -m helpers.tools.predict $(IMAGES) --dataset $(DATASET)
 
 app: $(ENV) ## upload-and-classify web app on http://localhost:8501
-	$(PY) -m streamlit run helpers/app.py --server.address localhost -- --dataset $(DATASET)
+	$(PY) -m streamlit run helpers/tools/app.py --server.address localhost -- --dataset $(DATASET)
 
 bench: $(ENV) ## speed benchmarks (print measured figures next to their baselines)
 	@for b in benchmarks/bench_*.py; do echo ">>> $$b"; $(PY) $$b || exit 1; done

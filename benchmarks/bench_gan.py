@@ -3,13 +3,13 @@
     .venv/bin/python benchmarks/bench_gan.py [--device auto] [--resolution 32] [--width 64]
         [--batch-size 128] [--seconds 5] [--repeats 3] [--threads N]
 
-Both variants run the same DCGAN update (:meth:`helpers.gan.DCGAN.step`: one discriminator
+Both variants run the same DCGAN update (:meth:`helpers.gan.train.DCGAN.step`: one discriminator
 and one generator step, autocast on CUDA) on random uint8 images; only the data path differs.
 
 1. baseline, the usual tutorial loop: the images as float32 in host memory, each batch sliced,
    flipped and scaled there, then copied to the device (pageable memory), and the four
    statistics read back with ``.item()`` after every step (a host-device sync per step);
-2. project (:meth:`~helpers.gan.DCGAN.train_epoch`): the images as uint8 on the device
+2. project (:meth:`~helpers.gan.train.DCGAN.train_epoch`): the images as uint8 on the device
    (a quarter of the memory), batches gathered, flipped and scaled there, statistics kept on
    the device and read once per epoch.
 
@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.accel import images_to_device
-from helpers.gan import DCGAN, GANConfig
-from helpers.repro import set_cpu_threads
+from helpers.core.accel import images_to_device, set_cpu_threads
+from helpers.gan.networks import GANConfig
+from helpers.gan.train import DCGAN
 
 
 def _sync(device: torch.device) -> None:

@@ -12,12 +12,12 @@ shared machine a single timing can be off by 2x:
 3. + channels_last and ``inference_mode``;
 4. + batch norm folded into the convolutions (``torch.fx.experimental.optimization.fuse``);
 5. + bfloat16 autocast, on CPUs that multiply bfloat16 natively (AVX512-BF16, AMX): what
-   ``helpers.inference`` does there;
+   ``helpers.core.detector`` does there;
 6. (``--compile``) + ``torch.compile`` (inductor; needs a C++ compiler, slow to start);
-7. end to end: :func:`helpers.inference.predict_proba` on uint8 images, what notebook 05 and
+7. end to end: :meth:`helpers.core.detector.Detector.predict_proba` on uint8 images, what notebook 05 and
    ``predict`` run (needs a checkpoint: ``--checkpoint`` or the best one of ``--dataset``).
 
-``fast`` is built as the CIFAKE default configures it (``helpers.train.DEFAULTS``: width 64,
+``fast`` is built as the CIFAKE default configures it (``helpers.training.config.DEFAULTS``: width 64,
 2x2 patch stem) unless ``--width`` / ``--patch`` say otherwise. It also counts the model's
 FLOPs per image, so the figure can be set against what the CPU
 can do at all: images/s x FLOPs per image = the arithmetic rate actually achieved.
@@ -41,10 +41,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.accel import autocast, cpu_has_bf16
-from helpers.models import build_model, count_parameters
-from helpers.repro import set_cpu_threads
-from helpers.train import default_config
+from helpers.core.accel import autocast, cpu_has_bf16, set_cpu_threads
+from helpers.core.detector import Detector, best_path
+from helpers.core.models import build_model, count_parameters
+from helpers.training.config import default_config
 
 TARGET = 5_000  # images/s at 32x32 on 2 CPU cores for the `fast` model (issue #5)
 
@@ -62,7 +62,7 @@ def timed(fn, n_per_call: int, seconds: float) -> tuple[float, int]:
 
 
 def bf16_inference() -> contextlib.ExitStack:
-    """inference_mode + the bfloat16 autocast ``helpers.inference`` uses on the CPU."""
+    """inference_mode + the bfloat16 autocast ``helpers.core.detector`` uses on the CPU."""
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
     stack.enter_context(autocast(torch.device("cpu"), cpu=True))
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
         best_model = fused
     except Exception as err:  # noqa: BLE001 - a model fx cannot trace: say so, keep going
         print(f"  conv-BN folding not possible for {args.model}: {type(err).__name__}: {err}")
-    if cpu_has_bf16():  # the precision helpers.inference gives cpu_amp models there
+    if cpu_has_bf16():  # the precision helpers.core.detector gives cpu_amp models there
         with bf16_inference():
             # relative: a fresh model's logits are tiny, so an absolute difference says little
             diff = ((best_model(xb_cl).float() - reference).abs().max() / reference.abs().max()).item()
@@ -205,18 +205,15 @@ def main(argv=None) -> int:
 
     checkpoint = args.checkpoint
     try:
-        from helpers.inference import best_checkpoint, load_detector, predict_proba
-
-        checkpoint = checkpoint or best_checkpoint(args.dataset)
-        detector, info = load_detector(checkpoint, device="cpu")
+        checkpoint = checkpoint or best_path(args.dataset)
+        detector = Detector.load(checkpoint, device="cpu")
         n = 4 * bs
-        images = np.random.default_rng(0).integers(0, 256, (n, info["image_size"],
-                                                            info["image_size"], 3), dtype=np.uint8)
-        trained = info.get("config") or {}
-        trained = {k: trained[k] for k in ("width", "patch", "cpu_amp") if trained.get(k)}
+        size = detector.image_size
+        images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        trained = {k: detector.config[k] for k in ("width", "patch", "cpu_amp") if detector.config.get(k)}
         variants.append(Variant(
             f"end to end: predict_proba, uint8 in ({Path(checkpoint).name}, {trained})",
-            lambda: predict_proba(detector, info, images, device="cpu", batch_size=bs), n, threads,
+            lambda: detector.predict_proba(images, "cpu", batch_size=bs), n, threads,
             contextlib.nullcontext, extra=True))
     except Exception as err:  # noqa: BLE001 - no checkpoint yet: the rest still stands
         print(f"  end-to-end line skipped ({type(err).__name__}: {err})")

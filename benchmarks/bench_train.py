@@ -3,7 +3,7 @@
 Baseline (what the seed notebooks did): torchvision ``ImageFolder`` over JPEG files, decoded
 and converted by a ``DataLoader`` every epoch, fp32, each batch copied to the device.
 Project: the images decoded once into a uint8 array that stays on the device, batched
-augmentation there, channels_last, mixed precision on CUDA - ``helpers.train.fit``. On a CPU
+augmentation there, channels_last, mixed precision on CUDA - ``helpers.training.loop.fit``. On a CPU
 with native bfloat16 arithmetic (AVX512-BF16, AMX) the project loop is timed twice, in fp32
 and with bfloat16 autocast (``cpu_amp``), so each decision's share is visible.
 
@@ -19,7 +19,7 @@ random 32x32 images: that needs no data files, so it runs without ``../shared`` 
         [--models fast,cifake_paper] [--rounds 3] [--malloc tuned|glibc] [--epoch-images N]
 
 ``--malloc glibc`` leaves glibc's malloc at its defaults for the whole process (both loops;
-the same as ``REUSE_FREED_MEMORY=0``), to measure what :func:`helpers.accel.reuse_freed_memory`
+the same as ``REUSE_FREED_MEMORY=0``), to measure what :func:`helpers.core.accel.reuse_freed_memory`
 is worth.
 
 Every loop runs ``--rounds`` times, interleaved with the others, and the median images/s is
@@ -44,11 +44,13 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import data, train
-from helpers import images as image_rule
-from helpers.accel import cpu_has_bf16
-from helpers.models import build_model
-from helpers.repro import pick_device, seed_everything, set_cpu_threads
+from helpers.core import images as image_rule
+from helpers.core.accel import cpu_has_bf16, pick_device, set_cpu_threads
+from helpers.core.models import build_model
+from helpers.core.repro import seed_everything
+from helpers.data.cache import ImageCache
+from helpers.training.config import TrainConfig, default_config
+from helpers.training.loop import fit
 
 ZIP = ROOT.parent / "shared" / "data" / "cifar10-test-jpg.zip"
 
@@ -69,7 +71,7 @@ def extract(n: int, folder: Path) -> Path:
     return folder
 
 
-def baseline_epochs(folder: Path, config: train.TrainConfig, device: torch.device, epochs: int) -> float:
+def baseline_epochs(folder: Path, config: TrainConfig, device: torch.device, epochs: int) -> float:
     """Seed-style loop; returns training images per second over ``epochs``."""
     from torchvision import datasets, transforms
 
@@ -101,7 +103,7 @@ def spread(values: list[float]) -> str:
     return f"({min(values):,.0f}-{max(values):,.0f})" if len(values) > 1 else ""
 
 
-def project_cache(folder: Path, size: int = 32) -> data.ImageCache:
+def project_cache(folder: Path, size: int = 32) -> ImageCache:
     """Decode the same files once (the project's rule) into an in-memory cache."""
     files = sorted(folder.rglob("*.jpg"))
     arrays = np.stack([image_rule.decode_file(f, size)[0] for f in files])
@@ -109,7 +111,7 @@ def project_cache(folder: Path, size: int = 32) -> data.ImageCache:
                        for f in files], dtype=np.uint8)
     split = np.zeros(len(files), dtype=np.int8)
     split[::20] = 1  # a small validation split: fit() scores it after every epoch
-    return data.ImageCache(images=arrays, labels=labels, split=split,
+    return ImageCache(images=arrays, labels=labels, split=split,
                            files=np.array([f.name for f in files]),
                            meta={"dataset": "cifake", "data_fingerprint": "bench"}, path=folder)
 
@@ -118,16 +120,16 @@ def synthetic_epoch_seconds(device: torch.device, n: int, epochs: int = 3) -> fl
     """Seconds of one training epoch of the CIFAKE default config over ``n`` random 32x32
     images, the mean of epochs 2..``epochs`` (the first pays for warm-up and autotuning)."""
     rng = np.random.default_rng(0)
-    cache = data.ImageCache(
+    cache = ImageCache(
         images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
         # every 50th image is validation; labels alternate in blocks of 50 so that both
         # classes are in it (fit refuses a split of one class)
         labels=(np.arange(n) // 50 % 2).astype(np.uint8), split=(np.arange(n) % 50 == 0).astype(np.int8),
         files=np.array(["random"] * n), meta={"dataset": "cifake", "data_fingerprint": "synthetic"},
         path=Path("random-images"))
-    config = train.default_config("cifake", device=str(device), epochs=epochs, tta=False)
+    config = default_config("cifake", device=str(device), epochs=epochs)
     with tempfile.TemporaryDirectory() as out:
-        result = train.fit(cache, config, out_dir=out, progress=False, resume=False)
+        result = fit(cache, config, out_dir=out, progress=False, resume=False)
     return float(result.history["train_seconds"].iloc[1:].mean())
 
 
@@ -146,8 +148,8 @@ def compare_loops(args: argparse.Namespace, device: torch.device) -> None:
         decode_s = time.perf_counter() - start
         print(f"  (the project decodes the {args.images:,} JPEGs once: {decode_s:.1f} s)")
         for name in args.models.split(","):
-            config = train.default_config("cifake", model=name, device=str(device), epochs=args.epochs,
-                                          tta=False, batch_size=256)
+            config = default_config("cifake", model=name, device=str(device), epochs=args.epochs,
+                                    batch_size=256)
             precisions = [False, True] if device.type == "cpu" and cpu_has_bf16() else [config.cpu_amp]
             seed_rates: list[float] = []
             project_rates: dict[bool, list[float]] = {p: [] for p in precisions}
@@ -156,7 +158,7 @@ def compare_loops(args: argparse.Namespace, device: torch.device) -> None:
                 seed_rates.append(baseline_epochs(folder, config, device, args.epochs))
                 for cpu_amp in precisions:
                     run = replace(config, cpu_amp=cpu_amp)
-                    result = train.fit(cache, run, out_dir=Path(tmp) / "models", progress=False, resume=False)
+                    result = fit(cache, run, out_dir=Path(tmp) / "models", progress=False, resume=False)
                     project_rates[cpu_amp].append(result.images_per_s)
             base = float(np.median(seed_rates))
             print(f"  {name} {config.model_options or ''}:")
@@ -201,7 +203,7 @@ def main() -> int:
     if epoch_images:
         seconds = synthetic_epoch_seconds(device, epoch_images)
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-        print(f"one epoch of the CIFAKE default config ({train.default_config('cifake').model}) over "
+        print(f"one epoch of the CIFAKE default config ({default_config('cifake').model}) over "
               f"{epoch_images:,} random 32x32 images on {where}: {seconds:.2f} s "
               "(mean of epochs 2-3; target <= 2 s for 100,000 on an H100-class GPU)")
     return 0

@@ -8,7 +8,7 @@
 Trains this project's DCGAN (:mod:`helpers.gan`, the paper's settings: width 64, batch 128,
 Adam 2e-4, beta1 0.5) on the 10,000 CIFAR-10 test photos in
 ``../shared/data/cifar10-test-jpg.zip`` (``test/<class>/NNNN.jpg``; skipped with a message
-when absent, or give ``--zip``), and scores it with :mod:`helpers.quality` every
+when absent, or give ``--zip``), and scores it with :mod:`helpers.gan.quality` every
 ``--fid-every`` epochs and after the last: FID and KID of ``--fid-samples`` generated images
 against as many of the training photos (all 10,000 for the standard-sized protocol), plus
 the diversity ratio. With enough photos it also scores a second, disjoint set of *real*
@@ -36,10 +36,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers import gan, quality
-from helpers.data import iter_source
-from helpers.images import BadImageError, decode
-from helpers.repro import environment_fingerprint, pick_device, seed_everything, set_cpu_threads, write_json
+from helpers.core.accel import pick_device, set_cpu_threads
+from helpers.core.images import BadImageError, decode
+from helpers.core.repro import environment_fingerprint, seed_everything, write_json
+from helpers.data.sources import iter_source
+from helpers.gan import quality
+from helpers.gan.networks import GANConfig
+from helpers.gan.train import DCGAN, image_grid, save_checkpoint, save_png, train_gan
 
 DEFAULT_ZIP = ROOT.parent / "shared" / "data" / "cifar10-test-jpg.zip"
 TARGET_FID = 45.0
@@ -133,14 +136,14 @@ def main(argv=None) -> int:
         print(f"real-vs-real floor skipped: needs {args.fid_samples} photos outside the reference, "
               f"{len(rest)} left")
 
-    config = gan.GANConfig(resolution=32, ngf=args.width, ndf=args.width, batch_size=args.batch_size,
+    config = GANConfig(resolution=32, ngf=args.width, ndf=args.width, batch_size=args.batch_size,
                            epochs=args.epochs, lr_g=args.lr, lr_d=args.lr,
                            spectral_norm=args.spectral_norm, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     train_seconds = 0.0
 
-    def on_epoch(model: gan.DCGAN, stats: dict) -> None:
+    def on_epoch(model: DCGAN, stats: dict) -> None:
         nonlocal train_seconds
         train_seconds += stats["seconds"]
         due = (args.fid_every and model.epoch % args.fid_every == 0) or model.epoch == args.epochs
@@ -163,10 +166,10 @@ def main(argv=None) -> int:
             writer.writeheader()
             writer.writerows(rows)
 
-    model, history = gan.train_gan(images, config, device, on_epoch=on_epoch, progress=False)
-    gan.save_png(gan.image_grid(model.generate(100, seed=args.seed + 2), columns=10), args.out / "samples.png")
+    model, history = train_gan(images, config, device, on_epoch=on_epoch, progress=False)
+    save_png(image_grid(model.generate(100, seed=args.seed + 2), columns=10), args.out / "samples.png")
     if args.save_checkpoint:
-        gan.save_checkpoint(model, args.out / "models" / "dcgan.pt", history=history)
+        save_checkpoint(model, args.out / "models" / "dcgan.pt", history=history)
     final = rows[-1]
     summary = {
         "benchmark": "DCGAN FID on CIFAR-10 test photos", "source": str(args.zip), "n_train": len(images),

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import paths
-from .data import DATASETS
-from .repro import atomic_path
+from .core import paths
+from .core.repro import atomic_path
+from .data.datasets import DATASETS
 
 #: Figure folders in reading order, with the heading each gets in the index.
 FIGURE_SECTIONS = (
@@ -191,11 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datasets", nargs="*", help="datasets whose index to rebuild (default: all)")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    parser.add_argument("--readme-only", action="store_true", help="only the README's results table")
     args = parser.parse_args(argv)
-    names = args.datasets or [p.name for p in paths.RESULTS.iterdir() if p.name in DATASETS]
-    for name in names:
-        print("wrote", dataset_index(name))
-    print("wrote", top_index())
+    if not args.readme_only:
+        names = args.datasets or [p.name for p in paths.RESULTS.iterdir() if p.name in DATASETS]
+        for name in names:
+            print("wrote", dataset_index(name))
+        print("wrote", top_index())
     if not args.no_readme and update_readme():
         print("updated the results table in README.md")
     return 0

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import paths
+from helpers.core import paths
+from helpers.data.cache import prepare
+from helpers.training.config import TrainConfig
+from helpers.training.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -16,7 +19,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 @pytest.fixture
 def project_dirs(tmp_path, monkeypatch):
-    """Point helpers.paths at a temporary data/ and results/ (the real ones stay untouched)."""
+    """Point helpers.core.paths at a temporary data/ and results/ (the real ones stay untouched)."""
     data, results = tmp_path / "data", tmp_path / "results"
     monkeypatch.setattr(paths, "DATA", data)
     monkeypatch.setattr(paths, "RESULTS", results)
@@ -60,20 +63,25 @@ def train_tiny_detector(root: Path, dataset: str) -> dict:
     determinism) that training sets is restored. Returns root, checkpoint, source and cache."""
     import torch
 
-    from helpers import data, train
-
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(paths, "DATA", root / "data")
         mp.setattr(paths, "RESULTS", root / "results")
         source = write_dataset(root / "source", n_per_class=16)
-        cache = data.prepare(dataset, source, progress=False)
-        config = train.TrainConfig(dataset=dataset, model="fast", width=8, epochs=1, batch_size=16,
-                                   device="cpu", threads=1, cpu_amp=False)  # no speed probe: same result every run
-        result = train.fit(cache, config, progress=False)
+        cache = prepare(dataset, source, progress=False)
+        config = TrainConfig(dataset=dataset, model="fast", width=8, epochs=1, batch_size=16,
+                             device="cpu", threads=1, cpu_amp=False)  # no speed probe: same result every run
+        result = fit(cache, config, progress=False)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
     return {"root": root, "checkpoint": result.checkpoint, "source": source, "cache": cache}
+
+
+def point_paths_at(monkeypatch: pytest.MonkeyPatch, tree: dict) -> dict:
+    """helpers.core.paths pointed at the data/ and results/ of a :func:`train_tiny_detector` tree."""
+    monkeypatch.setattr(paths, "RESULTS", tree["root"] / "results")
+    monkeypatch.setattr(paths, "DATA", tree["root"] / "data")
+    return tree
 
 
 def shared_path(name: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import accel
+from helpers.core import accel
 
 CPU = torch.device("cpu")
 

@@ -18,11 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import paths, predict
-from tests.conftest import ROOT, train_tiny_detector
+from helpers.core import paths
+from helpers.core.detector import Detector
+from helpers.tools import predict
+from tests.conftest import ROOT, point_paths_at, train_tiny_detector
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
-APP = str(ROOT / "helpers" / "app.py")
+APP = str(ROOT / "helpers" / "tools" / "app.py")
 TIMEOUT = 120  # seconds per AppTest run: the first one imports torch and loads the model
 
 
@@ -34,11 +36,9 @@ def trained(tmp_path_factory):
 
 @pytest.fixture
 def results_tree(trained, monkeypatch):
-    """helpers.paths (read in-process by the app under AppTest) pointed at the tmp tree."""
-    monkeypatch.setattr(paths, "RESULTS", trained["root"] / "results")
-    monkeypatch.setattr(paths, "DATA", trained["root"] / "data")
+    """helpers.core.paths (read in-process by the app under AppTest) pointed at the tmp tree."""
     monkeypatch.setattr(sys, "argv", ["app.py", "--dataset", "demo"])
-    return trained
+    return point_paths_at(monkeypatch, trained)
 
 
 def encoded(array: np.ndarray, fmt: str, **options) -> bytes:
@@ -96,16 +96,14 @@ def test_upload_shows_probability_label_and_overlay(results_tree, uploads):
     assert not at.error, texts(at.error)
 
     # The numbers are those of predict.classify_images on the same bytes.
-    from helpers.inference import load_detector
-
-    model, info = load_detector(results_tree["checkpoint"])
-    expected = predict.classify_images([(n, uploads[n]) for n in names], model, info)
+    detector = Detector.load(results_tree["checkpoint"])
+    expected = predict.classify_images([(n, uploads[n]) for n in names], detector)
     metrics = [m for m in at.metric if m.label == "P(AI-generated)"]
     assert [m.value for m in metrics] == [f"{p:.1%}" for p in expected["p_fake"]]
     verdicts = [m.value for m in at.markdown if str(m.value).startswith("**Verdict:")]
     assert len(verdicts) == 3
     # the verdict is taken at the detector's own threshold, chosen on validation, and says so
-    assert texts(at.caption).count(f"FAKE when P >= {info['threshold']:.1%}") == 3
+    assert texts(at.caption).count(f"FAKE when P >= {detector.threshold:.1%}") == 3
     for verdict, label in zip(verdicts, expected["label"], strict=True):
         assert f"({label})" in verdict
     # per image: the upload, the model's view and the Grad-CAM overlay

@@ -4,7 +4,6 @@ against training time, and the cross-dataset matrix."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,8 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import breakdown, cross_dataset, data, paths
-from helpers.evaluate import Detector, ModelResult
+from helpers.core import paths
+from helpers.core.detector import Detector
+from helpers.data.datasets import DROPPED, get_spec
+from helpers.evaluation import breakdown, cross_dataset
+from helpers.evaluation.compare import ModelResult, evaluate_detector
 from tests.conftest import train_tiny_detector
 
 
@@ -24,7 +26,7 @@ def _result(y, p, files, threshold=0.5, name="m") -> ModelResult:
 
 
 def test_per_category_accuracy_and_mistakes_of_each_kind():
-    spec = data.get_spec("cifake")
+    spec = get_spec("cifake")
     files = ["test/REAL/0.jpg", "test/REAL/1 (2).jpg", "test/REAL/2 (2).jpg",
              "test/FAKE/0.jpg", "test/FAKE/1 (2).jpg", "test/FAKE/2 (2).jpg"]
     y = [0, 0, 0, 1, 1, 1]
@@ -40,7 +42,7 @@ def test_per_category_accuracy_and_mistakes_of_each_kind():
     assert kinds["FAKE called REAL"]["file"].tolist() == ["test/FAKE/1 (2).jpg"]
     # at another threshold the verdicts move with it
     assert breakdown.mistakes_by_kind(_result(y, p, files, threshold=0.95))["FAKE called REAL"].shape[0] == 3
-    assert breakdown.per_category_table(result, data.get_spec("sneakers")).empty
+    assert breakdown.per_category_table(result, get_spec("sneakers")).empty
 
 
 def test_time_to_reach_reads_the_training_histories(project_dirs):
@@ -66,16 +68,12 @@ def two_datasets(tmp_path_factory):
 
 
 def test_the_protocols_add_the_removed_test_files(two_datasets, monkeypatch):
-    from helpers.evaluate import evaluate_detector
-    from helpers.inference import load_detector
-
     monkeypatch.setattr(paths, "DATA", two_datasets["root"] / "data")
     cache = two_datasets["cache"]
-    model, info = load_detector(two_datasets["checkpoint"])
-    detector = Detector("fast", Path(two_datasets["checkpoint"]), model, info)
+    detector = Detector.load(two_datasets["checkpoint"])
     test = cache.indices("test")
     # pretend the first two test images had leaked: the clean split leaves them out
-    cache.split[test[:2]] = data.DROPPED
+    cache.split[test[:2]] = DROPPED
     report = pd.DataFrame({"file": cache.files[test[:2]], "action": "removed",
                            "reason": "removed from test: pixels identical to train file x"})
     monkeypatch.setattr(type(cache), "report", lambda self: report)
@@ -94,8 +92,6 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def test_the_cross_dataset_matrix_has_one_row_per_pair_and_marks_the_diagonal(two_datasets, monkeypatch):
-    from helpers.inference import load_detector
-
     monkeypatch.setattr(paths, "DATA", two_datasets["root"] / "data")
     monkeypatch.setattr(paths, "RESULTS", two_datasets["root"] / "results")
     detectors, skipped = cross_dataset.dataset_detectors(["demo", "cifake"])
@@ -113,6 +109,5 @@ def test_the_cross_dataset_matrix_has_one_row_per_pair_and_marks_the_diagonal(tw
     assert table.shape[0] == 2 and table["trained_on_source"].tolist() == [True, False]
     assert table.set_index("source").loc["other test", ["n_real", "n_fake"]].tolist() == [2, 2]
     assert ((table["auc"] >= 0) & (table["auc"] <= 1)).all()
-    _, info = load_detector(two_datasets["checkpoint"])
-    assert (table["threshold"] == info["threshold"]).all()
+    assert (table["threshold"] == Detector.load(two_datasets["checkpoint"]).threshold).all()
     assert "demo/fast" in cross_dataset.describe(table)

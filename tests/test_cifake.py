@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import data
+from helpers.data.cache import find_cache, prepare
+from helpers.data.datasets import category_of, get_spec
 from tests.conftest import textured
 
 
@@ -45,7 +46,7 @@ def cifake_zip(tmp_path):
 
 
 def test_the_data_step_reads_cifake_names_counts_and_removes_the_leaked_test_files(project_dirs, cifake_zip):
-    cache = data.prepare("cifake", cifake_zip, seed=0, progress=False)
+    cache = prepare("cifake", cifake_zip, seed=0, progress=False)
     assert cache.meta["official_split"] and cache.meta["n_images"] == 80
     counts = cache.counts()
     # train+val keep every one of the 60 train files (the repeat inside train stays in train
@@ -63,18 +64,18 @@ def test_the_data_step_reads_cifake_names_counts_and_removes_the_leaked_test_fil
 
 
 def test_categories_come_from_the_file_names(project_dirs, cifake_zip):
-    cache = data.prepare("cifake", cifake_zip, seed=0, progress=False)
-    spec = data.get_spec("cifake")
-    found = {str(f): data.category_of(str(f), spec) for f in cache.files}
+    cache = prepare("cifake", cifake_zip, seed=0, progress=False)
+    spec = get_spec("cifake")
+    found = {str(f): category_of(str(f), spec) for f in cache.files}
     assert found["train/REAL/0.jpg"] == "airplane"  # no suffix: class 1
     assert found["train/FAKE/1 (2).jpg"] == "automobile"
     assert found["test/REAL/9 (10).jpg"] == "truck"
-    assert data.category_of("train/REAL/5 (11).jpg", spec) is None  # outside 1..10: not guessed
-    assert data.category_of("real/a (3).jpg", data.get_spec("sneakers")) is None
+    assert category_of("train/REAL/5 (11).jpg", spec) is None  # outside 1..10: not guessed
+    assert category_of("real/a (3).jpg", get_spec("sneakers")) is None
 
 
 def test_find_cache_returns_the_latest_cache_of_a_dataset(project_dirs, cifake_zip):
-    assert data.find_cache("cifake") is None
-    cache = data.prepare("cifake", cifake_zip, seed=0, progress=False)
-    assert data.find_cache("cifake").path == cache.path
-    assert data.find_cache("cifake", seed=1) is None
+    assert find_cache("cifake") is None
+    cache = prepare("cifake", cifake_zip, seed=0, progress=False)
+    assert find_cache("cifake").path == cache.path
+    assert find_cache("cifake", seed=1) is None

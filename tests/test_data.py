@@ -10,13 +10,36 @@ import tarfile
 import time
 import zipfile
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import data, images, paths
+from helpers.core import images, paths
+from helpers.data import sources
+from helpers.data.cache import assign_split, load_cache, prepare
+from helpers.data.datasets import (
+    DATASETS,
+    DROPPED,
+    SPLITS,
+    DatasetError,
+    DatasetSpec,
+    DataUnavailableError,
+    get_spec,
+)
+from helpers.data.demo import build_demo
+from helpers.data.sources import (
+    _kaggle_cache_dir,
+    classify_path,
+    kaggle_completion_marker,
+    locate,
+    zip_member_name,
+)
+from helpers.gan.train import demo_fakes
+from helpers.training.config import TrainConfig
+from helpers.training.loop import fit
 from tests.conftest import write_dataset
 
 
@@ -31,17 +54,17 @@ def tree_digest(root: Path, pattern: str = "*") -> str:
 # ---------------------------------------------------------------- registry and paths
 
 def test_registry_knows_the_three_datasets():
-    assert set(data.DATASETS) == {"cifake", "sneakers", "demo"}
-    cifake = data.get_spec("cifake")
+    assert set(DATASETS) == {"cifake", "sneakers", "demo"}
+    cifake = get_spec("cifake")
     assert cifake.kaggle_ref == "birdy654/cifake-real-and-ai-generated-synthetic-images/versions/3"
     assert cifake.official_split and cifake.native_size == 32
-    assert data.get_spec("sneakers").kaggle_handle == "sunnykakar/shoes-dataset-real-and-ai-generated-images"
-    assert data.get_spec("demo").is_demo
+    assert get_spec("sneakers").kaggle_handle == "sunnykakar/shoes-dataset-real-and-ai-generated-images"
+    assert get_spec("demo").is_demo
 
 
 def test_unknown_dataset_lists_the_choices():
     with pytest.raises(KeyError, match="cifake"):
-        data.get_spec("imagenet")
+        get_spec("imagenet")
 
 
 @pytest.mark.parametrize("rel, expected", [
@@ -53,8 +76,8 @@ def test_unknown_dataset_lists_the_choices():
     ("train/other/x.jpg", (None, "train")),
 ])
 def test_labels_and_splits_come_from_folder_names(rel, expected):
-    spec = data.get_spec("cifake") if "train" in rel or "test" in rel else data.get_spec("sneakers")
-    assert data.classify_path(rel, spec) == expected
+    spec = get_spec("cifake") if "train" in rel or "test" in rel else get_spec("sneakers")
+    assert classify_path(rel, spec) == expected
 
 
 # ---------------------------------------------------------------- sources
@@ -74,7 +97,7 @@ def _tar(folder: Path, out: Path) -> Path:
 
 
 def test_folder_zip_and_tar_sources_give_the_same_cache(project_dirs, tiny_cifake, tmp_path):
-    caches = [data.prepare("cifake", src, seed=0, progress=False) for src in
+    caches = [prepare("cifake", src, seed=0, progress=False) for src in
               (tiny_cifake, _zip(tiny_cifake, tmp_path / "c.zip"), _tar(tiny_cifake, tmp_path / "c.tar.gz"))]
     assert len({c.path for c in caches}) == 3  # different sources, different keys
     assert len({c.fingerprint for c in caches}) == 1  # ... the same decoded data
@@ -82,34 +105,34 @@ def test_folder_zip_and_tar_sources_give_the_same_cache(project_dirs, tiny_cifak
 
 
 def test_a_missing_local_copy_names_the_path(project_dirs, tmp_path):
-    with pytest.raises(data.DataUnavailableError, match="does not exist"):
-        data.prepare("sneakers", tmp_path / "nowhere", progress=False)
+    with pytest.raises(DataUnavailableError, match="does not exist"):
+        prepare("sneakers", tmp_path / "nowhere", progress=False)
 
 
 def test_a_folder_without_class_folders_says_what_layout_is_expected(project_dirs, tmp_path):
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "flat" / "a.png")
-    with pytest.raises(data.DataUnavailableError, match="class folders"):
-        data.prepare("sneakers", tmp_path / "flat", progress=False)
+    with pytest.raises(DataUnavailableError, match="class folders"):
+        prepare("sneakers", tmp_path / "flat", progress=False)
 
 
 # ---------------------------------------------------------------- cache
 
 def test_cache_is_reused_and_keyed_by_source_size_and_seed(project_dirs, tiny_cifake):
-    first = data.prepare("cifake", tiny_cifake, progress=False)
+    first = prepare("cifake", tiny_cifake, progress=False)
     stamp = (first.path / "meta.json").stat().st_mtime_ns
-    again = data.prepare("cifake", tiny_cifake, progress=False)
+    again = prepare("cifake", tiny_cifake, progress=False)
     assert again.path == first.path and (again.path / "meta.json").stat().st_mtime_ns == stamp
-    assert data.prepare("cifake", tiny_cifake, image_size=16, progress=False).path != first.path
-    assert data.prepare("cifake", tiny_cifake, seed=1, progress=False).path != first.path
+    assert prepare("cifake", tiny_cifake, image_size=16, progress=False).path != first.path
+    assert prepare("cifake", tiny_cifake, seed=1, progress=False).path != first.path
     Image.new("RGB", (32, 32), "red").save(tiny_cifake / "train" / "REAL" / "extra.png")
-    changed = data.prepare("cifake", tiny_cifake, progress=False)
+    changed = prepare("cifake", tiny_cifake, progress=False)
     assert changed.path != first.path and changed.meta["n_images"] == first.meta["n_images"] + 1
 
 
 def test_cache_loads_fast_and_holds_what_it_should(project_dirs, tiny_cifake):
-    cache = data.prepare("cifake", tiny_cifake, progress=False)
-    loaded = data.load_cache(cache.path)
+    cache = prepare("cifake", tiny_cifake, progress=False)
+    loaded = load_cache(cache.path)
     assert np.array_equal(loaded.images, cache.images) and loaded.files.dtype.kind == "U"
     assert set(np.unique(loaded.labels)) == {0, 1}
     assert loaded.meta["environment"]["packages"]["torch"]
@@ -119,15 +142,15 @@ def test_cache_loads_fast_and_holds_what_it_should(project_dirs, tiny_cifake):
 def test_raw_data_is_never_modified(project_dirs, tiny_cifake):
     Path(tiny_cifake / "train" / "REAL" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     before = tree_digest(tiny_cifake)
-    data.prepare("cifake", tiny_cifake, progress=False)
-    data.prepare("cifake", tiny_cifake, force=True, progress=False)
+    prepare("cifake", tiny_cifake, progress=False)
+    prepare("cifake", tiny_cifake, force=True, progress=False)
     assert tree_digest(tiny_cifake) == before
 
 
 # ---------------------------------------------------------------- splits and leakage
 
 def test_official_split_is_kept_and_validation_is_carved_from_train(project_dirs, tiny_cifake):
-    cache = data.prepare("cifake", tiny_cifake, progress=False)
+    cache = prepare("cifake", tiny_cifake, progress=False)
     records = cache.records()
     assert (records.loc[records["official_split"] == "test", "split"] == "test").all()
     assert set(records.loc[records["official_split"] == "train", "split"]) == {"train", "val"}
@@ -135,9 +158,9 @@ def test_official_split_is_kept_and_validation_is_carved_from_train(project_dirs
 
 def test_split_is_deterministic_stratified_and_seed_dependent():
     labels = np.repeat([0, 1], [300, 500]).astype(np.uint8)
-    a = data.assign_split(labels, None, seed=3, val_fraction=0.1, test_fraction=0.15)
-    b = data.assign_split(labels, None, seed=3, val_fraction=0.1, test_fraction=0.15)
-    c = data.assign_split(labels, None, seed=4, val_fraction=0.1, test_fraction=0.15)
+    a = assign_split(labels, None, seed=3, val_fraction=0.1, test_fraction=0.15)
+    b = assign_split(labels, None, seed=3, val_fraction=0.1, test_fraction=0.15)
+    c = assign_split(labels, None, seed=4, val_fraction=0.1, test_fraction=0.15)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     for code, fraction in ((1, 0.1), (2, 0.15)):
         part = labels[a == code]
@@ -149,8 +172,8 @@ def test_identical_pixels_across_splits_are_removed_from_evaluation(project_dirs
     src = tiny_cifake / "train" / "FAKE" / "fake000.png"
     shutil.copy(src, tiny_cifake / "test" / "FAKE" / "copy_of_train.png")
     shutil.copy(src, tiny_cifake / "test" / "REAL" / "mislabelled_copy.png")
-    cache = data.prepare("cifake", tiny_cifake, progress=False)
-    removed = set(cache.files[cache.split == data.DROPPED])
+    cache = prepare("cifake", tiny_cifake, progress=False)
+    removed = set(cache.files[cache.split == DROPPED])
     assert {"test/FAKE/copy_of_train.png", "test/REAL/mislabelled_copy.png"} <= removed
     report = cache.report()
     reasons = report.set_index("file").loc["test/REAL/mislabelled_copy.png", "reason"]
@@ -183,7 +206,7 @@ def test_every_kind_of_bad_file_is_converted_or_skipped_with_a_reason(project_di
     (real / "fake_suffix.jpg").write_bytes(b"this is text, not a JPEG")
     (tiny_cifake / "README.md").write_text("top-level readme")
 
-    cache = data.prepare("cifake", tiny_cifake, progress=False)
+    cache = prepare("cifake", tiny_cifake, progress=False)
     report = cache.report().set_index("file")
     skipped = report[report["action"] == "skipped"]["reason"]
     assert "truncated" in skipped["train/REAL/truncated.jpg"] or "corrupt" in skipped["train/REAL/truncated.jpg"]
@@ -256,40 +279,41 @@ def test_harmonisation_gives_both_classes_the_same_last_compression():
 
 def test_offline_download_fails_fast_with_instructions(project_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
-    monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(sources, "_network_reachable", lambda *a, **k: False)
     start = time.perf_counter()
-    with pytest.raises(data.DataUnavailableError) as err:
-        data.prepare("cifake", progress=False)
+    with pytest.raises(DataUnavailableError) as err:
+        prepare("cifake", progress=False)
     message = str(err.value)
     for hint in ("kaggle.json", "KAGGLE_USERNAME", "DATA_SOURCE", "make all"):
         assert hint in message
     assert time.perf_counter() - start < 5
 
 
-def small_cifake(monkeypatch, n_files: int) -> data.DatasetSpec:
+def small_cifake(monkeypatch, n_files: int) -> DatasetSpec:
     """The registry's CIFAKE, published (for this test) with ``n_files`` images."""
-    spec = replace(data.get_spec("cifake"), expected_files=n_files)
-    monkeypatch.setitem(data.DATASETS, "cifake", spec)
+    spec = replace(get_spec("cifake"), expected_files=n_files)
+    monkeypatch.setitem(DATASETS, "cifake", spec)
     return spec
 
 
 def test_a_dataset_already_in_kagglehubs_cache_needs_no_network(project_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
     spec = small_cifake(monkeypatch, 24)
-    write_dataset(data._kaggle_cache_dir(spec) / "cifake", n_per_class=8)
-    data.kaggle_completion_marker(spec).touch()  # what kagglehub writes after a download
-    monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: pytest.fail("network used"))
-    assert data.prepare("cifake", progress=False).meta["n_images"] == 24
+    write_dataset(_kaggle_cache_dir(spec) / "cifake", n_per_class=8)
+    kaggle_completion_marker(spec).touch()  # what kagglehub writes after a download
+    monkeypatch.setattr(sources, "_network_reachable", lambda *a, **k: pytest.fail("network used"))
+    assert prepare("cifake", progress=False).meta["n_images"] == 24
 
 
 # ---------------------------------------------------------------- demo
 
 def test_demo_set_is_deterministic_and_labelled_as_demo(project_dirs):
-    from helpers.demo import build_demo
-
-    a = build_demo(seed=5, n_train=16, n_test=8, gan_epochs=1, progress=False)
+    make_fakes = partial(demo_fakes, epochs=1, progress=False)
+    with pytest.raises(DataUnavailableError, match="make data"):
+        build_demo(seed=5, n_train=16, n_test=8)  # not built, and no generator to build it
+    a = build_demo(make_fakes, seed=5, n_train=16, n_test=8)
     first = tree_digest(a, "*.png")  # the manifest also records timings, which vary
-    b = build_demo(seed=5, n_train=16, n_test=8, gan_epochs=1, force=True, progress=False)
+    b = build_demo(make_fakes, seed=5, n_train=16, n_test=8, force=True)
     assert a == b and tree_digest(b, "*.png") == first
     assert len(list((a / "train" / "FAKE").glob("*.png"))) == 16
     readme = " ".join((a / "README.txt").read_text().split())
@@ -300,19 +324,18 @@ def test_a_relative_data_source_becomes_absolute(tmp_path, monkeypatch):
     # the cache records where its source is; notebooks run in notebooks/, so it must be absolute
     (tmp_path / "copy").mkdir()
     monkeypatch.chdir(tmp_path)
-    located = data.locate("sneakers", "copy")
+    located = locate("sneakers", "copy")
     assert located.is_absolute() and located == (tmp_path / "copy").resolve()
 
 
 def test_a_reused_cache_names_where_its_source_is_now(project_dirs, tiny_cifake, tmp_path):
-    first = data.prepare("cifake", tiny_cifake, progress=False)
+    first = prepare("cifake", tiny_cifake, progress=False)
     moved = shutil.copytree(tiny_cifake, tmp_path / "moved")  # same files: same cache key
-    again = data.prepare("cifake", moved, progress=False)
+    again = prepare("cifake", moved, progress=False)
     assert again.path == first.path and again.meta["source"] == str(moved.resolve())
 
 
 def test_reports_show_paths_inside_the_project_relative_to_it(tmp_path):
-    from helpers import paths
 
     inside = paths.ROOT / "data" / "processed" / "demo" / "cache"
     assert paths.shown(inside) == "data/processed/demo/cache"  # the same in every clone
@@ -371,7 +394,7 @@ def odd_name_sources(root: Path) -> dict[str, Path]:
 
 def test_every_file_is_processed_whatever_bytes_its_name_holds(project_dirs, tmp_path):
     sources = odd_name_sources(tmp_path)
-    caches = {kind: data.prepare("cifake", src, progress=False) for kind, src in sources.items()}
+    caches = {kind: prepare("cifake", src, progress=False) for kind, src in sources.items()}
     names = {kind: sorted(map(str, cache.files)) for kind, cache in caches.items()}
     assert names["folder"] == names["tar"] == names["zip"]  # one reading of names for every source
     assert len({c.fingerprint for c in caches.values()}) == 1
@@ -395,7 +418,7 @@ def test_zip_names_without_the_utf8_flag_are_read_as_the_bytes_they_are(tmp_path
             archive.writestr(info, b"x")
         archive.writestr("flagged-猫.jpg", b"x")  # Python sets the UTF-8 flag itself
     with zipfile.ZipFile(path) as archive:
-        names = [data.zip_member_name(m) for m in archive.infolist()]
+        names = [zip_member_name(m) for m in archive.infolist()]
     assert names == ["plain.jpg", "café.jpg", os.fsdecode(b"caf\xe9.jpg"), "flagged-猫.jpg"]
     assert [paths.printable(n) for n in names][2] == "caf\\xe9.jpg"
 
@@ -422,11 +445,11 @@ def test_one_recognised_class_stops_the_data_step_naming_the_folders(project_dir
         for i in range(6):
             Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(
                 tmp_path / folder / f"{i}.jpg")
-    with pytest.raises(data.DatasetError, match=r"one class only \(REAL\)") as only:
-        data.prepare("sneakers", tmp_path / "only_real", progress=False)
+    with pytest.raises(DatasetError, match=r"one class only \(REAL\)") as only:
+        prepare("sneakers", tmp_path / "only_real", progress=False)
     assert "recognised: REAL: real/ (6)" in str(only.value)
-    with pytest.raises(data.DatasetError) as underscore:
-        data.prepare("sneakers", tmp_path / "underscore", progress=False)
+    with pytest.raises(DatasetError) as underscore:
+        prepare("sneakers", tmp_path / "underscore", progress=False)
     message = str(underscore.value)
     assert "images outside any class folder: ai_generated/ (6)" in message
     assert "ai-generated" in message and "ai-midjourney" in message and "REAL: real" in message
@@ -436,19 +459,19 @@ def test_one_recognised_class_stops_the_data_step_naming_the_folders(project_dir
 def test_a_split_without_one_class_stops_the_data_step(project_dirs, tmp_path):
     source = write_dataset(tmp_path / "set", n_per_class=8)
     shutil.rmtree(source / "test" / "FAKE")  # test/ holds real photos only
-    with pytest.raises(data.DatasetError, match="test has no FAKE image") as err:
-        data.prepare("cifake", source, progress=False)
+    with pytest.raises(DatasetError, match="test has no FAKE image") as err:
+        prepare("cifake", source, progress=False)
     assert "test 4 REAL / 0 FAKE" in str(err.value)
     assert _no_cache_written(project_dirs[0], "cifake")
 
 
 def test_tiny_datasets_get_both_classes_in_every_split_or_a_clear_error(project_dirs, tmp_path):
     for n in (3, 4, 5):
-        cache = data.prepare("sneakers", write_dataset(tmp_path / f"s{n}", n, layout="shoes"),
+        cache = prepare("sneakers", write_dataset(tmp_path / f"s{n}", n, layout="shoes"),
                              progress=False)
         assert all(count >= 1 for split in cache.meta["counts"].values() for count in split.values())
-    with pytest.raises(data.DatasetError, match="too few images"):
-        data.prepare("sneakers", write_dataset(tmp_path / "s1", 1, layout="shoes"), progress=False)
+    with pytest.raises(DatasetError, match="too few images"):
+        prepare("sneakers", write_dataset(tmp_path / "s1", 1, layout="shoes"), progress=False)
 
 
 def test_the_split_of_ordinary_datasets_is_unchanged():
@@ -459,7 +482,7 @@ def test_the_split_of_ordinary_datasets_is_unchanged():
     index = np.arange(len(labels))
     pool, test = train_test_split(index, test_size=0.15, random_state=0, stratify=labels)
     _, val = train_test_split(pool, test_size=0.1 / 0.85, random_state=0, stratify=labels[pool])
-    split = data.assign_split(labels, None, 0, 0.1, 0.15)
+    split = assign_split(labels, None, 0, 0.1, 0.15)
     assert np.array_equal(np.flatnonzero(split == 2), np.sort(test))
     assert np.array_equal(np.flatnonzero(split == 1), np.sort(val))
 
@@ -467,16 +490,15 @@ def test_the_split_of_ordinary_datasets_is_unchanged():
 def test_a_one_class_cache_is_never_trained_on(project_dirs, tmp_path):
     import torch
 
-    from helpers import train
 
-    cache = data.prepare("cifake", write_dataset(tmp_path / "set", n_per_class=8), progress=False)
+    cache = prepare("cifake", write_dataset(tmp_path / "set", n_per_class=8), progress=False)
     cache.labels = cache.labels.copy()
-    cache.labels[cache.split == data.SPLITS.index("val")] = 0  # validation of one class
-    config = train.TrainConfig(dataset="cifake", model="fast", width=8, epochs=1, batch_size=8,
+    cache.labels[cache.split == SPLITS.index("val")] = 0  # validation of one class
+    config = TrainConfig(dataset="cifake", model="fast", width=8, epochs=1, batch_size=8,
                                device="cpu", threads=1)
     threads = torch.get_num_threads()
-    with pytest.raises(data.DatasetError, match="val has no FAKE image"):
-        train.fit(cache, config, out_dir=tmp_path / "models", progress=False)
+    with pytest.raises(DatasetError, match="val has no FAKE image"):
+        fit(cache, config, out_dir=tmp_path / "models", progress=False)
     assert not (tmp_path / "models").exists() and torch.get_num_threads() == threads
 
 
@@ -490,12 +512,12 @@ def _zip_twice(tiny: Path, out: Path, prefixes: tuple[str, ...]) -> Path:
 
 def test_an_archive_holding_the_dataset_twice_is_used_once_with_a_warning(project_dirs, tiny_cifake,
                                                                         tmp_path):
-    once = data.prepare("cifake", _zip_twice(tiny_cifake, tmp_path / "once.zip", ("archive/",)),
+    once = prepare("cifake", _zip_twice(tiny_cifake, tmp_path / "once.zip", ("archive/",)),
                         progress=False)
     twice_zip = _zip_twice(tiny_cifake, tmp_path / "twice.zip", ("archive/", "archive/cifake/"))
     with pytest.warns(UserWarning, match=r"twice: 48 files under archive/cifake/ repeat those "
                                          r"under archive/"):
-        twice = data.prepare("cifake", twice_zip, progress=False)
+        twice = prepare("cifake", twice_zip, progress=False)
     assert twice.meta["counts"] == once.meta["counts"] and twice.fingerprint == once.fingerprint
     assert twice.meta["n_removed_leakage"] == 0  # no test image counted twice, none removed
     report = twice.report()
@@ -506,7 +528,7 @@ def test_an_archive_holding_the_dataset_twice_is_used_once_with_a_warning(projec
 def test_two_parts_with_the_same_file_names_are_not_copies(project_dirs, tmp_path):
     write_dataset(tmp_path / "set" / "part1", n_per_class=8, seed=1)
     write_dataset(tmp_path / "set" / "part2", n_per_class=8, seed=2)  # same names, other images
-    cache = data.prepare("cifake", tmp_path / "set", progress=False)
+    cache = prepare("cifake", tmp_path / "set", progress=False)
     assert cache.meta["n_images"] == 48 and cache.meta["n_skipped"] == 0
 
 
@@ -521,15 +543,15 @@ def test_a_damaged_archive_member_is_one_skipped_file(project_dirs, tiny_cifake,
         start = member.header_offset + 30 + len(member.filename.encode())
     raw[start + 100] ^= 0xFF  # its CRC no longer matches
     path.write_bytes(bytes(raw))
-    cache = data.prepare("cifake", path, progress=False)
+    cache = prepare("cifake", path, progress=False)
     report = cache.report().set_index("file")
     assert "cannot read it from the source (BadZipFile" in report.loc["train/REAL/real003.png", "reason"]
     assert cache.meta["n_images"] == 47
     truncated = tmp_path / "cut.tar.gz"
     _tar(tiny_cifake, tmp_path / "whole.tar.gz")
     truncated.write_bytes((tmp_path / "whole.tar.gz").read_bytes()[:3000])
-    with pytest.raises(data.DataUnavailableError, match="damaged archive"):
-        data.prepare("cifake", truncated, progress=False)
+    with pytest.raises(DataUnavailableError, match="damaged archive"):
+        prepare("cifake", truncated, progress=False)
 
 
 # ---------------------------------------------------------------- unfinished Kaggle downloads
@@ -540,24 +562,24 @@ def test_the_completion_marker_is_where_kagglehub_writes_it(tmp_path, monkeypatc
 
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path))
     for name in ("cifake", "sneakers"):
-        spec = data.get_spec(name)
+        spec = get_spec(name)
         theirs = _get_completion_marker_filepath(parse_dataset_handle(spec.kaggle_ref))
-        assert data.kaggle_completion_marker(spec) == Path(theirs)
+        assert kaggle_completion_marker(spec) == Path(theirs)
 
 
 def test_an_interrupted_kaggle_download_is_refused_with_the_command(project_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
-    monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(sources, "_network_reachable", lambda *a, **k: False)
     spec = small_cifake(monkeypatch, 30)
-    folder = data._kaggle_cache_dir(spec)
+    folder = _kaggle_cache_dir(spec)
     write_dataset(folder / "train_only", n_per_class=8)  # no marker: the download was cut off
     shutil.rmtree(folder / "train_only" / "test")
-    with pytest.raises(data.DataUnavailableError, match="unfinished download") as err:
-        data.prepare("cifake", progress=False)
+    with pytest.raises(DataUnavailableError, match="unfinished download") as err:
+        prepare("cifake", progress=False)
     assert f"kagglehub.dataset_download('{spec.kaggle_ref}', force_download=True)" in str(err.value)
-    data.kaggle_completion_marker(spec).touch()  # marked finished, but 16 of 30 files
-    with pytest.raises(data.DataUnavailableError, match="16 image files, but version 3 has 30"):
-        data.prepare("cifake", progress=False)
+    kaggle_completion_marker(spec).touch()  # marked finished, but 16 of 30 files
+    with pytest.raises(DataUnavailableError, match="16 image files, but version 3 has 30"):
+        prepare("cifake", progress=False)
     assert _no_cache_written(project_dirs[0], "cifake")
 
 
@@ -566,11 +588,11 @@ def test_a_short_fresh_download_is_refused_and_a_local_subset_is_not(project_dir
 
     spec = small_cifake(monkeypatch, 100)
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
-    monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(sources, "_network_reachable", lambda *a, **k: True)
     short = write_dataset(tmp_path / "mounted", n_per_class=8)  # e.g. a Kaggle notebook's input
     monkeypatch.setattr(kagglehub, "dataset_download", lambda ref: str(short))
-    with pytest.raises(data.DataUnavailableError, match="incomplete download"):
-        data.prepare("cifake", progress=False)
+    with pytest.raises(DataUnavailableError, match="incomplete download"):
+        prepare("cifake", progress=False)
     # the same files as a local copy (DATA_SOURCE) are used: a local copy may be a subset
     assert spec.expected_files == 100
-    assert data.prepare("cifake", short, progress=False).meta["n_images"] == 24
+    assert prepare("cifake", short, progress=False).meta["n_images"] == 24

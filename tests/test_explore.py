@@ -8,8 +8,18 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from helpers import explore
-from helpers.data import SPLITS
+from helpers.data.cache import prepare
+from helpers.data.datasets import SPLITS
+from helpers.explore.figures import balance_figure, near_duplicate_figure, sample_grid, spectrum_figure
+from helpers.explore.stats import (
+    channel_statistics,
+    colour_only_accuracy,
+    format_table,
+    jpeg_table,
+    near_duplicates,
+    shortcut_verdict,
+    thumbnails,
+)
 
 
 def smooth_image(rng: np.random.Generator, size: int = 32) -> np.ndarray:
@@ -34,7 +44,7 @@ def tiny_cache(images: list[np.ndarray], splits: list[str], labels: list[int]):
 def test_thumbnails_ignore_brightness_and_have_unit_length():
     image = smooth_image(np.random.default_rng(0)).astype(np.int16)
     darker = (image - 30).clip(0, 255).astype(np.uint8)
-    both = explore.thumbnails(np.stack([image.astype(np.uint8), darker]), side=8, chunk=1)
+    both = thumbnails(np.stack([image.astype(np.uint8), darker]), side=8, chunk=1)
     np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1, rtol=1e-5)
     assert both[0] @ both[1] > 0.99
 
@@ -47,13 +57,13 @@ def test_recompressed_and_shifted_copies_of_training_images_are_found():
     unrelated = smooth_image(rng)
     cache = tiny_cache(train + [recompressed, shifted, unrelated],
                        ["train"] * 20 + ["val", "test", "test"], [0] * 20 + [0, 1, 1])
-    table = explore.near_duplicates(cache, threshold=0.95, side=8)
+    table = near_duplicates(cache, threshold=0.95, side=8)
     found = dict(zip(table["index"], table["train_index"]))
     assert found == {20: 3, 21: 7}  # the unrelated image is not listed
     assert table.loc[table["index"] == 21, "train_label"].item() == "REAL"  # a label clash shows
     assert table["similarity"].is_monotonic_decreasing
-    assert explore.near_duplicate_figure(cache, table) is not None
-    assert explore.near_duplicate_figure(cache, table.iloc[:0]) is None
+    assert near_duplicate_figure(cache, table) is not None
+    assert near_duplicate_figure(cache, table.iloc[:0]) is None
 
 
 def test_notebook_02s_helpers_run_on_datasets_with_few_images_per_class(project_dirs, tmp_path):
@@ -65,24 +75,23 @@ def test_notebook_02s_helpers_run_on_datasets_with_few_images_per_class(project_
     import matplotlib.pyplot as plt
     from threadpoolctl import threadpool_limits
 
-    from helpers import data
     from tests.conftest import write_dataset
 
     for dataset, n, layout in (("demo", 4, "cifake"), ("sneakers", 3, "shoes")):
-        cache = data.prepare(dataset, write_dataset(tmp_path / dataset, n, layout=layout),
+        cache = prepare(dataset, write_dataset(tmp_path / dataset, n, layout=layout),
                              progress=False)
         train_counts = cache.meta["counts"]["train"]
-        grid = explore.sample_grid(cache, per_class=12, seed=0)
+        grid = sample_grid(cache, per_class=12, seed=0)
         shown = [ax for ax in grid.axes if ax.images]
         assert len(shown) == sum(train_counts.values())  # every training image, no more
         assert len(grid.axes) == 2 * max(train_counts.values())
-        for figure in (explore.balance_figure(cache), explore.spectrum_figure(cache)):
+        for figure in (balance_figure(cache), spectrum_figure(cache)):
             assert figure.axes
-        assert explore.channel_statistics(cache).notna().all().all()
+        assert channel_statistics(cache).notna().all().all()
         with threadpool_limits(limits=1):  # OpenMP threads on a few images: all overhead
-            assert 0 <= explore.colour_only_accuracy(cache, "val", 0).estimate <= 1
-        assert len(explore.format_table(cache)) >= 2 and explore.shortcut_verdict(cache)
-        explore.jpeg_table(cache)
-        near = explore.near_duplicates(cache, threshold=0.95)
-        explore.near_duplicate_figure(cache, near)
+            assert 0 <= colour_only_accuracy(cache, "val", 0).estimate <= 1
+        assert len(format_table(cache)) >= 2 and shortcut_verdict(cache)
+        jpeg_table(cache)
+        near = near_duplicates(cache, threshold=0.95)
+        near_duplicate_figure(cache, near)
         plt.close("all")

@@ -11,7 +11,20 @@ import pytest
 import torch
 from PIL import Image, JpegImagePlugin
 
-from helpers import data, gan
+from helpers.data.cache import prepare
+from helpers.gan.export import export_dir, export_images, load_exported, verify_export
+from helpers.gan.networks import Discriminator, GANConfig, Generator
+from helpers.gan.train import (
+    DCGAN,
+    STAT_KEYS,
+    EpochMonitor,
+    load_checkpoint,
+    plan_run,
+    real_training_images,
+    save_checkpoint,
+    to_unit_range,
+    train_gan,
+)
 from tests.conftest import ROOT, textured, write_dataset
 
 CPU = torch.device("cpu")
@@ -22,8 +35,8 @@ TABLES_B = {0: [3] * 64, 1: list(range(70, 6, -1))}
 @pytest.mark.parametrize("resolution", [32, 64])
 @pytest.mark.parametrize("spectral_norm", [False, True])
 def test_generator_and_discriminator_shapes(resolution, spectral_norm):
-    G = gan.Generator(nz=100, ngf=16, resolution=resolution)
-    D = gan.Discriminator(ndf=16, resolution=resolution, spectral_norm=spectral_norm)
+    G = Generator(nz=100, ngf=16, resolution=resolution)
+    D = Discriminator(ndf=16, resolution=resolution, spectral_norm=spectral_norm)
     images = G(torch.randn(5, 100))
     assert images.shape == (5, 3, resolution, resolution)
     assert images.min() >= -1 and images.max() <= 1  # tanh range
@@ -32,27 +45,27 @@ def test_generator_and_discriminator_shapes(resolution, spectral_norm):
 
 def test_unsupported_resolution_is_a_clear_error():
     with pytest.raises(ValueError, match="32 or 64"):
-        gan.Generator(resolution=48)
+        Generator(resolution=48)
 
 
 def test_paper_initialisation():
-    model = gan.DCGAN(gan.GANConfig(ngf=16, ndf=16), CPU)
+    model = DCGAN(GANConfig(ngf=16, ndf=16), CPU)
     conv = model.G.net[0].weight
     assert abs(conv.std().item() - 0.02) < 0.003 and abs(conv.mean().item()) < 0.002
     bn = model.D.net[3]
     assert isinstance(bn, torch.nn.BatchNorm2d) and abs(bn.weight.mean().item() - 1) < 0.01
 
 
-def _d_loss(model: gan.DCGAN, real: torch.Tensor, fake: torch.Tensor) -> float:
+def _d_loss(model: DCGAN, real: torch.Tensor, fake: torch.Tensor) -> float:
     with torch.no_grad():
         n = len(real)
         return (model.loss(model.D(real), torch.ones(n)) + model.loss(model.D(fake), torch.zeros(n))).item()
 
 
 def test_one_step_changes_both_networks_and_lowers_the_discriminator_loss():
-    model = gan.DCGAN(gan.GANConfig(ngf=16, ndf=16, seed=0), CPU)
+    model = DCGAN(GANConfig(ngf=16, ndf=16, seed=0), CPU)
     rng = np.random.default_rng(0)
-    real = gan.to_unit_range(torch.from_numpy(np.stack([textured(rng, 32, False) for _ in range(16)]))
+    real = to_unit_range(torch.from_numpy(np.stack([textured(rng, 32, False) for _ in range(16)]))
                              .permute(0, 3, 1, 2))
     with torch.no_grad():
         fake = model.G(model.noise(16, torch.Generator().manual_seed(1)))  # a fixed batch
@@ -60,7 +73,7 @@ def test_one_step_changes_both_networks_and_lowers_the_discriminator_loss():
     before_d = [p.detach().clone() for p in model.D.parameters()]
     loss_before = _d_loss(model, real, fake)
     stats = model.train_step(real)
-    assert set(stats) == set(gan.STAT_KEYS) and all(np.isfinite(list(stats.values())))
+    assert set(stats) == set(STAT_KEYS) and all(np.isfinite(list(stats.values())))
     assert any(not torch.equal(a, b) for a, b in zip(before_g, model.G.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_d, model.D.parameters()))
     assert _d_loss(model, real, fake) < loss_before
@@ -68,13 +81,13 @@ def test_one_step_changes_both_networks_and_lowers_the_discriminator_loss():
 
 def test_training_is_deterministic_and_checkpoints_round_trip(tmp_path):
     images = np.stack([textured(np.random.default_rng(i), 32, False) for i in range(48)])
-    config = gan.GANConfig(ngf=8, ndf=8, batch_size=16, epochs=2, seed=3)
-    runs = [gan.train_gan(images, config, CPU, progress=False) for _ in range(2)]
+    config = GANConfig(ngf=8, ndf=8, batch_size=16, epochs=2, seed=3)
+    runs = [train_gan(images, config, CPU, progress=False) for _ in range(2)]
     assert np.array_equal(runs[0][0].generate(6, seed=1), runs[1][0].generate(6, seed=1))
     model, history = runs[0]
     assert [h["epoch"] for h in history] == [1, 2] and len(model.step_log["loss_d"]) == 6
-    path = gan.save_checkpoint(model, tmp_path / "models" / "dcgan.pt", history=history)
-    loaded, state = gan.load_checkpoint(path)
+    path = save_checkpoint(model, tmp_path / "models" / "dcgan.pt", history=history)
+    loaded, state = load_checkpoint(path)
     assert loaded.epoch == 2 and state["config"]["ngf"] == 8 and len(state["history"]) == 2
     assert np.array_equal(loaded.generate(6, seed=1), model.generate(6, seed=1))
     assert not list(path.parent.glob(".*.tmp"))  # written atomically: no leftovers
@@ -86,33 +99,33 @@ def test_epoch_monitor_writes_grids_scores_and_checkpoints(project_dirs):
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"an earlier, longer run")
     images = np.stack([textured(np.random.default_rng(i), 32, False) for i in range(32)])
-    monitor = gan.EpochMonitor("demo", 2, grid_images=4, score=lambda g: {"fid": float(g.epoch)},
+    monitor = EpochMonitor("demo", 2, grid_images=4, score=lambda g: {"fid": float(g.epoch)},
                                score_every=0, score_last=True, checkpoint=results / "demo" / "models" / "dcgan.pt")
-    _, history = gan.train_gan(images, gan.GANConfig(ngf=8, ndf=8, batch_size=16, epochs=2), CPU,
+    _, history = train_gan(images, GANConfig(ngf=8, ndf=8, batch_size=16, epochs=2), CPU,
                                on_epoch=monitor, progress=False)
     assert sorted(p.name for p in stale.parent.glob("*.png")) == ["epoch_001.png", "epoch_002.png"]
     assert "fid" not in history[0] and history[1]["fid"] == 2.0  # scored after the last epoch only
-    assert len(gan.load_checkpoint(monitor.checkpoint)[1]["history"]) == 2
+    assert len(load_checkpoint(monitor.checkpoint)[1]["history"]) == 2
 
 
 def test_train_gan_rejects_images_at_the_wrong_resolution():
     with pytest.raises(ValueError, match="resize them first"):
-        gan.train_gan(np.zeros((8, 64, 64, 3), np.uint8), gan.GANConfig(resolution=32), CPU)
+        train_gan(np.zeros((8, 64, 64, 3), np.uint8), GANConfig(resolution=32), CPU)
 
 
 def test_real_training_images_are_the_real_train_split_at_the_gan_resolution(project_dirs, tmp_path):
-    cache = data.prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=20), progress=False)
+    cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=20), progress=False)
     images, labels = cache.part("train")
-    real = gan.real_training_images(cache)
+    real = real_training_images(cache)
     assert real.shape == ((labels == 0).sum(), 32, 32, 3)
     assert np.array_equal(real, images[labels == 0])
-    assert gan.real_training_images(cache, 64).shape[1:] == (64, 64, 3)
-    plan = gan.plan_run(cache, CPU)  # the demo on a CPU: the small, fast settings
+    assert real_training_images(cache, 64).shape[1:] == (64, 64, 3)
+    plan = plan_run(cache, CPU)  # the demo on a CPU: the small, fast settings
     n_real = int((labels == 0).sum())
     assert (plan.config.epochs, plan.config.ngf, plan.fid_samples, plan.n_real) == (6, 32, 64, n_real)
     assert plan.config.batch_size == min(32, n_real)  # never more than the training images
     assert plan.n_export == int((cache.part("test")[1] == 0).sum()) and "epochs" in plan.auto
-    assert gan.plan_run(cache, CPU, epochs=3, width=64).config.ndf == 64
+    assert plan_run(cache, CPU, epochs=3, width=64).config.ndf == 64
 
 
 def _write_jpeg(path: Path, image: np.ndarray, tables: dict, subsampling: int) -> None:
@@ -130,9 +143,9 @@ def test_exported_jpegs_carry_the_real_images_tables(project_dirs, tmp_path):
         tables, sampling = (TABLES_A, 0) if i % 3 else (TABLES_B, 2)
         _write_jpeg(source / "real" / f"r{i:03d}.jpg", textured(rng, 40, False), tables, sampling)
         Image.fromarray(textured(rng, 40, True)).save(source / "ai-midjourney" / f"f{i:03d}.jpg", quality=90)
-    cache = data.prepare("sneakers", source, image_size=32, progress=False)
-    model = gan.DCGAN(gan.GANConfig(ngf=8, ndf=8), CPU)
-    manifest = gan.export_images(model, cache, 30, seed=0, progress=False)
+    cache = prepare("sneakers", source, image_size=32, progress=False)
+    model = DCGAN(GANConfig(ngf=8, ndf=8), CPU)
+    manifest = export_images(model, cache, 30, seed=0, progress=False)
 
     folder = data_dir / "processed" / "sneakers" / "gan"
     assert manifest["count"] == 30 and manifest["encoding"] == "JPEG" and manifest["resolution"] == 32
@@ -145,20 +158,20 @@ def test_exported_jpegs_carry_the_real_images_tables(project_dirs, tmp_path):
             assert JpegImagePlugin.get_sampling(img) == (0 if tables == TABLES_A else 2), name
             seen.add(0 if tables == TABLES_A else 1)
     assert seen == {0, 1}  # both of the real set's encodings are represented
-    assert gan.verify_export("sneakers")["mismatched"] == 0
-    pixels = gan.load_exported("sneakers")
+    assert verify_export("sneakers")["mismatched"] == 0
+    pixels = load_exported("sneakers")
     assert pixels.shape == (30, 32, 32, 3) and pixels.dtype == np.uint8
-    assert gan.load_exported("sneakers", size=16).shape == (30, 16, 16, 3)
+    assert load_exported("sneakers", size=16).shape == (30, 16, 16, 3)
 
 
 def test_png_datasets_are_exported_lossless_and_absent_exports_read_as_none(project_dirs, tmp_path):
-    cache = data.prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=16), progress=False)
-    assert gan.load_exported("demo") is None
-    model = gan.DCGAN(gan.GANConfig(ngf=8, ndf=8), CPU)
-    manifest = gan.export_images(model, cache, 5, seed=2, progress=False)
+    cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=16), progress=False)
+    assert load_exported("demo") is None
+    model = DCGAN(GANConfig(ngf=8, ndf=8), CPU)
+    manifest = export_images(model, cache, 5, seed=2, progress=False)
     assert manifest["encoding"] == "PNG" and "lossless" in manifest["encoding_note"]
-    assert np.array_equal(gan.load_exported("demo"), model.generate(5, seed=2))  # lossless
-    with Image.open(io.BytesIO((gan.export_dir("demo") / manifest["files"][0]).read_bytes())) as img:
+    assert np.array_equal(load_exported("demo"), model.generate(5, seed=2))  # lossless
+    with Image.open(io.BytesIO((export_dir("demo") / manifest["files"][0]).read_bytes())) as img:
         assert img.format == "PNG"
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from helpers import images
-from helpers.images import BadImageError, decode
+from helpers.core import images
+from helpers.core.images import BadImageError, decode
 
 # Pillow warns about the corrupt EXIF and the oversized headers these tests build on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning",

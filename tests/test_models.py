@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import models
+from helpers.core import models
 
 NAMES = sorted(models.MODELS)
 
@@ -124,21 +124,6 @@ def test_fast_patch_stem_on_32px_runs_the_blocks_at_16px_from_every_pixel():
     assert stem.kernel_size == stem.stride == (2, 2) and stem.out_channels >= 3 * 2 * 2
     assert min(_map_shape(model, models.cam_target_layer(model), 32)) >= 4
     assert models.build_model("fast", 32).patch == 1  # without the option: full resolution
-
-
-def test_an_ensemble_gives_member_logits_in_training_and_their_mean_in_eval():
-    torch.manual_seed(0)
-    model = models.build_model("fast", 32, width=8, members=3)
-    assert isinstance(model, models.Ensemble) and len(model.members) == 3
-    first, second = (m.stem[0].weight for m in model.members[:2])
-    assert not torch.equal(first, second)  # independently initialised
-    x = torch.randn(4, 3, 32, 32)
-    assert model.train()(x).shape == (4, 3)
-    model.eval()
-    with torch.no_grad():
-        each = torch.cat([m(x) for m in model.members], dim=1)
-        assert torch.allclose(model(x), each.mean(1, keepdim=True))
-    assert models.cam_target_layer(model) in list(model.members[0].modules())
 
 
 def test_cifake_paper_is_the_papers_function():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers.core import parameters
 from tests.conftest import ROOT, shared_path, write_dataset
 
 papermill = pytest.importorskip("papermill")
@@ -95,23 +96,22 @@ def tiny_notebook(folder: Path, name: str, parameters: str) -> Path:
 
 
 def test_a_misspelt_parameter_is_refused_with_the_valid_names(tmp_path):
-    from helpers import notebook
 
     train = tiny_notebook(tmp_path, "train.ipynb", 'DATASET = "demo"\nEPOCHS = 3\nLR = 0.1\n')
     tiny_notebook(tmp_path, "gan.ipynb", 'DATASET = "demo"\nWIDTH = 8\n')
-    notebook.check_parameters(train, ["-p", "EPOCHS", "5", "-r", "LR", "0.2"], ["-p", "DATASET", "x"])
+    parameters.check_parameters(train, ["-p", "EPOCHS", "5", "-r", "LR", "0.2"], ["-p", "DATASET", "x"])
     with pytest.raises(ValueError, match=r"unknown parameter EPOHCS \(did you mean EPOCHS\?\); "
                                          r"train.ipynb declares: DATASET, EPOCHS, LR"):
-        notebook.check_parameters(train, ["-p", "EPOHCS", "5"])
+        parameters.check_parameters(train, ["-p", "EPOHCS", "5"])
     with pytest.raises(ValueError, match="unknown parameter BATCH"):  # YAML forms count too
-        notebook.check_parameters(train, ["-y", "BATCH: 4"])
+        parameters.check_parameters(train, ["-y", "BATCH: 4"])
     # PARAMS goes to every notebook: a name some notebook declares is fine, a typo is not
-    notebook.check_parameters(train, [], ["-p", "WIDTH", "16"])
+    parameters.check_parameters(train, [], ["-p", "WIDTH", "16"])
     with pytest.raises(ValueError, match=r"unknown parameter WDTH \(did you mean WIDTH\?\); the "
                                          r"notebooks declare: DATASET, EPOCHS, LR, WIDTH"):
-        notebook.check_parameters(train, [], ["-p", "WDTH", "16"])
-    assert notebook.main([str(train), "-p", "EPOCHS", "1", "--", "-p", "DATASET", "demo"]) == 0
-    assert notebook.main([str(train), "-p", "EPOHCS", "1"]) == 1
+        parameters.check_parameters(train, [], ["-p", "WDTH", "16"])
+    assert parameters.main([str(train), "-p", "EPOCHS", "1", "--", "-p", "DATASET", "demo"]) == 0
+    assert parameters.main([str(train), "-p", "EPOHCS", "1"]) == 1
 
 
 def test_make_checks_the_parameters_before_papermill_runs():
@@ -125,14 +125,13 @@ def test_make_checks_the_parameters_before_papermill_runs():
     out = subprocess.run(["make", "-n", "-B", "train", "DATASET=demo", "TRAIN_PARAMS=-p EPOHCS 1",
                           "PARAMS=-p DEVICE cpu"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.splitlines()
-    check = next(i for i, line in enumerate(out) if "helpers.notebook notebooks/03_train_cnn" in line)
+    check = next(i for i, line in enumerate(out) if "helpers.core.parameters notebooks/03_train_cnn" in line)
     run = next(i for i, line in enumerate(out) if "papermill notebooks/03_train_cnn" in line)
     assert check < run
-    assert out[check].split("helpers.notebook ")[1].split() == [
+    assert out[check].split("helpers.core.parameters ")[1].split() == [
         "notebooks/03_train_cnn.ipynb", "-p", "EPOHCS", "1", "--", "-p", "DATASET", "demo",
         "-p", "SEED", "0", "-p", "DEVICE", "cpu"]
-    from helpers import notebook
 
     with pytest.raises(ValueError, match=r"did you mean EPOCHS\?\); 03_train_cnn.ipynb declares"):
-        notebook.check_parameters(NOTEBOOKS / "03_train_cnn.ipynb", ["-p", "EPOHCS", "1"],
+        parameters.check_parameters(NOTEBOOKS / "03_train_cnn.ipynb", ["-p", "EPOHCS", "1"],
                                   ["-p", "DATASET", "demo", "-p", "DEVICE", "cpu"])

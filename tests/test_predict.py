@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -10,23 +11,24 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import data, inference, paths, predict
-from helpers.images import decode_file
-from tests.conftest import train_tiny_detector
+from helpers.core import images as image_rule
+from helpers.core.detector import Detector, best_path
+from helpers.core.images import decode_file
+from helpers.data.datasets import get_spec
+from helpers.tools import predict
+from tests.conftest import point_paths_at, train_tiny_detector
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny `fast` detector trained by helpers.train on a tiny CIFAKE-layout set, in a tmp tree."""
+    """A tiny `fast` detector trained by helpers.training on a tiny CIFAKE-layout set, in a tmp tree."""
     return train_tiny_detector(tmp_path_factory.mktemp("predict"), "cifake")
 
 
 @pytest.fixture
 def results_tree(trained, monkeypatch):
-    """helpers.paths pointed at the tmp tree holding the trained detector."""
-    monkeypatch.setattr(paths, "RESULTS", trained["root"] / "results")
-    monkeypatch.setattr(paths, "DATA", trained["root"] / "data")
-    return trained
+    """helpers.core.paths pointed at the tmp tree holding the trained detector."""
+    return point_paths_at(monkeypatch, trained)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def test_predict_files_folder_and_corrupt(results_tree, images, tmp_path, capsys
     assert names == ["photo.jpg", "alpha.png", "gray.png", "corrupt.jpg", "big.bmp", "small.webp"]
     good = _ok(table)
     assert len(good) == 5 and good["p_fake"].between(0, 1).all()
-    threshold = inference.load_detector(results_tree["checkpoint"])[1]["threshold"]  # chosen on validation
+    threshold = Detector.load(results_tree["checkpoint"]).threshold  # chosen on validation
     assert (good["label"] == np.where(good["p_fake"] >= threshold, "FAKE", "REAL")).all()
     bad = table[table["error"].notna()]
     assert bad["file"].str.endswith("corrupt.jpg").all() and len(bad) == 1
@@ -103,18 +105,16 @@ def test_predict_default_model_and_exit_codes(results_tree, images, tmp_path, ca
 @pytest.mark.slow
 def test_same_preprocessing_as_training(results_tree):
     """A dataset file through predict gets exactly the probability of its cached pixels."""
-    from helpers.inference import load_detector, predict_proba
-
-    model, info = load_detector(results_tree["checkpoint"])
+    detector = Detector.load(results_tree["checkpoint"])
     cache = results_tree["cache"]
     index = cache.indices("test")[:4]
     files = [results_tree["source"] / f for f in cache.files[index]]
-    table = predict.classify_files(files, model, info)
-    expected = predict_proba(model, info, cache.images[index])
+    table = predict.classify_files(files, detector)
+    expected = detector.predict_proba(cache.images[index])
     np.testing.assert_allclose(table["p_fake"].to_numpy(), expected, rtol=1e-6)
     # uploaded bytes take the same path as files
     uploads = [(f.name, f.read_bytes()) for f in files] + [("junk.png", b"nope")]
-    from_bytes = predict.classify_images(uploads, model, info)
+    from_bytes = predict.classify_images(uploads, detector)
     np.testing.assert_allclose(from_bytes["p_fake"].to_numpy()[:4], expected, rtol=1e-6)
     assert from_bytes["file"].tolist()[-1] == "junk.png"
     assert from_bytes["error"].tolist()[-1].startswith("not an image file")
@@ -122,15 +122,12 @@ def test_same_preprocessing_as_training(results_tree):
 
 @pytest.mark.slow
 def test_classify_files_decodes_once_per_file(results_tree, images, monkeypatch):
-    from helpers import images as image_rule
-    from helpers.inference import load_detector
-
-    model, info = load_detector(results_tree["checkpoint"])
+    detector = Detector.load(results_tree["checkpoint"])
     calls = []
     original = image_rule.decode_file
     monkeypatch.setattr(image_rule, "decode_file", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
     files = [images / "photo.jpg", images / "gray.png", images / "alpha.png"]
-    table = predict.classify_files(files, model, info, batch_size=2, workers=2)
+    table = predict.classify_files(files, detector, batch_size=2, workers=2)
     assert sorted(map(str, calls)) == sorted(map(str, files))
     assert table["error"].isna().all()
     # the alpha PNG is composited on white, as the training data rule says
@@ -148,14 +145,17 @@ def test_expand_paths(images, tmp_path):
 def test_help_states_the_preprocessing_rule(capsys):
     assert predict.main(["--help"]) == 0
     text = capsys.readouterr().out
-    assert "helpers/images.py" in text and "1024x768" in text and "centre" in text
+    assert "helpers/core/images.py" in text and "1024x768" in text and "centre" in text
     assert "Exit code" in text
 
 
 def test_jpeg_harmonisation_follows_the_dataset():
-    assert predict.preprocessing_jpeg_quality({"dataset": "sneakers"}) == data.get_spec("sneakers").harmonise_jpeg
-    assert predict.preprocessing_jpeg_quality({"dataset": "demo"}) is None
-    assert predict.preprocessing_jpeg_quality({"dataset": "x", "config": {"harmonise_jpeg": 80}}) == 80
+    def trained_on(dataset, **config):
+        return SimpleNamespace(dataset=dataset, config=config)
+
+    assert predict.preprocessing_jpeg_quality(trained_on("sneakers")) == get_spec("sneakers").harmonise_jpeg
+    assert predict.preprocessing_jpeg_quality(trained_on("demo")) is None
+    assert predict.preprocessing_jpeg_quality(trained_on("x", harmonise_jpeg=80)) == 80
 
 
 def test_grayscale_and_alpha_decode_like_rgb(images):
@@ -163,33 +163,29 @@ def test_grayscale_and_alpha_decode_like_rgb(images):
     assert gray.shape == (32, 32, 3) and (gray[..., 0] == gray[..., 2]).all()
     buffer = io.BytesIO()
     Image.new("RGBA", (40, 40), (0, 0, 0, 0)).save(buffer, format="PNG")
-    from helpers.images import decode
+    from helpers.core.images import decode
 
     assert decode(buffer.getvalue(), 32)[0].min() == 255  # transparent -> white background
 
 
 @pytest.mark.slow
 def test_chunks_give_the_same_table(results_tree, images, monkeypatch):
-    from helpers.inference import load_detector
-
-    model, info = load_detector(results_tree["checkpoint"])
+    detector = Detector.load(results_tree["checkpoint"])
     files = [images / n for n in ("photo.jpg", "corrupt.jpg", "gray.png", "alpha.png")]
-    whole = predict.classify_files(files, model, info)
+    whole = predict.classify_files(files, detector)
     monkeypatch.setattr(predict, "CHUNK_IMAGES", 1)
-    chunked = predict.classify_files(files, model, info, batch_size=1)
+    chunked = predict.classify_files(files, detector, batch_size=1)
     pd.testing.assert_frame_equal(whole, chunked, rtol=1e-6)
     assert chunked["error"].notna().tolist() == [False, True, False, False]
 
 
 def test_best_checkpoint_skips_a_corrupt_file_with_a_warning(results_tree):
-    from helpers.inference import best_checkpoint
-
     good = results_tree["checkpoint"]
     broken = good.with_name("zz_truncated.pt")
     broken.write_bytes(good.read_bytes()[:200])
     try:
         with pytest.warns(UserWarning, match=r"zz_truncated\.pt: skipped, corrupt or truncated"):
-            assert best_checkpoint("cifake") == good
+            assert best_path("cifake") == good
     finally:
         broken.unlink()
 

@@ -7,7 +7,7 @@ import socket
 import numpy as np
 import pytest
 
-from helpers import quality
+from helpers.gan import quality
 
 
 def _features(n: int = 50, seed: int = 0) -> np.ndarray:
@@ -69,7 +69,7 @@ def test_inception_features_load_from_the_wheel_without_network(monkeypatch):
 
 @pytest.mark.slow
 def test_fid_is_about_zero_for_identical_images_and_large_for_real_vs_noise():
-    from helpers.demo import TRAIN_PHOTOS, photo_crops
+    from helpers.data.demo import TRAIN_PHOTOS, photo_crops
 
     real = photo_crops(TRAIN_PHOTOS, 30, 32, np.random.default_rng(0))
     reference = quality.QualityReference.from_images(real)

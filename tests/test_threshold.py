@@ -9,26 +9,33 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import accel, data, evaluate, inference, predict, train
+from helpers.core import accel
+from helpers.core.detector import Detector, choose_threshold
+from helpers.data.cache import prepare
+from helpers.evaluation.compare import evaluate_detector
+from helpers.tools import predict
+from helpers.training import loop
+from helpers.training.config import default_config
+from helpers.training.loop import fit
 from tests.conftest import write_dataset
 
 
 def test_the_threshold_maximises_accuracy_and_prefers_one_half_on_ties():
-    assert inference.choose_threshold([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == (0.5, 1.0)
+    assert choose_threshold([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == (0.5, 1.0)
     # the classes overlap 0.5: the cut moves to where they separate
-    threshold, accuracy = inference.choose_threshold([0, 0, 1, 1], [0.1, 0.6, 0.8, 0.9])
+    threshold, accuracy = choose_threshold([0, 0, 1, 1], [0.1, 0.6, 0.8, 0.9])
     assert accuracy == 1.0 and 0.6 < threshold <= 0.8
-    threshold, accuracy = inference.choose_threshold([0, 0, 0, 1, 1], [0.2, 0.3, 0.55, 0.52, 0.9])
+    threshold, accuracy = choose_threshold([0, 0, 0, 1, 1], [0.2, 0.3, 0.55, 0.52, 0.9])
     assert accuracy == 0.8 and threshold in (0.5, 0.535, 0.725)
     with pytest.raises(ValueError, match="as many labels"):
-        inference.choose_threshold([], [])
+        choose_threshold([], [])
 
 
 def test_the_threshold_is_the_best_cut_found_by_brute_force():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 300)
     p = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1).round(2)  # ties on purpose
-    threshold, accuracy = inference.choose_threshold(labels, p)
+    threshold, accuracy = choose_threshold(labels, p)
     grid = np.linspace(0, 1.01, 2021)
     best = max(((p >= t) == labels).mean() for t in grid)
     assert accuracy == pytest.approx(best) == ((p >= threshold) == labels).mean()
@@ -36,41 +43,43 @@ def test_the_threshold_is_the_best_cut_found_by_brute_force():
 
 def _tiny_cache(project_dirs, tmp_path):
     source = write_dataset(tmp_path / "tiny", n_per_class=40)
-    return data.prepare("demo", source, seed=0, progress=False)
+    return prepare("demo", source, seed=0, progress=False)
 
 
 def test_the_threshold_round_trips_through_the_checkpoint_and_is_used(project_dirs, tmp_path):
     cache = _tiny_cache(project_dirs, tmp_path)
-    config = train.default_config("demo", model="fast", width=8, epochs=2, batch_size=32,
-                                  device="cpu", threads=1, cpu_amp=False)
-    result = train.fit(cache, config, out_dir=tmp_path / "m", progress=False)
-    model, info = inference.load_detector(result.checkpoint)
-    assert info["threshold_source"] == "validation"
+    config = default_config("demo", model="fast", width=8, epochs=2, batch_size=32,
+                            device="cpu", threads=1, cpu_amp=False)
+    result = fit(cache, config, out_dir=tmp_path / "m", progress=False)
+    detector = Detector.load(result.checkpoint)
+    assert detector.threshold_source == "validation"
     val_images, val_labels = cache.part("val")
-    p_val = inference.predict_proba(model, info, val_images)
-    expected, accuracy = inference.choose_threshold(val_labels, p_val)
-    assert info["threshold"] == expected
+    expected, accuracy = choose_threshold(val_labels, detector.predict_proba(val_images))
+    assert detector.threshold == expected
     assert torch.load(result.checkpoint, weights_only=True)["threshold_val_acc"] == accuracy
     # predict, the app and notebook 05 read it from there
-    assert predict.decision_threshold(info) == expected
-    assert predict.decision_threshold(info, 0.9) == 0.9
-    detector = evaluate.Detector("fast", result.checkpoint, model, info)
+    assert detector.decision_threshold() == expected
+    assert detector.decision_threshold(0.9) == 0.9
+    with pytest.raises(ValueError, match="threshold"):
+        detector.decision_threshold(1.5)
+    table = predict.classify_images([], detector)
+    assert table.empty
     test_images, test_labels = cache.part("test")
-    scored = evaluate.evaluate_detector(detector, test_images, test_labels,
-                                        cache.files[cache.indices("test")], n_bootstrap=50)
+    scored = evaluate_detector(detector, test_images, test_labels,
+                               cache.files[cache.indices("test")], n_bootstrap=50)
     assert scored.threshold == expected and scored.metrics["threshold"] == expected
 
 
 def test_an_older_checkpoint_without_a_threshold_decides_at_one_half(project_dirs, tmp_path):
     cache = _tiny_cache(project_dirs, tmp_path)
-    config = train.default_config("demo", model="fast", width=8, epochs=1, batch_size=32,
-                                  device="cpu", threads=1, cpu_amp=False)
-    path = train.fit(cache, config, out_dir=tmp_path / "m", progress=False).checkpoint
+    config = default_config("demo", model="fast", width=8, epochs=1, batch_size=32,
+                            device="cpu", threads=1, cpu_amp=False)
+    path = fit(cache, config, out_dir=tmp_path / "m", progress=False).checkpoint
     ckpt = torch.load(path, weights_only=True)
     del ckpt["threshold"]
     torch.save(ckpt, path)
-    _, info = inference.load_detector(path)
-    assert info["threshold"] == 0.5 and info["threshold_source"].startswith("default")
+    detector = Detector.load(path)
+    assert detector.threshold == 0.5 and detector.threshold_source.startswith("default")
 
 
 def test_cpu_precision_is_measured_once_per_machine_and_model(tmp_path, monkeypatch):
@@ -96,7 +105,7 @@ def test_cpu_precision_is_measured_once_per_machine_and_model(tmp_path, monkeypa
 
 
 def test_the_precision_probe_times_both_precisions_without_moving_the_random_stream():
-    from helpers.models import build_model
+    from helpers.core.models import build_model
 
     torch.manual_seed(123)
     before = torch.rand(3)
@@ -107,12 +116,12 @@ def test_the_precision_probe_times_both_precisions_without_moving_the_random_str
 
 
 def test_training_records_the_precision_it_chose(project_dirs, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "choose_cpu_amp", lambda *a: (False, {"fp32": 2.0, "bf16": 1.0, "cached": False}))
+    monkeypatch.setattr(loop, "choose_cpu_amp", lambda *a: (False, {"fp32": 2.0, "bf16": 1.0, "cached": False}))
     cache = _tiny_cache(project_dirs, tmp_path)
-    config = train.default_config("demo", model="fast", width=8, epochs=1, batch_size=32,
-                                  device="cpu", threads=1)
+    config = default_config("demo", model="fast", width=8, epochs=1, batch_size=32,
+                            device="cpu", threads=1)
     assert config.cpu_amp is None  # measured, not set
-    result = train.fit(cache, config, out_dir=tmp_path / "m", progress=False)
+    result = fit(cache, config, out_dir=tmp_path / "m", progress=False)
     ckpt = torch.load(result.checkpoint, weights_only=True)
     assert ckpt["config"]["cpu_amp"] is False
     assert ckpt["environment"]["cpu_precision_probe"]["fp32"] == 2.0

@@ -1,0 +1,56 @@
+"""What every notebook does first and how it saves figures (one place: ``results/``)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import paths
+from .repro import atomic_path, environment_fingerprint, seed_everything
+
+MIN_VERSIONS = {"python": (3, 10), "torch": (2, 4), "torchvision": (0, 19)}
+
+
+def _parse(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("+")[0].split(".")[:2])
+
+
+def check_versions() -> dict:
+    """Fail early, with the fix, when Python or torch is too old; return the environment."""
+    import torchvision
+
+    found = {"python": sys.version.split()[0], "torch": torch.__version__,
+             "torchvision": torchvision.__version__}
+    for name, minimum in MIN_VERSIONS.items():
+        if _parse(found[name]) < minimum:
+            raise RuntimeError(f"{name} {found[name]} is too old; need >= "
+                               f"{'.'.join(map(str, minimum))}. Run `make env` or `pip install -e .`")
+    return environment_fingerprint()
+
+
+def setup(dataset: str, seed: int = 0, deterministic: bool = True) -> dict:
+    """Check versions, seed everything, set the plotting style; print and return the environment."""
+    import matplotlib as mpl
+    import seaborn as sns
+
+    # without ipywidgets tqdm falls back to text bars, which is what papermill's log shows anyway
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    env = check_versions()
+    seed_everything(seed, deterministic)
+    sns.set_theme(context="notebook", style="whitegrid")
+    mpl.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight"})
+    accel = env.get("gpu") or "CPU only"
+    print(f"dataset={dataset}  seed={seed}  python {env['python']}  torch "
+          f"{env['packages'].get('torch')}  device: {accel}")
+    return env
+
+
+def save_fig(fig, dataset: str, name: str, section: str = "figures") -> Path:
+    """Save ``fig`` as ``results/<dataset>/<section>/<name>.png`` (atomically) and return the path."""
+    path = paths.results_dir(dataset, section) / f"{name}.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path

@@ -1,0 +1,292 @@
+"""Scoring every detector of a dataset on its test split, the checks that keep the comparison
+honest (same data, shortcuts, near-duplicates, a second generator) and the saved metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..core import paths
+from ..core.detector import DEFAULT_THRESHOLD, Detector, validation_rank
+from ..core.models import count_parameters
+from ..core.repro import environment_fingerprint, write_csv, write_json
+from ..core.stats import Interval, difference_ci, proportion_ci
+from .metrics import classification_metrics, classification_table, confusion_tables, predicted_labels
+from .robustness import resize_to
+
+#: Row labels of the checks' tables; :mod:`helpers.evaluation.text` reads the rows by them.
+ALL_TEST = "all test images"
+COLOUR_BASELINE = "colour-only baseline"
+COLOUR_RIGHT, COLOUR_WRONG = "colour-only right", "colour-only wrong"
+NO_NEAR_COPY, NEAR_COPY = "no near-duplicate in train", "near-duplicate in train"
+
+
+def fingerprint_problem(detector: Detector, cache) -> str | None:
+    """Why ``detector`` must not be scored on ``cache``'s test split, or None if it may.
+
+    The checkpoint records the fingerprint of the data it was trained on (images, labels and
+    split). A different fingerprint means a different split, so today's test images may have
+    been its training images.
+    """
+    recorded = detector.data_fingerprint
+    if detector.image_size != int(cache.images.shape[1]):
+        return (f"trained at {detector.image_size}px, the cache is {cache.images.shape[1]}px "
+                f"(prepare the cache at IMAGE_SIZE={detector.image_size})")
+    if recorded and recorded != cache.fingerprint:
+        return (f"trained on other data (fingerprint {recorded}, this cache {cache.fingerprint}): "
+                "its training images may be in this test split. Retrain it (make train) or use "
+                "the DATA_SOURCE and SEED it was trained with")
+    return None
+
+
+def match_caches(detectors: Sequence[Detector], cache,
+                 prepare_at: Callable[[int], Any]) -> tuple[list[tuple[Detector, Any]], list[tuple[str, str]]]:
+    """Pair every detector with the cache of its input size; drop those trained on other data.
+
+    ``prepare_at(size)`` returns the dataset's cache at ``size`` pixels (e.g.
+    ``lambda s: data.prepare(DATASET, DATA_SOURCE, s, SEED)``); it is called only for sizes
+    other than ``cache``'s. Returns ``(usable pairs, skipped (name, reason))``.
+    """
+    caches = {int(cache.images.shape[1]): cache}
+    usable, skipped = [], []
+    for detector in detectors:
+        if detector.image_size not in caches:
+            caches[detector.image_size] = prepare_at(detector.image_size)
+        problem = fingerprint_problem(detector, caches[detector.image_size])
+        if problem:
+            skipped.append((detector.name, problem))
+        else:
+            usable.append((detector, caches[detector.image_size]))
+    return usable, skipped
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the project root when it lies inside it (portable results)."""
+    try:
+        return Path(path).resolve().relative_to(paths.ROOT.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class ModelResult:
+    """One detector's predictions on the test split and everything computed from them."""
+
+    detector: Detector
+    y_true: np.ndarray
+    p_fake: np.ndarray
+    files: np.ndarray
+    metrics: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.detector.name
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold these metrics were computed at."""
+        return float(self.metrics["threshold"])
+
+
+def evaluate_detector(detector: Detector, images: np.ndarray, labels: np.ndarray,
+                      files: Sequence[str], device: str = "cpu", batch_size: int = 512,
+                      threshold: float | None = None, n_bootstrap: int = 1000,
+                      seed: int = 0) -> ModelResult:
+    """Predict ``images`` (the test split) and compute :func:`classification_metrics` plus the
+    detector's size, training time and inference speed.
+
+    The speed is that of this very pass of :meth:`Detector.predict_proba` over the
+    test images (after a one-batch warm-up), decoding excluded; ``benchmarks/bench_inference.py``
+    measures it more carefully. ``threshold`` None: the detector's own (chosen on validation).
+    """
+    detector.predict_proba(images[:batch_size], device, batch_size)  # warm-up: one-time allocations
+    start = time.perf_counter()
+    p_fake = detector.predict_proba(images, device, batch_size)
+    seconds = time.perf_counter() - start
+    row: dict[str, Any] = {"model": detector.name, "architecture": detector.architecture}
+    threshold = detector.decision_threshold(threshold)
+    row.update(classification_metrics(labels, p_fake, threshold, n_bootstrap, seed))
+    row.update(
+        params=int(count_parameters(detector.model)),
+        train_seconds=detector.train_seconds,
+        val_accuracy=detector.val_accuracy,
+        inference_images_per_s=len(images) / seconds if seconds > 0 else float("nan"),
+        image_size=detector.image_size, checkpoint=_display_path(detector.path),
+        trained_on=detector.data_fingerprint,
+    )
+    return ModelResult(detector, np.asarray(labels).astype(np.int64), p_fake,
+                       np.asarray(files), row)
+
+
+def metrics_frame(results: Sequence[ModelResult]) -> pd.DataFrame:
+    """One row per model: the columns of ``performance_metrics.csv``."""
+    return pd.DataFrame([r.metrics for r in results])
+
+
+def comparison_table(results: Sequence[ModelResult]) -> pd.DataFrame:
+    """The side-by-side table of several models (readable units)."""
+    frame = metrics_frame(results)
+    return pd.DataFrame({
+        "model": frame["model"],
+        "accuracy": frame["accuracy"].map("{:.2%}".format),
+        "95% CI": [f"[{lo:.2%}, {hi:.2%}]" for lo, hi in zip(frame["ci_low"], frame["ci_high"])],
+        "AUC": frame["auc"].round(4), "ECE": frame["ece"].round(4),
+        "parameters": frame["params"], "train s": frame["train_seconds"].round(1),
+        "inference img/s": frame["inference_images_per_s"].round(0),
+    }).set_index("model")
+
+
+def cross_generator(result: ModelResult, gan_images: np.ndarray, gan_resolution: int | None = None,
+                    device: str = "cpu", batch_size: int = 512, threshold: float | None = None,
+                    n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Rate at which a detector flags an unseen generator's images as AI-generated.
+
+    Compared with its rate on the test split's own fakes (its recall) and on the test split's
+    real photos (its false-positive rate), from ``result`` (:func:`evaluate_detector`), each
+    with a bootstrap interval, and the difference unseen - own with an interval from
+    resampling both sets independently.
+
+    ``gan_images`` should already be at the detector's input size, decoded by the project's
+    rule (``helpers.gan.load_exported(dataset, size)``); other sizes are brought to it with
+    :func:`resize_to`. ``gan_resolution`` is the GAN's own output size, for the record.
+    """
+
+    detector = result.detector
+    threshold = result.threshold if threshold is None else threshold
+    gan_images = np.asarray(gan_images)
+    gan = resize_to(gan_images, detector.image_size)
+    flag_gan = predicted_labels(detector.predict_proba(gan, device, batch_size), threshold)
+    flag_test = predicted_labels(result.p_fake, threshold)
+    own, real = flag_test[result.y_true == 1], flag_test[result.y_true == 0]
+    return {
+        "model": detector.name, "n_gan": int(gan.shape[0]),
+        "gan_resolution": int(gan_resolution or gan_images.shape[1]),
+        "resized": int(gan_resolution or gan_images.shape[1]) != detector.image_size,
+        "gan_flag_rate": proportion_ci(flag_gan, n_bootstrap, seed=seed),
+        "own_fake_flag_rate": proportion_ci(own, n_bootstrap, seed=seed),
+        "real_flag_rate": proportion_ci(real, n_bootstrap, seed=seed),
+        "difference": difference_ci(flag_gan, own, n_bootstrap, seed=seed),
+    }
+
+
+def colour_check(result: ModelResult, colour_p_fake, threshold: float | None = None,
+                 n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The detector's test accuracy where colour alone points the right way and where it
+    points the wrong way, next to the colour-only baseline's own accuracy
+    (:func:`helpers.explore.colour_baseline`; ``colour_p_fake`` is its P(FAKE) on the same
+    test images). A detector that reads how images were made stays accurate on the images
+    whose colours mislead; one that learned the classes' colours falls to the baseline there.
+    One row per subset, with bootstrap intervals; an empty subset gets NaN. The baseline
+    decides at 0.5; the detector at ``threshold`` (None: its own)."""
+    y = result.y_true
+    colour_right = predicted_labels(colour_p_fake, DEFAULT_THRESHOLD) == y
+    detector_right = predicted_labels(result.p_fake, result.threshold if threshold is None else threshold) == y
+    subsets = [(COLOUR_BASELINE, ALL_TEST, colour_right, np.ones_like(colour_right)),
+               (result.name, ALL_TEST, detector_right, np.ones_like(colour_right)),
+               (result.name, COLOUR_RIGHT, detector_right, colour_right),
+               (result.name, COLOUR_WRONG, detector_right, ~colour_right)]
+    return _subset_accuracies(result.name, subsets, n_bootstrap, seed)
+
+
+def _subset_accuracies(model: str, subsets, n_bootstrap: int, seed: int) -> pd.DataFrame:
+    """One row per ``(classifier, images, right, mask)``: the share of ``right`` within ``mask``
+    with its bootstrap interval; NaN for an empty mask."""
+    rows = []
+    for classifier, images, right, mask in subsets:
+        row = {"model": model, "classifier": classifier, "images": images,
+               "n_images": int(mask.sum()), "accuracy": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+        if mask.any():
+            iv = proportion_ci(right[mask], n_bootstrap, seed=seed)
+            row.update(accuracy=iv.estimate, ci_low=iv.low, ci_high=iv.high)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def near_duplicate_check(result: ModelResult, near_duplicate, threshold: float | None = None,
+                         n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The detector's test accuracy on all test images, on those with no near-duplicate in the
+    train split and on those with one (``near_duplicate``: a boolean per test image, from
+    :func:`helpers.explore.near_duplicates`). If the score rests on test images that are copies
+    of training images, it drops without them. One row per subset, with bootstrap intervals."""
+    near = np.asarray(near_duplicate, dtype=bool)
+    right = predicted_labels(result.p_fake, result.threshold if threshold is None else threshold) == result.y_true
+    subsets = [(result.name, ALL_TEST, right, np.ones_like(near)),
+               (result.name, NO_NEAR_COPY, right, ~near),
+               (result.name, NEAR_COPY, right, near)]
+    return _subset_accuracies(result.name, subsets, n_bootstrap, seed)
+
+
+def cross_generator_frame(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Flat table (one row per model) of :func:`cross_generator` results."""
+    rows = []
+    for r in results:
+        row = {k: v for k, v in r.items() if not isinstance(v, Interval)}
+        for key in ("gan_flag_rate", "own_fake_flag_rate", "real_flag_rate", "difference"):
+            iv: Interval = r[key]
+            row.update({key: iv.estimate, f"{key}_low": iv.low, f"{key}_high": iv.high})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_result(results: Sequence[ModelResult]) -> ModelResult:
+    """The model chosen on *validation* data by :func:`helpers.core.detector.validation_rank`
+    (the rule that picks a dataset's best checkpoint), never on the test split."""
+    return max(results, key=lambda r: validation_rank(r.detector.metrics or {}))
+
+
+def write_performance(dataset: str, results: Sequence[ModelResult], cache, config: dict,
+                      extra: dict | None = None) -> tuple[Path, Path]:
+    """``results/<dataset>/performance_metrics.csv`` and ``.json`` (atomic).
+
+    The JSON holds the CSV's rows plus each model's classification report and training
+    configuration, the run's configuration, the data fingerprint, the demo flag and the
+    environment.
+    """
+    folder = paths.results_dir(dataset)
+    frame = metrics_frame(results)
+    frame.insert(1, "dataset", dataset)
+    frame.insert(2, "is_demo", bool(cache.meta.get("is_demo", False)))
+    csv_path = write_csv(frame, folder / "performance_metrics.csv")
+    models = []
+    for r, row in zip(results, frame.to_dict(orient="records")):
+        report = classification_table(r.y_true, r.p_fake, row["threshold"])
+        counts, _ = confusion_tables(r.y_true, r.p_fake, row["threshold"])
+        models.append({**row, "classification_report": report.to_dict(orient="index"),
+                       "confusion_matrix": counts.to_numpy().tolist(),
+                       "training_config": r.detector.config,
+                       "validation_metrics": r.detector.metrics})
+    payload = {
+        "dataset": dataset, "is_demo": bool(cache.meta.get("is_demo", False)),
+        "data_fingerprint": cache.fingerprint, "split": "test",
+        "threshold_override": config.get("DEFAULT_THRESHOLD"),
+        "config": config, "models": models, "environment": environment_fingerprint(),
+        **(extra or {}),
+    }
+    json_path = write_json(folder / "performance_metrics.json", _clean(payload))
+    return csv_path, json_path
+
+
+def _clean(value: Any) -> Any:
+    """JSON-ready copy: NaN becomes null, intervals become dicts, tuples become lists."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, Interval):
+        return _clean(value.__dict__)
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value

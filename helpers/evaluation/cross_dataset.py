@@ -1,0 +1,178 @@
+"""Every detector on every source: does what one detector learned carry over to other data?
+
+A *source* is a labelled set of real and generated images: a dataset's clean test split
+(CIFAKE: Stable Diffusion 1.4 vs CIFAR-10; shoes: Midjourney vs photos; the demo), or a
+dataset's exported GAN images (notebook 04) against that dataset's real test photos. Each
+detector here is a dataset's best checkpoint (by validation). Every image reaches a detector
+through the detector's *own* preprocessing (:func:`helpers.core.images.decode` from the raw file at
+the detector's size, with its dataset's JPEG harmonisation), as ``predict`` would treat it:
+a 32-pixel CIFAKE detector meets a shoe photo scaled down to 32x32, the 240-pixel shoes
+detector a CIFAKE image scaled up.
+
+The matrix reports ROC AUC and average precision (threshold-free, the field's standard for
+cross-generator tests) and the share of each class flagged as AI-generated at the detector's
+own threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from ..core.detector import Detector, best_path
+from ..core.images import BadImageError, decode
+from ..data.cache import find_cache
+from ..data.datasets import DATASETS, get_spec
+from ..data.sources import read_files
+from ..gan.export import export_dir, load_manifest
+from .compare import fingerprint_problem
+from .metrics import stratified_subset
+
+
+@dataclass
+class Source:
+    """Labelled image files to score: ``read(size, jpeg_quality)`` decodes them for a detector."""
+
+    name: str
+    files: list[Path | str]  # what each image was decoded from (for the record)
+    labels: np.ndarray  # (N,) 0 = REAL, 1 = FAKE
+    blobs: list[bytes]  # the raw file bytes, read once
+
+    def read(self, size: int, jpeg_quality: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(images (M, size, size, 3) uint8, labels (M,)) of the files that decode; a file
+        that does not is left out and counted in :func:`score`'s ``n_unreadable``."""
+        images, keep = [], []
+        for i, (name, blob) in enumerate(zip(self.files, self.blobs)):
+            try:
+                images.append(decode(blob, size, str(name), jpeg_quality)[0])
+                keep.append(i)
+            except BadImageError:
+                continue
+        return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+                self.labels[keep])
+
+
+def test_source(dataset: str, seed: int = 0, max_images: int | None = 2000) -> Source | str:
+    """The clean test split of ``dataset``'s most recent cache (a stratified, seeded subset of
+    at most ``max_images``), read from its raw files; or why it is not available."""
+    cache = find_cache(dataset, seed=seed)
+    if cache is None:
+        return f"no cache of {dataset} (run `make data DATASET={dataset}`)"
+    index = cache.indices("test")
+    index = index[stratified_subset(cache.labels[index], max_images, seed)]
+    source = Path(cache.meta["source"])
+    if not source.exists():
+        return f"its raw files ({source}) are gone"
+    names = [str(f) for f in cache.files[index]]
+    blobs = read_files(source, set(names))
+    missing = [n for n in names if n not in blobs]
+    if missing:
+        return f"{len(missing)} test files missing from {source}"
+    return Source(f"{dataset} test", names, cache.labels[index].astype(np.int64), [blobs[n] for n in names])
+
+
+def gan_source(dataset: str, seed: int = 0, max_images: int | None = 2000) -> Source | str:
+    """``dataset``'s exported GAN images (FAKE) against its real test photos (REAL), at most
+    ``max_images`` of each; or why it is not available."""
+    manifest = load_manifest(dataset)
+    if manifest is None or not manifest.get("files"):
+        return f"no GAN export of {dataset} (run `make gan DATASET={dataset}`)"
+    real = test_source(dataset, seed, None)
+    if isinstance(real, str):
+        return real
+    real_idx = np.flatnonzero(real.labels == 0)
+    rng = np.random.default_rng(seed)
+    if max_images is not None and len(real_idx) > max_images:
+        real_idx = np.sort(rng.choice(real_idx, max_images, replace=False))
+    fakes = [export_dir(dataset) / name for name in manifest["files"][:max_images or None]]
+    return Source(f"{dataset} GAN vs its real photos",
+                  [real.files[i] for i in real_idx] + fakes,
+                  np.concatenate([np.zeros(len(real_idx), np.int64), np.ones(len(fakes), np.int64)]),
+                  [real.blobs[i] for i in real_idx] + [p.read_bytes() for p in fakes])
+
+
+def dataset_detectors(datasets: Sequence[str] | None = None, device: str = "cpu",
+                      seed: int = 0) -> tuple[list[Detector], list[tuple[str, str]]]:
+    """The best checkpoint (by validation) of each dataset that has one and whose own test
+    split it can be scored on (trained on that dataset's latest cache); ``(detectors, skipped)``."""
+    detectors, skipped = [], []
+    for dataset in datasets or list(DATASETS):
+        try:
+            detector = Detector.load(best_path(dataset), device)
+        except (FileNotFoundError, ValueError) as err:
+            skipped.append((dataset, str(err).splitlines()[0]))
+            continue
+        detector.title = f"{dataset}/{detector.name}"
+        cache = find_cache(dataset, detector.image_size, seed)
+        problem = "no cache" if cache is None else fingerprint_problem(detector, cache)
+        if problem:
+            skipped.append((detector.name, problem))
+            continue
+        detectors.append(detector)
+    return detectors, skipped
+
+
+def score(detector: Detector, source: Source, device: str = "cpu", batch_size: int = 256) -> dict:
+    """One cell of the matrix: AUC, average precision, accuracy and flag rates of ``detector``
+    on ``source`` at the detector's own threshold."""
+    quality = get_spec(detector.dataset).harmonise_jpeg
+    images, labels = source.read(detector.image_size, quality)
+    p_fake = detector.predict_proba(images, device, batch_size)
+    flagged = p_fake >= detector.threshold
+    both = np.unique(labels).size == 2
+    return {"detector": detector.name, "source": source.name,
+            "trained_on_source": source.name.split()[0] == detector.dataset
+            and source.name.endswith("test"),
+            "n_real": int((labels == 0).sum()), "n_fake": int((labels == 1).sum()),
+            "n_unreadable": len(source.labels) - len(labels),
+            "auc": skm.roc_auc_score(labels, p_fake) if both else np.nan,
+            "average_precision": skm.average_precision_score(labels, p_fake) if both else np.nan,
+            "accuracy": float((flagged == labels.astype(bool)).mean()) if len(labels) else np.nan,
+            "fake_flagged": float(flagged[labels == 1].mean()) if (labels == 1).any() else np.nan,
+            "real_flagged": float(flagged[labels == 0].mean()) if (labels == 0).any() else np.nan,
+            "threshold": detector.threshold}
+
+
+def matrix(detectors: Sequence[Detector], sources: Sequence[Source], device: str = "cpu") -> pd.DataFrame:
+    """Every detector on every source: one row per pair (see :func:`score`)."""
+    return pd.DataFrame([score(d, s, device) for d in detectors for s in sources])
+
+
+def describe(table: pd.DataFrame) -> str:
+    """The matrix in words: each detector's own AUC against its AUC elsewhere."""
+    lines = []
+    for name, part in table.groupby("detector", sort=False):
+        own = part[part["trained_on_source"]]
+        other = part[~part["trained_on_source"]].dropna(subset=["auc"])
+        if other.empty:
+            continue
+        text = (f"**{name}**: AUC {own['auc'].iloc[0]:.3f} on its own test split; "
+                if len(own) else f"**{name}**: ")
+        cells = "; ".join(f"{r.source} AUC {r.auc:.3f}, flags {r.fake_flagged:.0%} of fakes and "
+                          f"{r.real_flagged:.0%} of real photos" for r in other.itertuples())
+        verdict = ("it does not carry over (AUC near or below 0.6 elsewhere)" if other["auc"].max() < 0.6
+                   else "it carries over in part" if other["auc"].min() < 0.9 else "it carries over")
+        lines.append(f"{text}{cells}: {verdict}.")
+    return "  \n".join(lines)
+
+
+def plot(table: pd.DataFrame):
+    """Heat maps of AUC and of the share of fakes flagged, detectors x sources."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 1.6 + 0.6 * table["detector"].nunique()))
+    for ax, column, title in ((axes[0], "auc", "ROC AUC (0.5 = chance)"),
+                              (axes[1], "fake_flagged", "fakes flagged at the detector's threshold")):
+        grid = table.pivot(index="detector", columns="source", values=column)
+        sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="RdYlGn", cbar=False, ax=ax)
+        ax.set_title(title, fontsize=10)
+        ax.set(xlabel="", ylabel="")
+        plt.setp(ax.get_xticklabels(), rotation=25, ha="right", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,173 @@
+"""Robustness: the test images JPEG-compressed, blurred, rescaled and cropped, and the
+detector's accuracy on each.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFilter
+from sklearn import metrics as skm
+
+from ..core.detector import Detector
+from ..core.images import fit_square
+from .metrics import predicted_labels
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """One post-processing applied to every test image (a Pillow function per image)."""
+
+    name: str
+    family: str
+    parameter: float
+    apply_one: Callable[[Image.Image], Image.Image] = field(repr=False)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return apply_pillow(images, self.apply_one)
+
+
+def apply_pillow(images: np.ndarray, fn: Callable[[Image.Image], Image.Image]) -> np.ndarray:
+    """Apply ``fn`` (Pillow image -> Pillow image of the same size) to (N, H, W, 3) uint8."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images.shape} {images.dtype}")
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        result = fn(Image.fromarray(image, "RGB"))
+        if result.size != (images.shape[2], images.shape[1]):
+            raise ValueError(f"{fn} changed the image size to {result.size}")
+        out[i] = np.asarray(result.convert("RGB"), dtype=np.uint8)
+    return out
+
+
+def _jpeg_one(quality: int) -> Callable[[Image.Image], Image.Image]:
+    def compress(img: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=quality)  # Pillow's default 4:2:0 subsampling
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            return decoded.convert("RGB")
+    return compress
+
+
+def _blur_one(sigma: float) -> Callable[[Image.Image], Image.Image]:
+    return lambda img: img.filter(ImageFilter.GaussianBlur(radius=sigma))
+
+
+def _rescale_one(factor: float) -> Callable[[Image.Image], Image.Image]:
+    def rescale(img: Image.Image) -> Image.Image:
+        small = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
+        return (img.resize(small, Image.Resampling.BICUBIC)
+                .resize(img.size, Image.Resampling.BICUBIC))
+    return rescale
+
+
+def _crop_one(fraction: float) -> Callable[[Image.Image], Image.Image]:
+    def crop(img: Image.Image) -> Image.Image:
+        w, h = max(1, round(img.width * fraction)), max(1, round(img.height * fraction))
+        left, top = (img.width - w) // 2, (img.height - h) // 2
+        return (img.crop((left, top, left + w, top + h))
+                .resize(img.size, Image.Resampling.BICUBIC))
+    return crop
+
+
+def jpeg_compress(images: np.ndarray, quality: int) -> np.ndarray:
+    """Re-encode every image as JPEG at ``quality`` (Pillow, 4:2:0 chroma) and decode it."""
+    return apply_pillow(images, _jpeg_one(quality))
+
+
+def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur with standard deviation ``sigma`` pixels (Pillow's ``GaussianBlur``,
+    an extended-box approximation of the Gaussian)."""
+    return apply_pillow(images, _blur_one(sigma))
+
+
+def rescale(images: np.ndarray, factor: float) -> np.ndarray:
+    """Downscale by ``factor`` and upscale back to the original size (bicubic, Pillow)."""
+    return apply_pillow(images, _rescale_one(factor))
+
+
+def centre_crop(images: np.ndarray, fraction: float) -> np.ndarray:
+    """Cut the central ``fraction`` of each side and resize it back (bicubic, Pillow)."""
+    return apply_pillow(images, _crop_one(fraction))
+
+
+def perturbations(jpeg_qualities: Sequence[int] = (95, 75, 50),
+                  blur_sigmas: Sequence[float] = (0.5, 1.0, 2.0),
+                  rescale_factors: Sequence[float] = (0.5,),
+                  crop_fractions: Sequence[float] = (0.75,)) -> list[Perturbation]:
+    """The robustness protocol: JPEG q95/75/50, blur sigma 0.5/1/2, x0.5 rescale, 75 % crop."""
+    return (
+        [Perturbation(f"JPEG q{q}", "jpeg", q, _jpeg_one(q)) for q in jpeg_qualities]
+        + [Perturbation(f"blur sigma {s:g}", "blur", s, _blur_one(s)) for s in blur_sigmas]
+        + [Perturbation(f"rescale x{f:g}", "rescale", f, _rescale_one(f)) for f in rescale_factors]
+        + [Perturbation(f"centre crop {f:.0%}", "crop", f, _crop_one(f)) for f in crop_fractions]
+    )
+
+
+def perturbed_sets(images: np.ndarray,
+                   protocol: Sequence[Perturbation] | None = None) -> dict[str, tuple[Perturbation | None, np.ndarray]]:
+    """``{"clean": (None, images), name: (perturbation, perturbed images), ...}``.
+
+    Computed once per image size and shared by every model of that size.
+    """
+    protocol = perturbations() if protocol is None else protocol
+    return {"clean": (None, images), **{p.name: (p, p(images)) for p in protocol}}
+
+
+def high_frequency_energy(images: np.ndarray) -> float:
+    """Mean squared difference between horizontally and vertically adjacent pixels.
+
+    A cheap measure of fine detail: blurring lowers it, JPEG at low quality usually too.
+    """
+    x = np.asarray(images, dtype=np.float64)
+    return float((np.diff(x, axis=1) ** 2).mean() + (np.diff(x, axis=2) ** 2).mean())
+
+
+def robustness_table(detector: Detector, sets: dict[str, tuple[Perturbation | None, np.ndarray]],
+                     labels: np.ndarray, device: str = "cpu", batch_size: int = 512,
+                     threshold: float | None = None, clean_p_fake: np.ndarray | None = None) -> pd.DataFrame:
+    """Accuracy, AUC and per-class recall of ``detector`` on each set of :func:`perturbed_sets`.
+
+    ``clean_p_fake`` (the predictions already made on the clean set) saves one pass.
+    ``threshold`` None: the detector's own.
+    """
+
+    threshold = detector.threshold if threshold is None else threshold
+    labels = np.asarray(labels).astype(np.int64)
+    rows = []
+    for name, (perturbation, images) in sets.items():
+        if perturbation is None and clean_p_fake is not None:
+            p_fake = np.asarray(clean_p_fake)
+        else:
+            p_fake = detector.predict_proba(images, device, batch_size)
+        y_pred = predicted_labels(p_fake, threshold)
+        rows.append({
+            "model": detector.name, "condition": name, "n_images": int(labels.size),
+            "family": perturbation.family if perturbation else "clean",
+            "parameter": perturbation.parameter if perturbation else np.nan,
+            "accuracy": skm.accuracy_score(labels, y_pred),
+            "auc": skm.roc_auc_score(labels, p_fake) if np.unique(labels).size == 2 else np.nan,
+            "fake_recall": skm.recall_score(labels, y_pred, pos_label=1, zero_division=0),
+            "real_recall": skm.recall_score(labels, y_pred, pos_label=0, zero_division=0),
+            "flagged_fake": float(y_pred.mean()),
+        })
+    table = pd.DataFrame(rows)
+    clean = table.loc[table["condition"] == "clean"].iloc[0]
+    table["accuracy_drop"] = clean["accuracy"] - table["accuracy"]
+    table["auc_drop"] = clean["auc"] - table["auc"]
+    return table
+
+
+def resize_to(images: np.ndarray, size: int) -> np.ndarray:
+    """Bring (N, H, W, 3) uint8 images to ``size`` x ``size`` with the project's rule
+    (:func:`helpers.core.images.fit_square`); images already that size are returned untouched."""
+
+    if images.shape[1:3] == (size, size):
+        return images
+    return np.stack([np.asarray(fit_square(Image.fromarray(im, "RGB"), size)) for im in images])

@@ -1,0 +1,93 @@
+"""DCGAN's generator and discriminator (Radford et al., ICLR 2016) and their configuration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _sn
+
+
+@dataclass
+class GANConfig:
+    """Hyper-parameters of a DCGAN run (the paper's defaults)."""
+
+    resolution: int = 32  # 32 or 64
+    nz: int = 100  # latent size
+    ngf: int = 64  # generator width
+    ndf: int = 64  # discriminator width
+    spectral_norm: bool = False  # spectral normalisation in D (replaces its batch norm)
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    batch_size: int = 128
+    epochs: int = 25
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GANConfig:
+        """Rebuild a config saved with ``asdict`` (unknown keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _n_stages(resolution: int) -> int:
+    if resolution not in (32, 64):
+        raise ValueError(f"DCGAN supports 32 or 64 pixels, not {resolution}")
+    return int(math.log2(resolution)) - 2  # 4x4 -> resolution
+
+
+class Generator(nn.Module):
+    """z (N, nz) -> image (N, 3, R, R) in [-1, 1]: transposed convs doubling the size."""
+
+    def __init__(self, nz: int = 100, ngf: int = 64, resolution: int = 32):
+        super().__init__()
+        stages = _n_stages(resolution)
+        width = ngf * 2 ** (stages - 1)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(nz, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        for _ in range(stages - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, 3, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.nz = nz
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.view(z.shape[0], -1, 1, 1))
+
+
+class Discriminator(nn.Module):
+    """image (N, 3, R, R) -> one logit per image (real > 0): strided convs halving the size."""
+
+    def __init__(self, ndf: int = 64, resolution: int = 32, spectral_norm: bool = False):
+        super().__init__()
+        stages = _n_stages(resolution)
+        norm = _sn if spectral_norm else (lambda m: m)
+        layers: list[nn.Module] = [norm(nn.Conv2d(3, ndf, 4, 2, 1, bias=False)), nn.LeakyReLU(0.2, True)]
+        width = ndf
+        for _ in range(stages - 1):
+            layers.append(norm(nn.Conv2d(width, width * 2, 4, 2, 1, bias=False)))
+            if not spectral_norm:
+                layers.append(nn.BatchNorm2d(width * 2))
+            layers.append(nn.LeakyReLU(0.2, True))
+            width *= 2
+        layers.append(norm(nn.Conv2d(width, 1, 4, 1, 0, bias=False)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """The paper's initialisation: conv weights N(0, 0.02), batch-norm scale N(1, 0.02)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        weight = module.parametrizations.weight.original if hasattr(module, "parametrizations") else module.weight
+        nn.init.normal_(weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,264 @@
+"""Web app: upload images, see how likely each one is AI-generated, and why (Grad-CAM).
+
+    make app                                    # DATASET=demo unless given
+    python -m streamlit run helpers/tools/app.py --server.address localhost -- --dataset demo
+
+Everything that decides an answer is shared with ``make predict``: the checkpoint is loaded by
+:meth:`helpers.core.detector.Detector.load`, files are decoded by the project's one image rule
+and classified by :func:`helpers.tools.predict.classify_images`; the overlay comes from
+:func:`helpers.explain.explain` (pytorch-grad-cam). The app adds only the page around them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image, ImageOps
+
+from helpers.core import images as image_rule
+from helpers.core import paths
+from helpers.core.accel import pick_device
+from helpers.core.detector import Detector, best_path, detector_paths, is_checkpoint
+from helpers.core.paths import printable
+from helpers.data.datasets import DATASETS
+from helpers.explain import cams
+from helpers.explain.figures import overlay
+from helpers.tools import predict
+
+#: Largest file accepted, per file (Streamlit's uploader refuses bigger ones; so does the app).
+MAX_UPLOAD_MB = 25
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp"]
+#: Side, in screen pixels, of the model-input and overlay images (they are only a few px).
+SHOW_PX = 224
+LABEL_TEXT = {"FAKE": "AI-generated (FAKE)", "REAL": "real photo (REAL)"}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Options after ``--`` on the ``streamlit run`` command line (unknown ones are ignored)."""
+    parser = argparse.ArgumentParser(prog="streamlit run helpers/tools/app.py --")
+    parser.add_argument("--dataset", default="demo", help="dataset whose detector answers (default demo)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    return parser.parse_known_args(argv)[0]
+
+
+def _stamp(dataset: str) -> tuple:
+    """The ``.pt`` files of a dataset with their modification times (a cache key)."""
+    return tuple((str(p), p.stat().st_mtime) for p in detector_paths(dataset))
+
+
+@st.cache_data(show_spinner=False)
+def detectors(dataset: str, stamp: tuple) -> tuple[list[str], str | None]:
+    """Detector checkpoints of ``dataset`` (not the GAN's or other ``.pt`` files) and the best
+    one; recomputed only when the files change (``stamp``)."""
+    found = [path for path, _ in stamp if is_checkpoint(path)]
+    return found, (str(best_path(dataset)) if found else None)
+
+
+def datasets_with_detectors() -> list[str]:
+    """Datasets under ``results/`` that hold at least one detector checkpoint."""
+    if not paths.RESULTS.is_dir():
+        return []
+    names = sorted(d.name for d in paths.RESULTS.iterdir() if d.is_dir())
+    return [name for name in names if detectors(name, _stamp(name))[0]]
+
+
+def train_hint(dataset: str) -> str:
+    """The ``make`` command that trains a detector for ``dataset``."""
+    spec = DATASETS.get(dataset)
+    if spec is not None and spec.is_demo:
+        return "`make train` (the offline DEMO set, built on the spot)"
+    if spec is not None and spec.kaggle_handle:
+        return (f"`make train DATASET={dataset} DATA_SOURCE=/path/to/local/copy` (or `make train "
+                f"DATASET={dataset}` to download it from Kaggle)")
+    return f"`make train DATASET={dataset} DATA_SOURCE=/path/to/local/copy`"
+
+
+@st.cache_resource(show_spinner="Loading the detector ...", max_entries=4)
+def load_detector(path: str, mtime: float, device: str) -> Detector:
+    """The detector at ``path`` (one load per file version, shared by every session)."""
+    return Detector.load(path, device=pick_device(device))
+
+
+def choose_detector(default_dataset: str) -> Path | None:
+    """Sidebar: dataset (those with detectors, plus the one asked for) and checkpoint."""
+    available = datasets_with_detectors()
+    options = sorted(set(available) | {default_dataset})
+    dataset = st.sidebar.selectbox("Dataset the detector was trained on", options,
+                                   index=options.index(default_dataset), key="dataset")
+    files, best = detectors(dataset, _stamp(dataset))
+    if not files:
+        others = ", ".join(d for d in available if d != dataset)
+        st.error(f"No trained detector for dataset **{dataset}** yet (none in "
+                 f"`{paths.RESULTS / dataset / 'models'}`). Train one with {train_hint(dataset)}, "
+                 "then reload this page." + (f" Datasets with a detector: {others}." if others else ""))
+        return None
+    labels = {f"best: {Path(best).stem}": Path(best), **{Path(f).stem: Path(f) for f in files}}
+    choice = st.sidebar.selectbox("Checkpoint", list(labels), key="checkpoint",
+                                  help="'best' is the checkpoint with the best validation accuracy")
+    return labels[choice]
+
+
+def describe_model(detector: Detector) -> None:
+    """Sidebar: which model and data produced the answers, and how accurate it was."""
+    spec = DATASETS.get(detector.dataset)
+    metrics = detector.metrics or {}
+    size = detector.image_size
+    lines = [f"**Model:** `{detector.architecture}` ({detector.path.name}, epoch {detector.epoch})",
+             f"**Trained on:** {spec.title if spec else detector.dataset}",
+             f"**Input:** {size}x{size} px"]
+    for key, name in (("test_acc", "test"), ("val_acc", "validation")):
+        if key in metrics:
+            lines.append(f"**{name.capitalize()} accuracy:** {metrics[key]:.2%}")
+    st.sidebar.markdown("  \n".join(lines))
+    if spec is not None and spec.is_demo:
+        st.sidebar.warning("DEMO detector: trained on a small synthetic set (photo crops vs a small "
+                           "GAN). Its accuracy is on that set only; its verdicts on your own "
+                           "images mean little.")
+
+
+def split_oversized(uploads) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
+    """``(name, bytes)`` of files within the size limit, and ``(name, reason)`` of the others."""
+    ok, refused = [], []
+    for upload in uploads:
+        data = upload.getvalue()
+        if len(data) > MAX_UPLOAD_MB * 2**20:
+            reason = (f"{len(data) / 2**20:.1f} MB is over this app's limit of {MAX_UPLOAD_MB} MB "
+                      "per file; shrink or re-save it")
+            refused.append((upload.name, reason))
+        else:
+            ok.append((upload.name, data))
+    return ok, refused
+
+
+def markdown_text(text: str) -> str:
+    """``text`` shown literally by Streamlit's markdown (file names may hold ``*``, ``_``,
+    ``$`` or ``[...]``, which would otherwise format the name instead of showing it)."""
+    return "".join("\\" + ch if ch in "\\`*_[]<>$~#|" else ch for ch in printable(text))
+
+
+def advice(error: str) -> str:
+    """What to do about a file the decoder refused (its message says why)."""
+    if "not an image" in error:
+        return "Upload a JPEG, PNG or WebP image."
+    if "too large" in error:
+        return "Scale it down (a few megapixels are plenty) and upload it again."
+    if "corrupt" in error or "truncated" in error:
+        return "The file is damaged or incomplete: upload it again or re-save it."
+    return "Try re-saving it as JPEG or PNG."
+
+
+def thumbnail(data: bytes) -> Image.Image:
+    """A small upright copy of an upload, for display only (the model never sees it)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.draft("RGB", (2 * SHOW_PX, 2 * SHOW_PX))  # JPEG: decode at a reduced scale
+        img = ImageOps.exif_transpose(img)
+        img.thumbnail((2 * SHOW_PX, 2 * SHOW_PX))
+        return image_rule.to_rgb(img)
+
+
+def _enlarge(array: np.ndarray) -> Image.Image:
+    return Image.fromarray(array).resize((SHOW_PX, SHOW_PX), Image.Resampling.NEAREST)
+
+
+def show_result(name: str, data: bytes, row, view: np.ndarray, heat: np.ndarray | None,
+                method: str, size: int, threshold: float) -> None:
+    """One uploaded image: the upload, the model's view, the CAM overlay and the verdict
+    (and a note when malformed metadata was left out to decode it)."""
+    with st.container(border=True):
+        st.subheader(markdown_text(name))
+        if isinstance(getattr(row, "note", None), str):
+            st.warning(markdown_text(f"Decoded with a caveat: {row.note}"))
+        left, middle, right, verdict = st.columns([1, 1, 1, 1.1])
+        try:
+            left.image(thumbnail(data), caption="uploaded", width=SHOW_PX)
+        except Exception:  # noqa: BLE001 - the display copy only; the verdict stands
+            left.caption("uploaded file (cannot be displayed)")
+        middle.image(_enlarge(view), caption=f"what the model sees ({size}x{size})", width=SHOW_PX)
+        if heat is not None:
+            what = ("main activation pattern (class-agnostic)" if method in cams.CLASS_AGNOSTIC
+                    else f"evidence for {row.label} (red = strong)")
+            right.image(_enlarge(heat), width=SHOW_PX, caption=f"{method}: {what}")
+        verdict.metric("P(AI-generated)", f"{row.p_fake:.1%}")
+        verdict.markdown(f"**Verdict: {LABEL_TEXT[row.label]}**")
+        verdict.caption(f"FAKE when P >= {threshold:.1%} (the detector's threshold, chosen on "
+                        "its validation images)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    st.set_page_config(page_title="AI-generated image detector", layout="wide")
+    st.title("Is this image AI-generated?")
+    st.caption("Upload photos; a trained detector estimates the probability that each one was "
+               "generated by AI, and a Grad-CAM map shows which part of the image drove the answer.")
+
+    path = choose_detector(args.dataset)
+    if path is None:
+        return
+    try:
+        detector = load_detector(str(path), path.stat().st_mtime, args.device)
+    except (ValueError, FileNotFoundError) as err:  # corrupt, foreign or outdated checkpoint
+        st.error(f"Cannot use {path}: {err}")
+        return
+    describe_model(detector)
+    method = st.sidebar.selectbox("Explanation", list(cams.METHODS), key="method",
+                                  help="Grad-CAM and Grad-CAM++ explain the predicted class; "
+                                       "EigenCAM shows the layer's main activation pattern")
+
+    uploads = st.file_uploader(
+        "Images (JPEG, PNG or WebP, any size)", type=UPLOAD_TYPES, accept_multiple_files=True,
+        max_upload_size=MAX_UPLOAD_MB, key="uploads",
+        help=f"Up to {MAX_UPLOAD_MB} MB per file. Each image is scaled so its shorter side is "
+             f"{detector.image_size} px and centre-cropped, exactly as in training.")
+    if not uploads:
+        st.info("Upload one or more images to classify them.")
+        return
+
+    named, refused = split_oversized(uploads)
+    with st.spinner(f"Classifying {len(named)} image(s) ..."):
+        arrays, errors, notes = predict.decode_images(named, detector)  # decoded once: scores, CAMs
+        device = next(detector.model.parameters()).device
+        table = predict.classify_decoded([n for n, _ in named], arrays, errors, detector,
+                                         device=str(device), notes=notes)
+    for name, reason in refused:
+        st.error(markdown_text(f"{name}: {reason}"))
+    for row in table[table["error"].notna()].itertuples():
+        st.error(markdown_text(f"{row.file}: {row.error}. {advice(row.error)}"))
+
+    good = [i for i, e in enumerate(table["error"]) if e is None or pd.isna(e)]
+    if good:
+        rows = table.iloc[good]
+        views = np.stack([arrays[i] for i in good])
+        heats: list[np.ndarray | None] = [None] * len(good)
+        try:
+            classes = (rows["p_fake"].to_numpy() >= detector.threshold).astype(int)
+            maps = cams.explain(detector, views, classes, method, device=device)
+            heats = [overlay(v, m) for v, m in zip(views, maps)]
+        except Exception as err:  # noqa: BLE001 - the verdicts stand without the explanation
+            st.warning(f"The {method} map could not be computed ({type(err).__name__}: {err}); "
+                       "the probabilities below are unaffected.")
+        for k, i in enumerate(good):
+            show_result(named[i][0], named[i][1], rows.iloc[k], views[k], heats[k], method,
+                        detector.image_size, detector.threshold)
+
+    results = pd.concat([table, pd.DataFrame({"file": [printable(n) for n, _ in refused],
+                                              "p_fake": np.nan, "label": None,
+                                              "error": [r for _, r in refused], "note": None})],
+                        ignore_index=True) if refused else table
+    with st.expander("All results as a table"):
+        st.dataframe(results, hide_index=True)
+        st.download_button("Download CSV", results.to_csv(index=False), "ai_detector_results.csv",
+                           "text/csv")
+    st.caption("Red areas of the overlay pushed the detector towards its verdict. The maps are "
+               "coarse (one cell of the network's last spatial layer covers several pixels) and "
+               "show correlation, not proof. A detector only knows the generators it was "
+               "trained on.")
+
+
+if __name__ == "__main__":  # `streamlit run` and AppTest execute the file as __main__
+    main()

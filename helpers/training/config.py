@@ -1,0 +1,97 @@
+"""What decides a training run (:class:`TrainConfig`) and each dataset's measured default
+(:data:`DEFAULTS`; the studies behind them are in ``docs/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+from torch import nn
+
+from ..data.datasets import get_spec
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (saved in the checkpoint)."""
+
+    dataset: str = "demo"
+    model: str = "fast"  # a name of helpers.core.models.MODELS
+    width: int | None = None  # first-stage channels of `fast` (None: 64), of `two_scale`'s global view
+    patch: int | None = None  # `fast`: stem patch side (None: the input brought to ~32x32)
+    pretrained: bool = False  # resnet18: ImageNet weights from the torch hub cache
+    image_size: int | None = None  # None: the cache's; must match the cache otherwise
+    epochs: int = 10
+    batch_size: int = 128  # global: split across processes under torchrun
+    lr: float = 0.05  # peak learning rate of SGD with Nesterov momentum
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # on conv/linear weights, not on biases and batch norm
+    warmup: float = 0.2  # fraction of the steps warming up linearly; then linear decay to 0
+    label_smoothing: float = 0.1  # targets 0/1 become ls/2 and 1 - ls/2
+    flip: bool = True  # random horizontal mirror
+    translate: int = 2  # random shift of up to this many pixels (reflected borders)
+    cutout: int = 0  # side in pixels of a mid-grey square put at a random place in every
+    # training image (Cutout); 0: off. It resamples nothing, so the other pixels keep their traces
+    patience: int | None = None  # stop after this many epochs without a better validation
+    seed: int = 0
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+    amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 on older GPUs)
+    cpu_amp: bool | None = None  # bfloat16 autocast on the CPU; None: measured per machine and
+    # model (accel.choose_cpu_amp): 1.6x faster on one AVX512-BF16 CPU, slower on another
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model (CUDA; slow to start)
+    threads: int | None = None  # CPU threads (None: every core)
+    eval_batch_size: int = 512
+    deterministic: bool | None = None  # None: on the CPU yes, on CUDA no (cuDNN autotuning)
+
+    @property
+    def model_options(self) -> dict:
+        """Keyword options of ``build_model`` this configuration sets (saved with checkpoints)."""
+        options = {"width": self.width, "patch": self.patch}
+        return {k: v for k, v in options.items() if v}
+
+
+#: Per-dataset defaults, chosen on validation, never on test; anything not listed takes
+#: TrainConfig's default. The studies behind them: docs/shoes-detector-study.md and
+#: docs/cifake-detector-study.md.
+DEFAULTS: dict[str, dict] = {
+    # 3,200 32x32 images: `make all` must run in minutes on 2 CPU cores
+    "demo": dict(model="fast", width=32, epochs=6, batch_size=128, lr=0.05),
+    "sneakers": dict(model="two_scale", width=32, epochs=50, batch_size=64, lr=0.05, translate=8,
+                     cutout=120),
+    "cifake": dict(model="fast", width=64, patch=2, epochs=40, batch_size=512, lr=0.1, translate=2),
+}
+
+
+def default_config(dataset: str, **overrides) -> TrainConfig:
+    """The measured default configuration of ``dataset``; ``None`` overrides are ignored.
+
+    Choosing another model than the default drops the default's ``width`` and ``patch``.
+    Raises TypeError for a field TrainConfig does not have.
+    """
+    spec = get_spec(dataset)
+    settings = {"image_size": spec.image_size, **DEFAULTS.get(dataset, {})}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise TypeError(f"unknown TrainConfig fields {sorted(unknown)}")
+    if overrides.get("model", settings.get("model")) != settings.get("model"):
+        settings.pop("width", None)
+        settings.pop("patch", None)
+    return TrainConfig(dataset=dataset, **{**settings, **overrides})
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns."""
+
+    model: nn.Module  # the best model (by validation), in eval mode
+    history: pd.DataFrame  # one row per epoch
+    metrics: dict  # best validation metrics: val_acc, val_loss, epoch
+    checkpoint: Path  # results/<dataset>/models/<model>.pt
+    seconds: float  # training wall time (all epochs, validation included)
+    images_per_s: float  # training images per second (training steps only)
+    config: TrainConfig
+    resumed_epochs: int = 0  # epochs taken from a `.last.pt` instead of trained in this call

