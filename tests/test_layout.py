@@ -9,7 +9,7 @@ import re
 
 import tomllib
 
-from helpers.core import imports
+from helpers.core import imports, paths
 from tests.conftest import ROOT
 
 # imported inside functions on purpose: heavy or optional, and only some callers need them
@@ -90,3 +90,8 @@ def test_one_repository_address_behind_every_colab_link():
         assert f"!git clone -q --depth 1 {address} /content/{folder}" in text, path.name
         others = set(re.findall(r"github\.com/([\w.-]+/[\w.-]+)", text)) - {owner_repo}
         assert not others, f"{path.name} names another repository: {others}"
+
+
+def test_the_project_root_is_where_the_data_and_results_go():
+    assert (paths.ROOT / "pyproject.toml").is_file() and (paths.ROOT / "helpers").is_dir()
+    assert paths.ROOT == imports.ROOT

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 #: Project root: the folder holding ``helpers/``. Overridable for tests and Colab.
-ROOT = Path(os.environ.get("AIDETECT_ROOT", Path(__file__).resolve().parents[1]))
+ROOT = Path(os.environ.get("AIDETECT_ROOT", Path(__file__).resolve().parents[2]))
 DATA = Path(os.environ.get("AIDETECT_DATA", ROOT / "data"))
 RESULTS = Path(os.environ.get("AIDETECT_RESULTS", ROOT / "results"))
 
