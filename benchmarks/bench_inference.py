@@ -17,7 +17,7 @@ shared machine a single timing can be off by 2x:
 7. end to end: :meth:`helpers.core.detector.Detector.predict_proba` on uint8 images, what notebook 05 and
    ``predict`` run (needs a checkpoint: ``--checkpoint`` or the best one of ``--dataset``).
 
-``fast`` is built as the CIFAKE default configures it (``helpers.training.config.DEFAULTS``: width 64,
+``fast`` is built as measured on CIFAKE (``helpers.training.config.MODEL_SETTINGS``: width 64,
 2x2 patch stem) unless ``--width`` / ``--patch`` say otherwise. It also counts the model's
 FLOPs per image, so the figure can be set against what the CPU
 can do at all: images/s x FLOPs per image = the arithmetic rate actually achieved.
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     options = {}
     if args.model == "fast":
-        options = default_config("cifake").model_options  # the CIFAKE default's width and stem
+        options = default_config("cifake", model="fast").model_options  # its measured width and stem on CIFAKE
         options.update({k: v for k, v in (("width", args.width), ("patch", args.patch)) if v})
     model = build_model(args.model, args.image_size, **options).eval()
     size, bs = args.image_size, args.batch_size

@@ -35,6 +35,14 @@ def quick(dataset="demo", **overrides) -> TrainConfig:
     return default_config(dataset, **{**settings, **overrides})
 
 
+def test_another_model_takes_its_measured_settings_on_the_dataset():
+    assert default_config("cifake").model == "seed_cnn"
+    fast = default_config("cifake", model="fast")
+    assert (fast.width, fast.patch, fast.epochs, fast.batch_size) == (64, 2, 40, 512)
+    two_scale = default_config("cifake", model="two_scale")
+    assert two_scale.width is None and two_scale.patch is None
+
+
 def test_default_configs_exist_for_every_dataset():
     for name in DATASETS:
         config = default_config(name)
