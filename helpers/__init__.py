@@ -16,7 +16,9 @@ Each step of ``notebooks/`` has one subpackage, the two user tools one more, ove
 =============  =====================================================================
 
 Each step's package keeps computation, text and figures in separate modules. Imports go
-downwards only (core <- data <- the steps <- tools); ``tests/test_layout.py`` checks it.
+downwards (core <- data <- the steps <- tools), with three named exceptions between steps (the
+demo's generator and the exported GAN images from ``gan``, the maps the app shows from
+``explain``); ``tests/test_layout.py`` checks them and that there is no cycle.
 """
 
 __version__ = "0.1.0"

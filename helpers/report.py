@@ -14,9 +14,11 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .core import paths
+from .core.detector import validation_rank
 from .core.repro import atomic_path
 from .data.datasets import DATASETS
 
@@ -118,14 +120,21 @@ def dataset_index(dataset: str) -> Path:
 
 
 def best_rows() -> list[tuple[str, pd.Series]]:
-    """The model of every dataset chosen on *validation* accuracy (never on the test split)."""
+    """The model of every dataset chosen on *validation* data, as notebook 05 chooses it
+    (:func:`helpers.core.detector.validation_rank`: accuracy, then the lower loss); never on
+    the test split. Older metrics files without validation columns fall back to accuracy."""
     rows = []
     folders = sorted(p for p in paths.RESULTS.iterdir() if p.name in DATASETS) if paths.RESULTS.exists() else []
     for folder in folders:
         metrics = load_metrics(folder.name)
         if metrics is not None and not metrics.empty and "accuracy" in metrics:
-            key = "val_accuracy" if "val_accuracy" in metrics else "accuracy"
-            rows.append((folder.name, metrics.sort_values(key, ascending=False).iloc[0]))
+            if "val_accuracy" not in metrics:
+                best = metrics.sort_values("accuracy", ascending=False).iloc[0]
+            else:
+                ranks = [validation_rank({"val_acc": r.val_accuracy, "val_loss": r.get("val_loss", np.inf)})
+                         for _, r in metrics.iterrows()]
+                best = metrics.iloc[max(range(len(ranks)), key=ranks.__getitem__)]
+            rows.append((folder.name, best))
     return rows
 
 

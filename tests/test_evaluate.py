@@ -302,8 +302,8 @@ def test_pipeline_writes_metrics_robustness_and_cross_generator(detector, projec
     assert isinstance(describe_cross_generator(cross), str)
 
     cache = SimpleNamespace(meta={"is_demo": True}, fingerprint="abc")
-    csv_path, json_path = write_performance("demo", [result], cache, {"SEED": 0},
-                                               {"cross_generator": [cross]})
+    csv_path, json_path = write_performance("demo", [result], cache, {"SEED": 0, "THRESHOLD": 0.7},
+                                            {"cross_generator": [cross]})
     frame = pd.read_csv(csv_path)
     for column in ("model", "accuracy", "ci_low", "ci_high", "auc", "average_precision", "f1", "ece",
                    "test_loss", "n_test", "threshold", "params", "train_seconds",
@@ -311,6 +311,7 @@ def test_pipeline_writes_metrics_robustness_and_cross_generator(detector, projec
         assert column in frame.columns, column
     payload = json.loads(json_path.read_text())
     assert payload["is_demo"] is True and payload["data_fingerprint"] == "abc"
+    assert payload["threshold_override"] == 0.7  # notebook 05's THRESHOLD parameter, when given
     assert payload["environment"]["packages"]["scikit-learn"]
     assert payload["models"][0]["classification_report"]["FAKE"]["support"] == 12
     assert payload["cross_generator"][0]["gan_flag_rate"]["n"] == 10

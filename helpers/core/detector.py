@@ -60,7 +60,7 @@ class Detector:
 
     ``threshold``: an image is called AI-generated when P(FAKE) >= it (chosen on validation by
     :func:`choose_threshold`). ``metrics``: the saved epoch's validation ``val_acc``,
-    ``val_loss`` and ``epoch``. ``mean``/``std``: per-channel normalisation in 0-255 units.
+    ``val_loss`` and ``epoch``. ``mean``/``std``: per-channel normalisation of pixels scaled to 0-1.
     """
 
     model: nn.Module
@@ -69,7 +69,7 @@ class Detector:
     image_size: int  # pixels, square
     mean: list[float]
     std: list[float]
-    config: dict  # the training configuration (helpers.training.TrainConfig as a dict)
+    config: dict  # the training configuration (helpers.training.config.TrainConfig as a dict)
     metrics: dict
     data_fingerprint: str
     model_options: dict = field(default_factory=dict)
@@ -194,7 +194,7 @@ class Detector:
         return images
 
     def predict_proba(self, images: np.ndarray, device: str | torch.device | None = None,
-                      batch_size: int = 512, tta: bool = False) -> np.ndarray:
+                      batch_size: int = 512) -> np.ndarray:
         """P(FAKE), float64 (N,), for (N, H, W, 3) uint8 ``images`` (one (H, W, 3) image allowed).
 
         Images must be ``image_size`` pixels square, decoded by the project's rule
@@ -214,7 +214,7 @@ class Detector:
             # move a chunk at a time: the caller's array may be far larger than the device
             for start in range(0, len(images), batch_size * 8):
                 chunk = images_to_device(images[start:start + batch_size * 8], device)
-                logits = predict_logits(self.model, chunk, mean, std, batch_size, tta, cpu_amp=self.cpu_amp)
+                logits = predict_logits(self.model, chunk, mean, std, batch_size, cpu_amp=self.cpu_amp)
                 probs.append(torch.sigmoid(logits).double().cpu().numpy())
         finally:
             self.model.train(was_training)
@@ -336,11 +336,11 @@ def choose_threshold(labels: np.ndarray, p_fake: np.ndarray) -> tuple[float, flo
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   batch_size: int = 512, tta: bool = False, amp: bool = True,
+                   batch_size: int = 512, amp: bool = True,
                    cpu_amp: bool = False) -> torch.Tensor:
     """Logits (N,) of a uint8 (N, 3, H, W) tensor already on the model's device.
 
-    ``tta`` averages the logits of each image and its mirror image. ``amp`` runs the model in
+    One pass per image (no test-time mirror: every consumer scores as validation did). ``amp`` runs the model in
     mixed precision on CUDA; ``cpu_amp`` in bfloat16 on CPUs that have it natively.
     """
     device = images.device
@@ -351,7 +351,5 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, s
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp, cpu=cpu_amp):
             logits = model(x).float().flatten()
-            if tta:
-                logits = (logits + model(x.flip(3)).float().flatten()) / 2
         out.append(logits)
     return torch.cat(out) if out else torch.zeros(0, device=device)

@@ -1,6 +1,6 @@
 """How any image file becomes a model input: one rule, used by the cache and by ``predict``.
 
-The rule (documented in the README):
+The rule (also in docs/data-and-preprocessing.md):
 
 1. Decode with Pillow and apply the EXIF orientation. Images over 180 million pixels
    (``MAX_PIXELS``) are refused from their header, before any pixel is decoded. A file

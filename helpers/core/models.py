@@ -14,6 +14,8 @@ a positive logit means FAKE (label 1, AI-generated). Every model takes any input
 * ``fast``: this project's design for the best accuracy per second of training, in the
   spirit of airbench / ResNet-9: a stem that brings any input to about 32x32 without
   throwing pixels away, three wide conv-pool-BN stages, global max pooling.
+* ``two_scale``: two views summed into one logit, a ``fast`` view of the whole image at about
+  128 px and a local view of small neighbourhoods at full resolution (the shoes default).
 
 ImageNet-pretrained weights (``pretrained=True``, ResNet-18 only) are used only when
 torchvision's file is already on disk; nothing is downloaded at run time.

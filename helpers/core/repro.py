@@ -1,4 +1,4 @@
-"""Reproducibility: seeds, devices, environment fingerprints and atomic writes."""
+"""Reproducibility: seeds, environment and data fingerprints, atomic writes."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ categories, the mistakes of each kind, and the models' accuracy against training
   official test files); the *clean* one leaves out the test files whose decoded pixels also
   occur in train or validation (378 of CIFAKE's test fakes), which the cache removes.
 * Categories: CIFAKE's file names carry the CIFAR-10 class of each image
-  (:func:`helpers.data.category_of`), so accuracy can be read per class and per category.
+  (:func:`helpers.data.datasets.category_of`), so accuracy can be read per class and per category.
 * Accuracy against time: each model's validation accuracy after every epoch against the
   seconds of training so far, from the ``<model>_history.csv`` the training loop writes.
 """
@@ -31,7 +31,7 @@ def protocol_table(result: ModelResult, cache, device: str = "cpu", batch_size: 
     """One row per protocol (``published``, ``clean``): accuracy with its 95 % CI, AUC, average
     precision and the number of images, at the detector's threshold.
 
-    ``result`` holds the clean test split's predictions (:func:`helpers.evaluation.evaluate_detector`
+    ``result`` holds the clean test split's predictions (:func:`helpers.evaluation.compare.evaluate_detector`
     on ``cache.part("test")``); the removed test images (``cache.removed_from("test")``) are
     scored here and added for the published protocol.
     """

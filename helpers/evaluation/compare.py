@@ -117,6 +117,7 @@ def evaluate_detector(detector: Detector, images: np.ndarray, labels: np.ndarray
         params=int(count_parameters(detector.model)),
         train_seconds=detector.train_seconds,
         val_accuracy=detector.val_accuracy,
+        val_loss=float(detector.metrics.get("val_loss", float("nan"))),
         inference_images_per_s=len(images) / seconds if seconds > 0 else float("nan"),
         image_size=detector.image_size, checkpoint=_display_path(detector.path),
         trained_on=detector.data_fingerprint,
@@ -154,7 +155,7 @@ def cross_generator(result: ModelResult, gan_images: np.ndarray, gan_resolution:
     resampling both sets independently.
 
     ``gan_images`` should already be at the detector's input size, decoded by the project's
-    rule (``helpers.gan.load_exported(dataset, size)``); other sizes are brought to it with
+    rule (``helpers.gan.export.load_exported(dataset, size)``); other sizes are brought to it with
     :func:`resize_to`. ``gan_resolution`` is the GAN's own output size, for the record.
     """
 
@@ -180,7 +181,7 @@ def colour_check(result: ModelResult, colour_p_fake, threshold: float | None = N
                  n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """The detector's test accuracy where colour alone points the right way and where it
     points the wrong way, next to the colour-only baseline's own accuracy
-    (:func:`helpers.explore.colour_baseline`; ``colour_p_fake`` is its P(FAKE) on the same
+    (:func:`helpers.explore.stats.colour_baseline`; ``colour_p_fake`` is its P(FAKE) on the same
     test images). A detector that reads how images were made stays accurate on the images
     whose colours mislead; one that learned the classes' colours falls to the baseline there.
     One row per subset, with bootstrap intervals; an empty subset gets NaN. The baseline
@@ -213,7 +214,7 @@ def near_duplicate_check(result: ModelResult, near_duplicate, threshold: float |
                          n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """The detector's test accuracy on all test images, on those with no near-duplicate in the
     train split and on those with one (``near_duplicate``: a boolean per test image, from
-    :func:`helpers.explore.near_duplicates`). If the score rests on test images that are copies
+    :func:`helpers.explore.stats.near_duplicates`). If the score rests on test images that are copies
     of training images, it drops without them. One row per subset, with bootstrap intervals."""
     near = np.asarray(near_duplicate, dtype=bool)
     right = predicted_labels(result.p_fake, result.threshold if threshold is None else threshold) == result.y_true
@@ -265,7 +266,7 @@ def write_performance(dataset: str, results: Sequence[ModelResult], cache, confi
     payload = {
         "dataset": dataset, "is_demo": bool(cache.meta.get("is_demo", False)),
         "data_fingerprint": cache.fingerprint, "split": "test",
-        "threshold_override": config.get("DEFAULT_THRESHOLD"),
+        "threshold_override": config.get("THRESHOLD"),
         "config": config, "models": models, "environment": environment_fingerprint(),
         **(extra or {}),
     }

@@ -16,9 +16,9 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from ..core.detector import Detector
 from .cams import RANDOM, one_blas_thread, to_input
 
-#: Faithfulness metrics: column name -> (what it measures, whether higher is better).
 #: The faithfulness scores, as the tables and figures name them.
 ROAD_COMBINED, ROAD_MORF, ROAD_LERF, CAM_X_IMAGE = "ROAD combined", "ROAD MoRF", "ROAD LeRF", "CAM x image"
+#: Faithfulness metrics: column name -> (what it measures, whether higher is better).
 METRICS: dict[str, tuple[str, bool]] = {
     ROAD_COMBINED: ("(LeRF - MoRF) / 2, averaged over the removal fractions", True),
     ROAD_MORF: ("logit change after removing the most relevant pixels", False),

@@ -6,7 +6,7 @@
 Everything that decides an answer is shared with ``make predict``: the checkpoint is loaded by
 :meth:`helpers.core.detector.Detector.load`, files are decoded by the project's one image rule
 and classified by :func:`helpers.tools.predict.classify_images`; the overlay comes from
-:func:`helpers.explain.explain` (pytorch-grad-cam). The app adds only the page around them.
+:func:`helpers.explain.cams.explain` (pytorch-grad-cam). The app adds only the page around them.
 """
 
 from __future__ import annotations
@@ -112,9 +112,8 @@ def describe_model(detector: Detector) -> None:
     lines = [f"**Model:** `{detector.architecture}` ({detector.path.name}, epoch {detector.epoch})",
              f"**Trained on:** {spec.title if spec else detector.dataset}",
              f"**Input:** {size}x{size} px"]
-    for key, name in (("test_acc", "test"), ("val_acc", "validation")):
-        if key in metrics:
-            lines.append(f"**{name.capitalize()} accuracy:** {metrics[key]:.2%}")
+    if "val_acc" in metrics:
+        lines.append(f"**Validation accuracy:** {metrics['val_acc']:.2%}")
     st.sidebar.markdown("  \n".join(lines))
     if spec is not None and spec.is_demo:
         st.sidebar.warning("DEMO detector: trained on a small synthetic set (photo crops vs a small "

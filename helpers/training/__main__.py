@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aidetect-train",
         description="Train a detector (same loop as notebook 03). Unset options take the "
-                    "dataset's default configuration (helpers.training.DEFAULTS). Works under "
+                    "dataset's default configuration (helpers.training.config.DEFAULTS). Works under "
                     "`torchrun --nproc_per_node=N` (DistributedDataParallel).")
     p.add_argument("--dataset", default="demo")
     p.add_argument("--data-source", default=None, help="local folder or archive of the dataset")

@@ -94,7 +94,7 @@ class TrainingBatches:
 
     ``images`` (N, 3, H, W) uint8 and ``labels`` (N,) float32 live on the device for the whole
     run; each epoch yields ``steps`` batches ``(x, y)``: x (B, 3, H, W) float, normalised by
-    ``mean``/``std`` (0-255 units), in the run's memory format; y (B,) float32 0/1.
+    ``mean``/``std`` (of pixels scaled to 0-1), in the run's memory format; y (B,) float32 0/1.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,

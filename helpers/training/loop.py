@@ -82,7 +82,7 @@ def _logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: tor
     """Validation logits, one pass per image, as ``predict`` and notebook 05 score."""
     was_training = model.training
     model.eval()
-    logits = predict_logits(model, images, mean, std, config.eval_batch_size, False, config.amp,
+    logits = predict_logits(model, images, mean, std, config.eval_batch_size, config.amp,
                             bool(config.cpu_amp))
     model.train(was_training)
     return logits
@@ -231,7 +231,7 @@ def _checked_splits(cache, config: TrainConfig):
     size = int(cache.images.shape[1])
     if config.image_size not in (None, size):
         raise ValueError(f"config.image_size={config.image_size} but the cache holds {size}px "
-                         f"images; build the cache with data.prepare(..., image_size="
+                         f"images; build the cache with helpers.data.cache.prepare(..., image_size="
                          f"{config.image_size}) or leave image_size=None")
     cached_dataset = cache.meta.get("dataset", config.dataset)
     if cached_dataset != config.dataset:
@@ -239,7 +239,7 @@ def _checked_splits(cache, config: TrainConfig):
     train, val = cache.part("train"), cache.part("val")
     if len(train[0]) == 0 or len(val[0]) == 0:
         raise ValueError(f"{cache.path}: needs train and val images (has {len(train[0])} "
-                         f"and {len(val[0])}); rebuild it with data.prepare(..., force=True)")
+                         f"and {len(val[0])}); rebuild it with helpers.data.cache.prepare(..., force=True)")
     return train, val
 
 

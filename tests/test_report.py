@@ -1,0 +1,39 @@
+"""The results index and the README's table: the best detector is chosen on validation, as
+notebook 05 chooses it, and the README keeps everything outside its generated table."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from helpers import report
+
+
+def _metrics(results, dataset: str, rows: list[dict]) -> None:
+    folder = results / dataset
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(folder / "performance_metrics.csv", index=False)
+
+
+def test_the_best_row_is_chosen_on_validation_accuracy_then_loss(project_dirs):
+    _, results = project_dirs
+    _metrics(results, "cifake", [
+        {"model": "a", "accuracy": 0.99, "val_accuracy": 0.97, "val_loss": 0.10, "n_test": 10},
+        {"model": "b", "accuracy": 0.95, "val_accuracy": 0.98, "val_loss": 0.20, "n_test": 10},
+        {"model": "c", "accuracy": 0.96, "val_accuracy": 0.98, "val_loss": 0.15, "n_test": 10}])
+    _metrics(results, "sneakers", [{"model": "old", "accuracy": 0.9, "n_test": 5}])  # no validation columns
+    best = dict(report.best_rows())
+    assert best["cifake"]["model"] == "c"  # never "a", the best on test
+    assert best["sneakers"]["model"] == "old"
+
+
+def test_the_readme_table_is_replaced_and_nothing_else(project_dirs, tmp_path):
+    _, results = project_dirs
+    _metrics(results, "demo", [{"model": "fast", "accuracy": 0.5, "val_accuracy": 0.5, "val_loss": 0.7,
+                                "ci_low": 0.4, "ci_high": 0.6, "auc": 0.5, "n_test": 8}])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nold table\n{report.README_END}\noutro\n")
+    assert report.update_readme(readme) is True
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    assert "| demo (DEMO) | fast | 50.00 % (40.00–60.00) |" in text
+    assert report.update_readme(readme) is False  # unchanged the second time
