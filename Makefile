@@ -60,7 +60,7 @@ PRESENT := $(foreach s,$(STEPS),$(call out_of,$(word 1,$(subst :, ,$(s)))))
 all: index readme ## run every notebook present, then the results index and the README's table
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -hE '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
 # ---------------------------------------------------------------------------- environment
 env: $(ENV) ## create .venv with pinned packages and a Jupyter kernel for papermill

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
 
 import tomllib
 
@@ -95,3 +96,9 @@ def test_one_repository_address_behind_every_colab_link():
 def test_the_project_root_is_where_the_data_and_results_go():
     assert (paths.ROOT / "pyproject.toml").is_file() and (paths.ROOT / "helpers").is_dir()
     assert paths.ROOT == imports.ROOT
+
+
+def test_make_help_lists_the_targets_by_name():
+    out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    names = [line.split("\t")[0] for line in out.splitlines()]
+    assert {"all", "test", "data", "train", "evaluate", "readme", "index"} <= set(names), out
