@@ -23,7 +23,9 @@ from ..data.datasets import CLASS_NAMES, DatasetSpec, category_of
 from .compare import ModelResult
 from .metrics import classification_metrics, confident_mistakes
 
-PROTOCOLS = ("published", "clean")
+#: The two test protocols, as the tables name them: every official test file, and the files
+#: left after removing those whose pixels repeat a training or validation image.
+PUBLISHED, CLEAN = "published", "clean"
 
 
 def protocol_table(result: ModelResult, cache, device: str = "cpu", batch_size: int = 512,
@@ -38,14 +40,14 @@ def protocol_table(result: ModelResult, cache, device: str = "cpu", batch_size: 
     removed = cache.removed_from("test")
     p_removed = (result.detector.predict_proba(cache.images[removed], device, batch_size)
                  if len(removed) else np.zeros(0))
-    sets = {"published": (np.concatenate([result.y_true, cache.labels[removed].astype(np.int64)]),
-                          np.concatenate([result.p_fake, p_removed])),
-            "clean": (result.y_true, result.p_fake)}
+    sets = {PUBLISHED: (np.concatenate([result.y_true, cache.labels[removed].astype(np.int64)]),
+                        np.concatenate([result.p_fake, p_removed])),
+            CLEAN: (result.y_true, result.p_fake)}
     rows = []
     for protocol, (y, p) in sets.items():
         m = classification_metrics(y, p, result.threshold, n_bootstrap, seed)
         rows.append({"model": result.name, "protocol": protocol, "n_test": m["n_test"],
-                     "n_removed": len(removed) if protocol == "clean" else 0,
+                     "n_removed": len(removed) if protocol == CLEAN else 0,
                      **{k: m[k] for k in ("accuracy", "ci_low", "ci_high", "auc", "average_precision",
                                           "n_errors", "threshold")}})
     return pd.DataFrame(rows)
@@ -54,7 +56,7 @@ def protocol_table(result: ModelResult, cache, device: str = "cpu", batch_size: 
 def describe_protocols(table: pd.DataFrame) -> str:
     """The two protocols of one model in a sentence (from the numbers)."""
     rows = {r.protocol: r for r in table.itertuples()}
-    pub, clean = rows["published"], rows["clean"]
+    pub, clean = rows[PUBLISHED], rows[CLEAN]
     if clean.n_removed == 0:
         return (f"**{pub.model}**: no test file repeats a training or validation image, so both "
                 f"protocols are the same {pub.n_test:,} images: {pub.accuracy:.2%} "
