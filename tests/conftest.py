@@ -57,20 +57,24 @@ def tiny_cifake(tmp_path) -> Path:
     return write_dataset(tmp_path / "tiny_cifake", n_per_class=16)
 
 
-def train_tiny_detector(root: Path, dataset: str) -> dict:
-    """A 1-epoch `fast` (width 8) detector for ``dataset``, trained on a tiny set written in
-    CIFAKE's layout, with data/ and results/ under ``root``; the global torch state (threads,
-    determinism) that training sets is restored. Returns root, checkpoint, source and cache."""
+def train_tiny_detector(root: Path, dataset: str, model: str = "fast", **options) -> dict:
+    """A 1-epoch ``model`` (default `fast`, width 8) detector for ``dataset``, trained on a
+    tiny set written in CIFAKE's layout, with data/ and results/ under ``root``; the global
+    torch state (threads, determinism) that training sets is restored. Returns root,
+    checkpoint, source and cache."""
     import torch
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(paths, "DATA", root / "data")
         mp.setattr(paths, "RESULTS", root / "results")
-        source = write_dataset(root / "source", n_per_class=16)
+        source = root / "source"
+        if not source.is_dir():
+            write_dataset(source, n_per_class=16)
         cache = prepare(dataset, source, progress=False)
-        config = TrainConfig(dataset=dataset, model="fast", width=8, epochs=1, batch_size=16,
-                             device="cpu", threads=1, cpu_amp=False)  # no speed probe: same result every run
+        options = options or ({"width": 8} if model == "fast" else {})
+        config = TrainConfig(dataset=dataset, model=model, epochs=1, batch_size=16, device="cpu",
+                             threads=1, cpu_amp=False, **options)  # no speed probe: same result every run
         result = fit(cache, config, progress=False)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)

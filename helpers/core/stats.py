@@ -1,4 +1,5 @@
-"""Confidence intervals of proportions (accuracy, flag rates) and of their differences.
+"""Confidence intervals of proportions (accuracy, flag rates), of their differences, and of
+the threshold-free ranking metrics (ROC AUC, average precision).
 
 Shared by exploration (the colour-only baseline), evaluation and the explanations' checks.
 """
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+from sklearn import metrics as skm
 
 
 @dataclass(frozen=True)
@@ -91,3 +93,38 @@ def difference_ci(a, b, n_resamples: int = 1000, confidence: float = 0.95,
     ci = result.confidence_interval
     return Interval(estimate, float(ci.low), float(ci.high), "percentile bootstrap",
                     a.size + b.size, confidence)
+
+
+#: The ranking metrics :func:`ranking_ci` knows, from scikit-learn (FAKE = positive class).
+RANKING_METRICS = {"auc": "roc_auc_score", "average_precision": "average_precision_score"}
+
+
+def ranking_ci(labels, scores, metric: str = "auc", n_resamples: int = 500, confidence: float = 0.95,
+               seed: int = 0) -> Interval:
+    """ROC AUC or average precision of ``scores`` (N,) against 0/1 ``labels`` (N,), with a
+    stratified percentile bootstrap interval.
+
+    Each resample draws the REAL and the FAKE images separately with replacement, keeping both
+    class sizes (a resample without one class has no AUC), and is scored by scikit-learn with
+    the draw counts as ``sample_weight``. Raises ValueError for an unknown ``metric`` or
+    labels of a single class.
+    """
+    if metric not in RANKING_METRICS:
+        raise ValueError(f"unknown ranking metric {metric!r}; choose one of {sorted(RANKING_METRICS)}")
+    labels = _as_binary(labels, "labels").astype(np.int64)
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    groups = [np.flatnonzero(labels == c) for c in (0, 1)]
+    if min(len(g) for g in groups) == 0:
+        raise ValueError(f"{metric} needs both classes (got {len(groups[0])} REAL, {len(groups[1])} FAKE)")
+    score = getattr(skm, RANKING_METRICS[metric])
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_resamples)
+    for i in range(n_resamples):
+        weights = np.zeros(len(labels))
+        for group in groups:
+            weights[group] = rng.multinomial(len(group), np.full(len(group), 1 / len(group)))
+        values[i] = score(labels, scores, sample_weight=weights)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return Interval(float(score(labels, scores)), float(low), float(high), "stratified percentile bootstrap",
+                    len(labels), confidence)

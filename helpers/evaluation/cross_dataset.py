@@ -2,16 +2,20 @@
 
 A *source* is a labelled set of real and generated images: a dataset's clean test split
 (CIFAKE: Stable Diffusion 1.4 vs CIFAR-10; shoes: Midjourney vs photos; the demo), or a
-dataset's exported GAN images (notebook 04) against that dataset's real test photos. Each
-detector here is a dataset's best checkpoint (by validation). Every image reaches a detector
+dataset's exported GAN images (notebook 04) against that dataset's real test photos. The
+detectors are each dataset's best checkpoint (by validation; the *specialists*) and every
+ImageNet-pretrained detector trained on a dataset (``lite0``, ``lite0_probe``: the candidates
+for a *generalist*). Every image reaches a detector
 through the detector's *own* preprocessing (:func:`helpers.core.images.decode` from the raw file at
 the detector's size, with its dataset's JPEG harmonisation), as ``predict`` would treat it:
 a 32-pixel CIFAKE detector meets a shoe photo scaled down to 32x32, the 240-pixel shoes
 detector a CIFAKE image scaled up.
 
 The matrix reports ROC AUC and average precision (threshold-free, the field's standard for
-cross-generator tests) and the share of each class flagged as AI-generated at the detector's
-own threshold.
+cross-generator tests, as in Wang et al. CVPR 2020 and Ojha et al. CVPR 2023) with stratified
+bootstrap 95 % CIs, and the accuracy and the share of each class flagged as AI-generated at the
+detector's own threshold. :func:`unseen_summary` averages each detector over the sources it
+never saw.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 
-from ..core.detector import Detector, best_path
+from ..core.detector import Detector, best_path, load_all
 from ..core.images import BadImageError, decode
+from ..core.models import input_normalisation
+from ..core.stats import ranking_ci
 from ..data.cache import find_cache
 from ..data.datasets import DATASETS, get_spec
 from ..data.sources import read_files
@@ -96,51 +101,98 @@ def gan_source(dataset: str, seed: int = 0, max_images: int | None = 2000) -> So
                   [real.blobs[i] for i in real_idx] + [p.read_bytes() for p in fakes])
 
 
+def is_pretrained(detector: Detector) -> bool:
+    """Whether ``detector`` starts from ImageNet weights (its model has a fixed input normalisation)."""
+    return input_normalisation(detector.architecture) is not None
+
+
 def dataset_detectors(datasets: Sequence[str] | None = None, device: str = "cpu",
                       seed: int = 0) -> tuple[list[Detector], list[tuple[str, str]]]:
-    """The best checkpoint (by validation) of each dataset that has one and whose own test
-    split it can be scored on (trained on that dataset's latest cache); ``(detectors, skipped)``."""
+    """Of each dataset: its best checkpoint (by validation) and every pretrained one, each
+    trained on that dataset's latest cache (so its own test split is clean of its training
+    images); ``(detectors, skipped)``, titled ``<dataset>/<name>``."""
     detectors, skipped = [], []
     for dataset in datasets or list(DATASETS):
         try:
-            detector = Detector.load(best_path(dataset), device)
+            best = Detector.load(best_path(dataset), device)
         except (FileNotFoundError, ValueError) as err:
             skipped.append((dataset, str(err).splitlines()[0]))
             continue
-        detector.title = f"{dataset}/{detector.name}"
-        cache = find_cache(dataset, detector.image_size, seed)
-        problem = "no cache" if cache is None else fingerprint_problem(detector, cache)
-        if problem:
-            skipped.append((detector.name, problem))
-            continue
-        detectors.append(detector)
+        pretrained, _ = load_all(dataset, device)
+        chosen = [best] + [d for d in pretrained if is_pretrained(d) and d.path != best.path]
+        for detector in chosen:
+            detector.title = f"{dataset}/{detector.name}"
+            cache = find_cache(dataset, detector.image_size, seed)
+            problem = "no cache" if cache is None else fingerprint_problem(detector, cache)
+            if problem:
+                skipped.append((detector.name, problem))
+                continue
+            detectors.append(detector)
     return detectors, skipped
 
 
-def score(detector: Detector, source: Source, device: str = "cpu", batch_size: int = 256) -> dict:
-    """One cell of the matrix: AUC, average precision, accuracy and flag rates of ``detector``
-    on ``source`` at the detector's own threshold."""
+def score(detector: Detector, source: Source, device: str = "cpu", batch_size: int = 256,
+          n_bootstrap: int = 500, seed: int = 0) -> dict:
+    """One cell of the matrix: AUC and average precision with 95 % CIs (``n_bootstrap``
+    stratified resamples), accuracy and flag rates of ``detector`` on ``source`` at the
+    detector's own threshold."""
     quality = get_spec(detector.dataset).harmonise_jpeg
     images, labels = source.read(detector.image_size, quality)
     p_fake = detector.predict_proba(images, device, batch_size)
     flagged = p_fake >= detector.threshold
-    both = np.unique(labels).size == 2
-    return {"detector": detector.name, "source": source.name,
+    ranking = {}
+    for metric in ("auc", "average_precision"):
+        if np.unique(labels).size == 2:
+            ci = ranking_ci(labels, p_fake, metric, n_bootstrap, seed=seed)
+            ranking.update({metric: ci.estimate, f"{metric}_low": ci.low, f"{metric}_high": ci.high})
+        else:
+            ranking.update({metric: np.nan, f"{metric}_low": np.nan, f"{metric}_high": np.nan})
+    return {"detector": detector.name, "source": source.name, "pretrained": is_pretrained(detector),
             "trained_on_source": source.name.split()[0] == detector.dataset
             and source.name.endswith("test"),
             "n_real": int((labels == 0).sum()), "n_fake": int((labels == 1).sum()),
-            "n_unreadable": len(source.labels) - len(labels),
-            "auc": skm.roc_auc_score(labels, p_fake) if both else np.nan,
-            "average_precision": skm.average_precision_score(labels, p_fake) if both else np.nan,
+            "n_unreadable": len(source.labels) - len(labels), **ranking,
             "accuracy": float((flagged == labels.astype(bool)).mean()) if len(labels) else np.nan,
             "fake_flagged": float(flagged[labels == 1].mean()) if (labels == 1).any() else np.nan,
             "real_flagged": float(flagged[labels == 0].mean()) if (labels == 0).any() else np.nan,
             "threshold": detector.threshold}
 
 
-def matrix(detectors: Sequence[Detector], sources: Sequence[Source], device: str = "cpu") -> pd.DataFrame:
+def matrix(detectors: Sequence[Detector], sources: Sequence[Source], device: str = "cpu",
+           n_bootstrap: int = 500) -> pd.DataFrame:
     """Every detector on every source: one row per pair (see :func:`score`)."""
-    return pd.DataFrame([score(d, s, device) for d in detectors for s in sources])
+    return pd.DataFrame([score(d, s, device, n_bootstrap=n_bootstrap) for d in detectors for s in sources])
+
+
+def unseen_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per detector, the mean AUC and average precision over the sources it never saw (every
+    source but its own test split), their number, and its AUC on its own test split."""
+    rows = []
+    for name, part in table.groupby("detector", sort=False):
+        other = part[~part["trained_on_source"]].dropna(subset=["auc"])
+        own = part.loc[part["trained_on_source"], "auc"]
+        rows.append({"detector": name, "pretrained": bool(part["pretrained"].iloc[0]),
+                     "own_auc": float(own.iloc[0]) if len(own) else np.nan,
+                     "unseen_sources": len(other), "unseen_mean_auc": other["auc"].mean(),
+                     "unseen_mean_ap": other["average_precision"].mean(),
+                     "unseen_min_auc": other["auc"].min()})
+    return pd.DataFrame(rows)
+
+
+def describe_generalisation(summary: pd.DataFrame) -> str:
+    """Which detector carries over best, and pretrained against from-scratch, in words."""
+    summary = summary.dropna(subset=["unseen_mean_auc"])
+    if summary.empty:
+        return "No detector has a source it never saw: train detectors of other datasets to compare."
+    top = summary.sort_values("unseen_mean_auc", ascending=False).iloc[0]
+    text = (f"On the sources it never saw, **{top.detector}** does best: mean AUC "
+            f"{top.unseen_mean_auc:.3f} over {top.unseen_sources} sources (worst {top.unseen_min_auc:.3f}).")
+    groups = summary.groupby("pretrained")["unseen_mean_auc"].mean()
+    if len(groups) == 2:
+        gap = groups[True] - groups[False]
+        text += (f" ImageNet-pretrained detectors average {groups[True]:.3f} there, detectors trained "
+                 f"from scratch {groups[False]:.3f}: {gap:+.3f}.")
+    return text
 
 
 def describe(table: pd.DataFrame) -> str:

@@ -25,6 +25,7 @@ from helpers.core import images as image_rule
 from helpers.core import paths
 from helpers.core.accel import pick_device
 from helpers.core.detector import Detector, best_path, detector_paths, is_checkpoint
+from helpers.core.models import input_normalisation
 from helpers.core.paths import printable
 from helpers.data.datasets import DATASETS
 from helpers.explain import cams
@@ -34,7 +35,7 @@ from helpers.tools import predict
 #: Largest file accepted, per file (Streamlit's uploader refuses bigger ones; so does the app).
 MAX_UPLOAD_MB = 25
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp"]
-#: Side, in screen pixels, of the model-input and overlay images (they are only a few px).
+#: Side in pixels of the enlarged model-input and overlay images (shown at their column's width).
 SHOW_PX = 224
 LABEL_TEXT = {"FAKE": "AI-generated (FAKE)", "REAL": "real photo (REAL)"}
 
@@ -98,10 +99,40 @@ def choose_detector(default_dataset: str) -> Path | None:
                  f"`{paths.RESULTS / dataset / 'models'}`). Train one with {train_hint(dataset)}, "
                  "then reload this page." + (f" Datasets with a detector: {others}." if others else ""))
         return None
-    labels = {f"best: {Path(best).stem}": Path(best), **{Path(f).stem: Path(f) for f in files}}
+    labels = {f"best: {Path(best).stem}": Path(best),
+              **{checkpoint_label(Path(f).stem): Path(f) for f in files}}
     choice = st.sidebar.selectbox("Checkpoint", list(labels), key="checkpoint",
-                                  help="'best' is the checkpoint with the best validation accuracy")
+                                  help="'best' is the checkpoint with the best validation accuracy on "
+                                       "this dataset (the specialist); 'generalist' ones start from "
+                                       "ImageNet weights and may carry over better to other sources")
     return labels[choice]
+
+
+def checkpoint_label(stem: str) -> str:
+    """How the checkpoint menu names a file: ImageNet-pretrained models are marked generalists."""
+    return f"{stem} (generalist: ImageNet-pretrained)" if input_normalisation(stem) else stem
+
+
+KIND_TEXT = {"lite0": "ImageNet-pretrained EfficientNet-Lite0, fine-tuned",
+             "lite0_probe": "ImageNet-pretrained EfficientNet-Lite0, frozen, with a linear probe"}
+
+
+def unseen_scores(detector: Detector) -> pd.DataFrame | None:
+    """The detector's rows of the newest cross-dataset matrix (``results/*/cross_dataset.csv``,
+    written by notebook 05) on sources it was not trained on; None when it was never scored."""
+    title = f"{detector.dataset}/{detector.path.stem if detector.path else detector.architecture}"
+    tables = sorted(paths.RESULTS.glob("*/cross_dataset.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for table_path in tables:
+        try:
+            table = pd.read_csv(table_path)
+        except (OSError, ValueError, pd.errors.ParserError):
+            continue
+        if {"detector", "source", "auc", "trained_on_source"} - set(table.columns):
+            continue
+        rows = table[(table["detector"] == title) & ~table["trained_on_source"].astype(bool)]
+        if len(rows):
+            return rows
+    return None
 
 
 def describe_model(detector: Detector) -> None:
@@ -110,10 +141,19 @@ def describe_model(detector: Detector) -> None:
     metrics = detector.metrics or {}
     size = detector.image_size
     lines = [f"**Model:** `{detector.architecture}` ({detector.path.name}, epoch {detector.epoch})",
+             f"**Kind:** {KIND_TEXT.get(detector.architecture, 'trained from scratch')}",
              f"**Trained on:** {spec.title if spec else detector.dataset}",
              f"**Input:** {size}x{size} px"]
     if "val_acc" in metrics:
         lines.append(f"**Validation accuracy:** {metrics['val_acc']:.2%}")
+    unseen = unseen_scores(detector)
+    if unseen is None:
+        lines.append("**On sources it never saw:** not scored yet (`make evaluate` fills notebook "
+                     "05's cross-dataset matrix)")
+    else:
+        cells = "; ".join(f"{markdown_text(r.source)} {r.auc:.2f}" for r in unseen.dropna(subset=["auc"]).itertuples())
+        lines.append(f"**On sources it never saw:** mean AUC {unseen['auc'].mean():.2f} "
+                     f"(0.5 = chance; {cells})")
     st.sidebar.markdown("  \n".join(lines))
     if spec is not None and spec.is_demo:
         st.sidebar.warning("DEMO detector: trained on a small synthetic set (photo crops vs a small "
@@ -173,16 +213,18 @@ def show_result(name: str, data: bytes, row, view: np.ndarray, heat: np.ndarray 
         st.subheader(markdown_text(name))
         if isinstance(getattr(row, "note", None), str):
             st.warning(markdown_text(f"Decoded with a caveat: {row.note}"))
-        left, middle, right, verdict = st.columns([1, 1, 1, 1.1])
+        # each picture is as wide as its column ("stretch"): a fixed pixel width ran over the
+        # verdict in a 1300-px browser window (tests/test_app_browser.py measures the boxes)
+        left, middle, right, verdict = st.columns([1, 1, 1, 1.1], gap="medium")
         try:
-            left.image(thumbnail(data), caption="uploaded", width=SHOW_PX)
+            left.image(thumbnail(data), caption="uploaded", width="stretch")
         except Exception:  # noqa: BLE001 - the display copy only; the verdict stands
             left.caption("uploaded file (cannot be displayed)")
-        middle.image(_enlarge(view), caption=f"what the model sees ({size}x{size})", width=SHOW_PX)
+        middle.image(_enlarge(view), caption=f"what the model sees ({size}x{size})", width="stretch")
         if heat is not None:
             what = ("main activation pattern (class-agnostic)" if method in cams.CLASS_AGNOSTIC
                     else f"evidence for {row.label} (red = strong)")
-            right.image(_enlarge(heat), width=SHOW_PX, caption=f"{method}: {what}")
+            right.image(_enlarge(heat), width="stretch", caption=f"{method}: {what}")
         verdict.metric("P(AI-generated)", f"{row.p_fake:.1%}")
         verdict.markdown(f"**Verdict: {LABEL_TEXT[row.label]}**")
         verdict.caption(f"FAKE when P >= {threshold:.1%} (the detector's threshold, chosen on "

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             dist.barrier()
         result = fit(cache, config, args.out_dir, progress=not args.quiet, resume=args.resume)
         if rank == 0:
-            m = result.metrics
+            m, config = result.metrics, result.config
             print(f"{config.model} on {config.dataset}: best val accuracy {m['val_acc']:.4f} "
                   f"(loss {m['val_loss']:.4f}, epoch {m['epoch']}/{config.epochs}); "
                   f"{result.seconds:.1f} s, {result.images_per_s:.0f} images/s"

@@ -22,6 +22,7 @@ class TrainConfig:
     width: int | None = None  # first-stage channels of `fast` (None: 64), of `two_scale`'s global view
     patch: int | None = None  # `fast`: stem patch side (None: the input brought to ~32x32)
     pretrained: bool = False  # resnet18: ImageNet weights from the torch hub cache
+    input_size: int | None = None  # lite0, lite0_probe: side the backbone sees (None: >= 64 px)
     image_size: int | None = None  # None: the cache's; must match the cache otherwise
     epochs: int = 10
     batch_size: int = 128  # global: split across processes under torchrun
@@ -49,7 +50,7 @@ class TrainConfig:
     @property
     def model_options(self) -> dict:
         """Keyword options of ``build_model`` this configuration sets (saved with checkpoints)."""
-        options = {"width": self.width, "patch": self.patch}
+        options = {"width": self.width, "patch": self.patch, "input_size": self.input_size}
         return {k: v for k, v in options.items() if v}
 
 
@@ -67,7 +68,11 @@ DEFAULTS: dict[str, dict] = {
 #: The measured settings of other models on a dataset, used when one is asked for by name
 #: (``make reference-models``): on CIFAKE ``fast`` is the previous default.
 MODEL_SETTINGS: dict[str, dict[str, dict]] = {
-    "cifake": {"fast": dict(width=64, patch=2)},
+    "cifake": {"fast": dict(width=64, patch=2),
+               # fine-tuning ImageNet weights: lr 0.05 wrecked them in a pilot, 0.01 kept them
+               # (docs/pretrained-detectors-study.md)
+               "lite0": dict(epochs=4, batch_size=128, lr=0.01),
+               "lite0_probe": dict(batch_size=128)},
 }
 
 

@@ -41,11 +41,12 @@ from ..core.accel import (
     set_cpu_threads,
 )
 from ..core.detector import Detector, choose_threshold, predict_logits, validation_rank
-from ..core.models import build_model
+from ..core.models import build_model, input_normalisation
 from ..core.repro import atomic_path, environment_fingerprint, seed_everything
 from ..data.cache import check_counts, split_counts
 from .batches import TrainingBatches
 from .config import TrainConfig, TrainResult
+from .probe import fit_linear_head, pooled_features
 
 RESUME_FORMAT = "aidetect-resume"
 
@@ -277,7 +278,8 @@ def _start(cache, config: TrainConfig, out_dir: str | Path | None, progress: boo
     announce = rank == 0 and progress
     device = _device(config, rank, world)
     size = int(cache.images.shape[1])
-    mean, std = channel_stats(train_images)
+    # pretrained weights expect their own normalisation; models from scratch get the data's
+    mean, std = input_normalisation(config.model) or channel_stats(train_images)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
     # the data lives on the device as uint8 for the whole run
     batches = TrainingBatches(images_to_device(train_images, device),
@@ -287,8 +289,10 @@ def _start(cache, config: TrainConfig, out_dir: str | Path | None, progress: boo
     y_val = torch.from_numpy(val_labels.astype(np.float32)).to(device)
     config, probe = _resolve_cpu_amp(replace(config, image_size=size), size, device,
                                      batches.batch_size, announce)
-    batches.config = config
     learner = _learner(config, size, device, world)
+    if _is_probe(learner.net):  # frozen features: one pass, then logistic regression
+        config = replace(config, epochs=1)
+    batches.config = config
     detector = Detector(learner.net, config.model, config.dataset, size, mean, std, asdict(config), {},
                         cache.fingerprint, config.model_options,
                         environment={**environment_fingerprint(), "cpu_precision_probe": probe})
@@ -319,6 +323,29 @@ def _epoch(run: _Run, epoch: int) -> dict:
             "images": sums["seen"], "images_per_s": sums["seen"] / max(train_seconds, 1e-9)}
 
 
+def _is_probe(net: nn.Module) -> bool:
+    return bool(getattr(net, "frozen", False))
+
+
+def _probe_epoch(run: _Run) -> dict:
+    """A linear probe's only epoch: frozen features of train and val once, then logistic
+    regression (:mod:`helpers.training.probe`); the history's row."""
+    config, net, b = run.config, run.learner.net, run.batches
+    started = time.perf_counter()
+    f_train = pooled_features(net, b.images, b.mean, b.std, config.eval_batch_size, bool(config.cpu_amp))
+    f_val = pooled_features(net, run.x_val, b.mean, b.std, config.eval_batch_size, bool(config.cpu_amp))
+    feature_seconds = time.perf_counter() - started
+    fits = fit_linear_head(net.head, (f_train, b.labels.cpu().numpy()), (f_val, run.y_val.cpu().numpy()),
+                           config.seed)
+    train_seconds = time.perf_counter() - started
+    metrics = validate(net, run.x_val, run.y_val, b.mean, b.std, config)  # through the model itself
+    chosen = next(f for f in fits if f["chosen"])
+    return {"epoch": 1, "lr": float("nan"), "train_loss": float("nan"), "train_acc": float("nan"),
+            **metrics, "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
+            "images": float(len(f_train)), "images_per_s": len(f_train) / max(feature_seconds, 1e-9),
+            "probe_C": chosen["C"], "feature_seconds": feature_seconds}
+
+
 def _keep(run: _Run, done: _Progress, row: dict) -> None:
     """Record an epoch: the best weights (saved as the detector), the history, the resume point."""
     metrics = {"val_loss": row["val_loss"], "val_acc": row["val_acc"]}
@@ -343,6 +370,9 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
         resume: bool = True, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train ``config.model`` on the train split of ``cache``; select on its val split.
 
+    A frozen model (``lite0_probe``) is fitted in one pass instead: its features once, then
+    logistic regression (:mod:`helpers.training.probe`).
+
     Writes ``<model>.pt`` (a :class:`Detector`: the best epoch so far, atomically),
     ``<model>_history.csv`` and, while training, ``<model>.last.pt`` (resume point, removed at
     the end) to ``out_dir`` (default ``results/<dataset>/models/``). With ``resume`` a matching
@@ -361,7 +391,7 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
     for epoch in bar:
         if done.stopped(config.patience):
             break
-        row = _epoch(run, epoch)
+        row = _probe_epoch(run) if _is_probe(run.learner.net) else _epoch(run, epoch)
         _keep(run, done, row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.4f}",
                         img_s=f"{row['images_per_s']:.0f}")
