@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-from sklearn import metrics as skm
 
 
 @dataclass(frozen=True)
@@ -95,36 +94,65 @@ def difference_ci(a, b, n_resamples: int = 1000, confidence: float = 0.95,
                     a.size + b.size, confidence)
 
 
-#: The ranking metrics :func:`ranking_ci` knows, from scikit-learn (FAKE = positive class).
-RANKING_METRICS = {"auc": "roc_auc_score", "average_precision": "average_precision_score"}
+#: The threshold-free ranking metrics :func:`ranking_ci` knows (FAKE = positive class).
+RANKING_METRICS = ("auc", "average_precision")
 
 
-def ranking_ci(labels, scores, metric: str = "auc", n_resamples: int = 500, confidence: float = 0.95,
+def _weighted_ranking(w_fake: np.ndarray, w_real: np.ndarray, metric: str) -> np.ndarray:
+    """``metric`` for R weightings at once: ``w_fake``/``w_real`` are (R, U) weights of each
+    distinct score (sorted in decreasing order) in each class.
+
+    AUC is the Mann-Whitney probability that a fake outscores a real image (ties count half);
+    average precision is scikit-learn's step sum over the distinct thresholds, sum of
+    (recall_k - recall_k-1) * precision_k. Both equal scikit-learn's with ``sample_weight``.
+    """
+    total_fake, total_real = w_fake.sum(1), w_real.sum(1)
+    if metric == "auc":
+        real_below = total_real[:, None] - np.cumsum(w_real, axis=1)  # scores are decreasing
+        return (w_fake * (real_below + 0.5 * w_real)).sum(1) / (total_fake * total_real)
+    tp, fp = np.cumsum(w_fake, axis=1), np.cumsum(w_real, axis=1)
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+    return (w_fake / total_fake[:, None] * precision).sum(1)
+
+
+def ranking_ci(labels, scores, metric: str = "auc", n_resamples: int = 1000, confidence: float = 0.95,
                seed: int = 0) -> Interval:
-    """ROC AUC or average precision of ``scores`` (N,) against 0/1 ``labels`` (N,), with a
-    stratified percentile bootstrap interval.
+    """ROC AUC or average precision of ``scores`` (N,) against 0/1 ``labels`` (N,), FAKE (1)
+    positive, with a stratified percentile bootstrap interval.
 
     Each resample draws the REAL and the FAKE images separately with replacement, keeping both
-    class sizes (a resample without one class has no AUC), and is scored by scikit-learn with
-    the draw counts as ``sample_weight``. Raises ValueError for an unknown ``metric`` or
-    labels of a single class.
+    class sizes (a resample without one class has no AUC); the metric of every resample is
+    computed at once from the draw counts (:func:`_weighted_ranking`, equal to scikit-learn's
+    ``roc_auc_score``/``average_precision_score`` with the counts as ``sample_weight``).
+    Raises ValueError for an unknown ``metric`` or labels of a single class.
     """
     if metric not in RANKING_METRICS:
-        raise ValueError(f"unknown ranking metric {metric!r}; choose one of {sorted(RANKING_METRICS)}")
+        raise ValueError(f"unknown ranking metric {metric!r}; choose one of {list(RANKING_METRICS)}")
     labels = _as_binary(labels, "labels").astype(np.int64)
     scores = np.asarray(scores, dtype=np.float64).ravel()
-    groups = [np.flatnonzero(labels == c) for c in (0, 1)]
-    if min(len(g) for g in groups) == 0:
-        raise ValueError(f"{metric} needs both classes (got {len(groups[0])} REAL, {len(groups[1])} FAKE)")
-    score = getattr(skm, RANKING_METRICS[metric])
+    n_real, n_fake = int((labels == 0).sum()), int((labels == 1).sum())
+    if min(n_real, n_fake) == 0:
+        raise ValueError(f"{metric} needs both classes (got {n_real} REAL, {n_fake} FAKE)")
+    values, group = np.unique(-scores, return_inverse=True)  # distinct scores, decreasing
+    group = group.ravel()
+    fake_groups, real_groups = group[labels == 1], group[labels == 0]
+
+    def per_value(groups: np.ndarray, counts: np.ndarray) -> np.ndarray:  # (R, n) -> (R, U)
+        rows = np.repeat(np.arange(len(counts)), groups.size)
+        flat = np.bincount(rows * len(values) + np.tile(groups, len(counts)), counts.ravel(),
+                           minlength=len(counts) * len(values))
+        return flat.reshape(len(counts), len(values))
+
+    estimate = _weighted_ranking(per_value(fake_groups, np.ones((1, n_fake))),
+                                 per_value(real_groups, np.ones((1, n_real))), metric)[0]
     rng = np.random.default_rng(seed)
-    values = np.empty(n_resamples)
-    for i in range(n_resamples):
-        weights = np.zeros(len(labels))
-        for group in groups:
-            weights[group] = rng.multinomial(len(group), np.full(len(group), 1 / len(group)))
-        values[i] = score(labels, scores, sample_weight=weights)
+    draws = []
+    for start in range(0, n_resamples, 100):  # 100 resamples at a time bound the memory
+        r = min(100, n_resamples - start)
+        w_fake = per_value(fake_groups, rng.multinomial(n_fake, np.full(n_fake, 1 / n_fake), size=r))
+        w_real = per_value(real_groups, rng.multinomial(n_real, np.full(n_real, 1 / n_real), size=r))
+        draws.append(_weighted_ranking(w_fake, w_real, metric))
     alpha = (1 - confidence) / 2
-    low, high = np.quantile(values, [alpha, 1 - alpha])
-    return Interval(float(score(labels, scores)), float(low), float(high), "stratified percentile bootstrap",
+    low, high = np.quantile(np.concatenate(draws), [alpha, 1 - alpha])
+    return Interval(float(estimate), float(low), float(high), "stratified percentile bootstrap",
                     len(labels), confidence)

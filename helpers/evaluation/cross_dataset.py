@@ -3,7 +3,8 @@
 A *source* is a labelled set of real and generated images: a dataset's clean test split
 (CIFAKE: Stable Diffusion 1.4 vs CIFAR-10; shoes: Midjourney vs photos; the demo), or a
 dataset's exported GAN images (notebook 04) against that dataset's real test photos. The
-detectors are each dataset's best checkpoint (by validation; the *specialists*) and every
+detectors are each dataset's best checkpoint trained from scratch (by validation; the
+*specialists*) and every
 ImageNet-pretrained detector trained on a dataset (``lite0``, ``lite0_probe``: the candidates
 for a *generalist*). Every image reaches a detector
 through the detector's *own* preprocessing (:func:`helpers.core.images.decode` from the raw file at
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.detector import Detector, best_path, load_all
+from ..core.detector import Detector, load_all, train_hint, validation_rank
 from ..core.images import BadImageError, decode
 from ..core.models import input_normalisation
 from ..core.stats import ranking_ci
@@ -108,18 +109,20 @@ def is_pretrained(detector: Detector) -> bool:
 
 def dataset_detectors(datasets: Sequence[str] | None = None, device: str = "cpu",
                       seed: int = 0) -> tuple[list[Detector], list[tuple[str, str]]]:
-    """Of each dataset: its best checkpoint (by validation) and every pretrained one, each
-    trained on that dataset's latest cache (so its own test split is clean of its training
-    images); ``(detectors, skipped)``, titled ``<dataset>/<name>``."""
+    """Of each dataset: its best detector trained from scratch (by validation: the
+    *specialist*) and every ImageNet-pretrained one, each trained on that dataset's latest
+    cache (so its own test split is clean of its training images); ``(detectors, skipped)``,
+    titled ``<dataset>/<name>``."""
     detectors, skipped = [], []
     for dataset in datasets or list(DATASETS):
-        try:
-            best = Detector.load(best_path(dataset), device)
-        except (FileNotFoundError, ValueError) as err:
-            skipped.append((dataset, str(err).splitlines()[0]))
+        found, unreadable = load_all(dataset, device)
+        skipped += unreadable
+        if not found:
+            skipped.append((dataset, f"no trained detector (run {train_hint(dataset)})"))
             continue
-        pretrained, _ = load_all(dataset, device)
-        chosen = [best] + [d for d in pretrained if is_pretrained(d) and d.path != best.path]
+        scratch = [d for d in found if not is_pretrained(d)]
+        chosen = ([max(scratch, key=lambda d: validation_rank(d.metrics))] if scratch else []) + \
+            [d for d in found if is_pretrained(d)]
         for detector in chosen:
             detector.title = f"{dataset}/{detector.name}"
             cache = find_cache(dataset, detector.image_size, seed)

@@ -73,6 +73,8 @@ MODEL_SETTINGS: dict[str, dict[str, dict]] = {
                # (docs/pretrained-detectors-study.md)
                "lite0": dict(epochs=4, batch_size=128, lr=0.01),
                "lite0_probe": dict(batch_size=128)},
+    # 240-px shoes reach Lite0 at 128 px (antialiased): 4x cheaper than native on the CPU
+    "sneakers": {"lite0": dict(epochs=15, batch_size=32, lr=0.01, input_size=128)},
 }
 
 
