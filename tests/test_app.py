@@ -4,6 +4,7 @@ and the real server answers on localhost."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,22 +173,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_server_answers_on_localhost(trained, tmp_path):
-    """`make app`'s command on a free port: the page and Streamlit's health check answer."""
+@contextlib.contextmanager
+def app_server(tree: dict, home: Path) -> Iterator[tuple[str, object, Path]]:
+    """`make app`'s command on a free port over a :func:`train_tiny_detector` tree; yields
+    (its address, the health check's answer or None after 90 s, its log), stops it after."""
     import requests
 
     port = free_port()
-    env = {**os.environ, "AIDETECT_RESULTS": str(trained["root"] / "results"),
-           "AIDETECT_DATA": str(trained["root"] / "data"), "HOME": str(tmp_path)}
+    env = {**os.environ, "AIDETECT_RESULTS": str(tree["root"] / "results"),
+           "AIDETECT_DATA": str(tree["root"] / "data"), "HOME": str(home)}
     cmd = [sys.executable, "-m", "streamlit", "run", APP, "--server.address", "localhost",
            "--server.port", str(port), "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--", "--dataset", "demo"]
-    log = tmp_path / "server.log"
+    log = home / "server.log"
     with open(log, "wb") as out:
         server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline, health = time.monotonic() + 60, None
+        deadline, health = time.monotonic() + 90, None
         while time.monotonic() < deadline and server.poll() is None:
             try:
                 health = requests.get(f"http://localhost:{port}/_stcore/health", timeout=2)
@@ -193,10 +197,7 @@ def test_server_answers_on_localhost(trained, tmp_path):
             except requests.ConnectionError:
                 time.sleep(0.5)
         assert server.poll() is None, log.read_text(errors="replace")
-        assert health is not None, f"no answer in 60 s:\n{log.read_text(errors='replace')}"
-        assert health.status_code == 200 and health.text == "ok"
-        page = requests.get(f"http://localhost:{port}/", timeout=10)
-        assert page.status_code == 200 and "<html" in page.text.lower()
+        yield f"http://localhost:{port}/", health, log
     finally:
         server.terminate()
         try:
@@ -204,6 +205,18 @@ def test_server_answers_on_localhost(trained, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.mark.slow
+def test_server_answers_on_localhost(trained, tmp_path):
+    """`make app`'s command on a free port: the page and Streamlit's health check answer."""
+    import requests
+
+    with app_server(trained, tmp_path) as (address, health, log):
+        assert health is not None, f"no answer in 90 s:\n{log.read_text(errors='replace')}"
+        assert health.status_code == 200 and health.text == "ok"
+        page = requests.get(address, timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
 
 
 @pytest.mark.filterwarnings("ignore:Metadata Warning:UserWarning")  # Pillow on the bad EXIF

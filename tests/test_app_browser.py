@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import io
 import itertools
-import os
 import shutil
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, train_tiny_detector
+from tests.conftest import train_tiny_detector
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")]
-APP = str(ROOT / "helpers" / "tools" / "app.py")
 # what the machine's closed network needs (connections Chromium makes at start are refused)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -43,34 +38,12 @@ def _png(rng: np.random.Generator, height: int, width: int) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`make app`'s command on a free port, over a tiny trained demo detector."""
-    from tests.test_app import free_port
+    from tests.test_app import app_server
 
     root = tmp_path_factory.mktemp("browser")
-    trained = train_tiny_detector(root, "demo")
-    port = free_port()
-    env = {**os.environ, "AIDETECT_RESULTS": str(trained["root"] / "results"),
-           "AIDETECT_DATA": str(trained["root"] / "data"), "HOME": str(root)}
-    cmd = [sys.executable, "-m", "streamlit", "run", APP, "--server.address", "localhost",
-           "--server.port", str(port), "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--", "--dataset", "demo"]
-    log = root / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    import requests
-
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            requests.get(f"http://localhost:{port}/_stcore/health", timeout=2)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    try:
-        assert process.poll() is None, log.read_text(errors="replace")
-        yield f"http://localhost:{port}/"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with app_server(train_tiny_detector(root, "demo"), root) as (address, health, log):
+        assert health is not None, f"no answer in 90 s:\n{log.read_text(errors='replace')}"
+        yield address
 
 
 def _overlap(a: dict, b: dict) -> bool:

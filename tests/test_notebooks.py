@@ -71,13 +71,18 @@ def test_train_gan_evaluate_gradcam_notebooks_run_in_order(project_dirs, tmp_pat
     run("05_evaluate.ipynb", tmp_path, N_BOOTSTRAP=50, GALLERY_SIZE=4, **common)
     run("06_gradcam.ipynb", tmp_path, N_PER_GROUP=2, N_AVERAGE=16, N_FAITHFUL=8, **common)
     demo = results / "demo"
-    assert (demo / "models" / "fast.pt").exists()
+    # notebook 03 trains the default and fits the linear probe; 05 evaluates both
+    assert (demo / "models" / "fast.pt").exists() and (demo / "models" / "lite0_probe.pt").exists()
     assert list((demo / "curves").glob("*.png")) and list((demo / "generated_images").glob("*.png"))
-    metrics = (demo / "performance_metrics.csv").read_text()
-    assert "fast" in metrics and "ci_low" in metrics
+    metrics = pd.read_csv(demo / "performance_metrics.csv")
+    assert sorted(metrics["model"]) == ["fast", "lite0_probe"] and metrics["ci_low"].notna().all()
     assert (demo / "confusion_matrix.png").exists() and (demo / "gradcam" / "faithfulness.csv").exists()
     near = pd.read_csv(demo / "near_duplicate_check.csv")
-    assert near["images"].tolist() == ["all test images", "no near-duplicate in train", "near-duplicate in train"]
+    for _, rows in near.groupby("model"):
+        assert rows["images"].tolist() == ["all test images", "no near-duplicate in train",
+                                           "near-duplicate in train"]
+    unseen = pd.read_csv(demo / "cross_dataset_unseen.csv")
+    assert unseen.set_index("detector")["pretrained"].to_dict() == {"demo/fast": False, "demo/lite0_probe": True}
 
 
 # --------------------------------------------------------------------------- misspelt parameters
