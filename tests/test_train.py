@@ -196,6 +196,16 @@ def test_the_command_line_separates_the_split_seed_from_the_training_seed(projec
     assert split_one.fingerprint != prepare("demo", source, seed=0, progress=False).fingerprint
 
 
+def test_the_command_line_fits_the_probe_at_the_input_size_asked(project_dirs, tmp_path):
+    source = write_dataset(tmp_path / "cli_probe", n_per_class=20)
+    out = tmp_path / "cli_probe_models"
+    assert main(["--dataset", "demo", "--data-source", str(source), "--model", "lite0_probe",
+                 "--input-size", "96", "--device", "cpu", "--out-dir", str(out), "--quiet"]) == 0
+    detector = Detector.load(out / "lite0_probe.pt")
+    assert detector.model_options == {"input_size": 96} and detector.model.input_size == 96
+    assert detector.config["epochs"] == 1  # a probe is fitted in one pass
+
+
 def test_a_compiled_run_saves_and_reloads_the_plain_model(tiny_cache, tmp_path, monkeypatch):
     # dynamo's aot_eager backend: the torch.compile wrapper without a C++ compiler, so the test
     # checks what compiling changes for the loop (state-dict names, saving, reloading), not inductor

@@ -27,9 +27,13 @@ def _parser() -> argparse.ArgumentParser:
                     "`torchrun --nproc_per_node=N` (DistributedDataParallel).")
     p.add_argument("--dataset", default="demo")
     p.add_argument("--data-source", default=None, help="local folder or archive of the dataset")
-    p.add_argument("--model", default=None, help="fast, two_scale, resnet18, seed_cnn or cifake_paper")
+    p.add_argument("--model", default=None,
+                   help="fast, two_scale, resnet18, seed_cnn, cifake_paper, lite0 or lite0_probe")
     p.add_argument("--width", type=int, default=None, help="first-stage channels of `fast` (of the global view of `two_scale`)")
     p.add_argument("--patch", type=int, default=None, help="stem patch side of `fast` (2 on 32x32: 16x16 maps)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="lite0, lite0_probe: side in px the pretrained backbone sees (default: the image "
+                        "size, at least 64)")
     p.add_argument("--pretrained", action="store_true", default=None,
                    help="resnet18: ImageNet weights (must already be in the torch hub cache)")
     p.add_argument("--image-size", type=int, default=None)
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = max(1, (os.cpu_count() or 1) // world)
     config = default_config(
         args.dataset, model=args.model, width=args.width, patch=args.patch, pretrained=args.pretrained,
+        input_size=args.input_size,
         image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, translate=args.translate, patience=args.patience,
