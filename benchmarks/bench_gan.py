@@ -3,13 +3,13 @@
     .venv/bin/python benchmarks/bench_gan.py [--device auto] [--resolution 32] [--width 64]
         [--batch-size 128] [--seconds 5] [--repeats 3] [--threads N]
 
-Both variants run the same DCGAN update (:meth:`helpers.gan.train.DCGAN.step`: one discriminator
+Both variants run the same DCGAN update (:meth:`helpers.gan.train.GAN.step`: one discriminator
 and one generator step, autocast on CUDA) on random uint8 images; only the data path differs.
 
 1. baseline, the usual tutorial loop: the images as float32 in host memory, each batch sliced,
    flipped and scaled there, then copied to the device (pageable memory), and the four
    statistics read back with ``.item()`` after every step (a host-device sync per step);
-2. project (:meth:`~helpers.gan.train.DCGAN.train_epoch`): the images as uint8 on the device
+2. project (:meth:`~helpers.gan.train.GAN.train_epoch`): the images as uint8 on the device
    (a quarter of the memory), batches gathered, flipped and scaled there, statistics kept on
    the device and read once per epoch.
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.core.accel import images_to_device, set_cpu_threads
 from helpers.gan.networks import GANConfig
-from helpers.gan.train import DCGAN
+from helpers.gan.train import GAN
 
 
 def _sync(device: torch.device) -> None:
@@ -42,7 +42,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def baseline_rate(gan: DCGAN, host: np.ndarray, seconds: float) -> float:
+def baseline_rate(gan: GAN, host: np.ndarray, seconds: float) -> float:
     """Steps/s of the naive loop: float32 host batches copied per step, stats read per step."""
     bs, device = gan.config.batch_size, gan.device
     rng = np.random.default_rng(0)
@@ -64,8 +64,8 @@ def baseline_rate(gan: DCGAN, host: np.ndarray, seconds: float) -> float:
             return steps / (time.perf_counter() - start)
 
 
-def project_rate(gan: DCGAN, data: torch.Tensor, seconds: float) -> float:
-    """Steps/s of :meth:`DCGAN.train_epoch` over uint8 data already on the device."""
+def project_rate(gan: GAN, data: torch.Tensor, seconds: float) -> float:
+    """Steps/s of :meth:`GAN.train_epoch` over uint8 data already on the device."""
     steps_per_epoch = len(data) // gan.config.batch_size
     gan.train_epoch(data)  # warm-up
     _sync(gan.device)
@@ -85,7 +85,7 @@ def bench_device(device: torch.device, args) -> dict[str, float]:
                                                dtype=np.uint8)
     host = images.transpose(0, 3, 1, 2).astype(np.float32)  # the baseline's float32 NCHW copy
     data = images_to_device(images, device)
-    gan = DCGAN(config, device)
+    gan = GAN(config, device)
     params = sum(p.numel() for p in gan.G.parameters()) + sum(p.numel() for p in gan.D.parameters())
     print(f"\n{device.type.upper()}: DCGAN {args.resolution}x{args.resolution}, width {args.width}, "
           f"batch {args.batch_size}, {params / 1e6:.2f} M parameters (G + D)"

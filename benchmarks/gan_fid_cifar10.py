@@ -1,4 +1,4 @@
-"""DCGAN on CIFAR-10 photos: FID and KID against epochs, with sample counts and wall time.
+"""A GAN (DCGAN by default, or any recipe) on CIFAR-10 photos: FID and KID against epochs, with sample counts and wall time.
 
     # the real measurement, on a GPU (DCGAN literature: FID 42-47 on CIFAR-10; target <= 45)
     .venv/bin/python benchmarks/gan_fid_cifar10.py --device cuda --epochs 200 --fid-samples 10000 --fid-every 20
@@ -16,7 +16,7 @@ photos against the same reference: the FID that sample size gives a perfect gene
 
 Writes ``fid_vs_epochs.csv``, ``summary.json`` (settings, environment, per-epoch losses,
 timings) and ``samples.png`` to ``--out`` (default ``results/benchmarks/gan_fid_cifar10``);
-``--save-checkpoint`` adds ``models/dcgan.pt``.
+``--save-checkpoint`` adds ``models/gan.pt``.
 
 Note: these are 10k *test* photos, JPEG re-encoded, not the 50k training set of the
 literature; FID against a 10k reference is slightly higher than against 50k.
@@ -41,8 +41,8 @@ from helpers.core.images import BadImageError, decode
 from helpers.core.repro import environment_fingerprint, seed_everything, write_json
 from helpers.data.sources import iter_source
 from helpers.gan import quality
-from helpers.gan.networks import GANConfig
-from helpers.gan.train import DCGAN, image_grid, save_checkpoint, save_png, train_gan
+from helpers.gan.networks import RECIPES, recipe_config
+from helpers.gan.train import GAN, image_grid, save_checkpoint, save_png, train_gan
 
 DEFAULT_ZIP = ROOT.parent / "shared" / "data" / "cifar10-test-jpg.zip"
 TARGET_FID = 45.0
@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=64, help="ngf = ndf")
     parser.add_argument("--lr", type=float, default=2e-4, help="for G and D")
     parser.add_argument("--spectral-norm", action="store_true", help="spectral normalisation in D")
+    parser.add_argument("--recipe", default="dcgan", choices=sorted(RECIPES),
+                        help="helpers.gan.networks.RECIPES (benchmarks/gan_recipes.py compares them)")
     parser.add_argument("--max-images", type=int, default=None, help="train on a random subset")
     parser.add_argument("--no-real-floor", action="store_true", help="skip the real-vs-real FID")
     parser.add_argument("--seed", type=int, default=0)
@@ -136,14 +138,14 @@ def main(argv=None) -> int:
         print(f"real-vs-real floor skipped: needs {args.fid_samples} photos outside the reference, "
               f"{len(rest)} left")
 
-    config = GANConfig(resolution=32, ngf=args.width, ndf=args.width, batch_size=args.batch_size,
-                           epochs=args.epochs, lr_g=args.lr, lr_d=args.lr,
-                           spectral_norm=args.spectral_norm, seed=args.seed)
+    config = recipe_config(args.recipe, resolution=32, ngf=args.width, ndf=args.width,
+                           batch_size=args.batch_size, epochs=args.epochs, lr_g=args.lr, lr_d=args.lr,
+                           seed=args.seed, **({"spectral_norm": True} if args.spectral_norm else {}))
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     train_seconds = 0.0
 
-    def on_epoch(model: DCGAN, stats: dict) -> None:
+    def on_epoch(model: GAN, stats: dict) -> None:
         nonlocal train_seconds
         train_seconds += stats["seconds"]
         due = (args.fid_every and model.epoch % args.fid_every == 0) or model.epoch == args.epochs
@@ -169,10 +171,10 @@ def main(argv=None) -> int:
     model, history = train_gan(images, config, device, on_epoch=on_epoch, progress=False)
     save_png(image_grid(model.generate(100, seed=args.seed + 2), columns=10), args.out / "samples.png")
     if args.save_checkpoint:
-        save_checkpoint(model, args.out / "models" / "dcgan.pt", history=history)
+        save_checkpoint(model, args.out / "models" / "gan.pt", history=history)
     final = rows[-1]
     summary = {
-        "benchmark": "DCGAN FID on CIFAR-10 test photos", "source": str(args.zip), "n_train": len(images),
+        "benchmark": f"{args.recipe} FID on CIFAR-10 test photos", "recipe": args.recipe, "source": str(args.zip), "n_train": len(images),
         "config": asdict(config), "device": str(device), "threads": threads,
         "final": final, "fid_vs_epochs": rows, "real_floor": floor, "target_fid": TARGET_FID,
         "target_met": final["fid"] <= TARGET_FID and final["n_fake"] >= 10_000,

@@ -8,7 +8,7 @@ Each step of ``notebooks/`` has one subpackage, the two user tools one more, ove
 ``data``       01: datasets, their sources (Kaggle, local copy, offline demo), the cache
 ``explore``    02: class balance, formats, shortcuts, near-duplicates, spectra
 ``training``   03: configuration, device-side batches, the loop (``python -m helpers.training``)
-``gan``        04: DCGAN, its training, quality (FID/KID) and the exported second generator
+``gan``        04: the GAN (DCGAN + data-efficient recipes), quality (FID/KID) and its exported images
 ``evaluation`` 05: metrics with CIs, robustness, comparisons, breakdowns, cross-dataset
 ``explain``    06: Grad-CAM maps and their faithfulness
 ``tools``      ``predict`` (command line) and ``app`` (Streamlit)

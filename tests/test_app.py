@@ -152,7 +152,7 @@ def test_no_checkpoint_names_the_make_target(tmp_path, monkeypatch):
 
 def test_the_other_method_and_checkpoint_selects(results_tree, uploads):
     # another .pt file (the GAN's) beside the detector is not offered as a detector
-    foreign = results_tree["checkpoint"].with_name("dcgan.pt")
+    foreign = results_tree["checkpoint"].with_name("gan.pt")
     torch.save({"format": "aidetect-gan", "state": {}}, foreign)
     try:
         at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()

@@ -71,3 +71,25 @@ def test_cifake_standin_has_cifakes_layout_and_no_source_in_two_splits(tmp_path)
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cifake_standin.py"), str(out)],
                            capture_output=True, text=True, check=False)
     assert again.returncode == 1 and "exists" in again.stderr  # never overwritten
+
+
+def test_gan_recipes_scores_each_recipe_against_the_real_floor(tmp_path):
+    """The GAN study's script on a tiny CIFAR-like archive: a KID row per recipe and the floor."""
+    import csv
+
+    import numpy as np
+
+    archive = tmp_path / "photos.zip"
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(40):
+            image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+            with zf.open(f"test/cat/{i:04d}.jpg", "w") as f:
+                image.save(f, format="JPEG")
+    out = run("gan_recipes.py", "--data", "cifar10", "--source", str(archive), "--recipes", "dcgan",
+              "projected", "--minutes", "0.001", "--score-at", "0.001", "--fid-samples", "8",
+              "--batch-size", "8", "--width", "8", "--out", str(tmp_path / "out"))
+    rows = list(csv.DictReader((tmp_path / "out" / "kid_vs_time.csv").open()))
+    assert [r["recipe"] for r in rows] == ["dcgan", "projected"] and {r["n_fake"] for r in rows} == {"8"}
+    assert "floor: KID" in out and "[8 vs 8 images]" in out
+    assert (tmp_path / "out" / "kid_vs_time.png").exists() and (tmp_path / "out" / "samples_projected.png").exists()

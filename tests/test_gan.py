@@ -1,4 +1,5 @@
-"""The DCGAN: shapes, one training step, determinism, checkpoints, export and the notebook."""
+"""The GAN: DCGAN and its data-efficient recipes (DiffAugment, hinge loss, EMA, projected D):
+shapes, one training step, determinism, checkpoints, export and the notebook."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ import torch
 from PIL import Image, JpegImagePlugin
 
 from helpers.data.cache import prepare
+from helpers.gan.augment import diff_augment, parse_policy
 from helpers.gan.export import export_dir, export_images, load_exported, verify_export
-from helpers.gan.networks import Discriminator, GANConfig, Generator
+from helpers.gan.networks import RECIPES, Discriminator, GANConfig, Generator, recipe_config
 from helpers.gan.train import (
-    DCGAN,
+    CPU_MINUTES,
+    CPU_SECONDS_PER_STEP,
+    DEMO_EPOCHS,
+    GAN,
     STAT_KEYS,
     EpochMonitor,
+    default_recipe,
     load_checkpoint,
     plan_run,
     real_training_images,
@@ -49,34 +55,128 @@ def test_unsupported_resolution_is_a_clear_error():
 
 
 def test_paper_initialisation():
-    model = DCGAN(GANConfig(ngf=16, ndf=16), CPU)
+    model = GAN(GANConfig(ngf=16, ndf=16), CPU)
     conv = model.G.net[0].weight
     assert abs(conv.std().item() - 0.02) < 0.003 and abs(conv.mean().item()) < 0.002
     bn = model.D.net[3]
     assert isinstance(bn, torch.nn.BatchNorm2d) and abs(bn.weight.mean().item() - 1) < 0.01
 
 
-def _d_loss(model: DCGAN, real: torch.Tensor, fake: torch.Tensor) -> float:
+def _d_loss(model: GAN, real: torch.Tensor, fake: torch.Tensor) -> float:
     with torch.no_grad():
-        n = len(real)
-        return (model.loss(model.D(real), torch.ones(n)) + model.loss(model.D(fake), torch.zeros(n))).item()
+        return model.losses(model.D(real), model.D(fake)).item()
 
 
-def test_one_step_changes_both_networks_and_lowers_the_discriminator_loss():
-    model = DCGAN(GANConfig(ngf=16, ndf=16, seed=0), CPU)
+def _real_batch(n: int = 16, size: int = 32) -> torch.Tensor:
     rng = np.random.default_rng(0)
-    real = to_unit_range(torch.from_numpy(np.stack([textured(rng, 32, False) for _ in range(16)]))
-                             .permute(0, 3, 1, 2))
-    with torch.no_grad():
-        fake = model.G(model.noise(16, torch.Generator().manual_seed(1)))  # a fixed batch
+    return to_unit_range(torch.from_numpy(np.stack([textured(rng, size, False) for _ in range(n)]))
+                         .permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_one_step_of_each_recipe_changes_both_networks(recipe):
+    model = GAN(recipe_config(recipe, ngf=16, ndf=16, seed=0), CPU)
+    trained_d = [p for p in model.D.parameters() if p.requires_grad]
+    frozen_d = [p for p in model.D.parameters() if not p.requires_grad]
     before_g = [p.detach().clone() for p in model.G.parameters()]
-    before_d = [p.detach().clone() for p in model.D.parameters()]
-    loss_before = _d_loss(model, real, fake)
-    stats = model.train_step(real)
+    before_d = [p.detach().clone() for p in trained_d]
+    before_frozen = [p.detach().clone() for p in frozen_d]
+    stats = model.train_step(_real_batch())
     assert set(stats) == set(STAT_KEYS) and all(np.isfinite(list(stats.values())))
     assert any(not torch.equal(a, b) for a, b in zip(before_g, model.G.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(before_d, model.D.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_d, trained_d))
+    # a projected discriminator's Lite0 and random projection never move
+    assert (len(frozen_d) > 0) == (recipe == "projected")
+    assert all(torch.equal(a, b) for a, b in zip(before_frozen, frozen_d))
+
+
+@pytest.mark.parametrize("loss", ["bce", "hinge"])
+def test_a_discriminator_step_lowers_its_loss_on_the_batch_it_saw(loss):
+    model = GAN(GANConfig(ngf=16, ndf=16, seed=0, loss=loss), CPU)
+    real = _real_batch()
+    with torch.no_grad():
+        fake = model.G(model.noise(16, torch.Generator().manual_seed(1)))  # a fixed batch
+    loss_before = _d_loss(model, real, fake)
+    model.train_step(real)
     assert _d_loss(model, real, fake) < loss_before
+
+
+def test_hinge_and_bce_losses_are_the_published_ones():
+    model = GAN(GANConfig(ngf=8, ndf=8, loss="hinge"), CPU)
+    d_real, d_fake = torch.tensor([2.0, 0.5]), torch.tensor([-3.0, 0.25])
+    assert model.losses(d_real, d_fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1.25) / 2)
+    assert model.losses(None, d_fake).item() == pytest.approx(-(-3.0 + 0.25) / 2)
+    model.config.loss = "bce"
+    assert model.losses(None, d_fake).item() == pytest.approx(
+        torch.nn.functional.softplus(-d_fake).mean().item())  # -log sigmoid(D(G(z)))
+
+
+def test_diff_augment_transforms_real_and_fake_alike_and_is_differentiable():
+    ones = torch.ones(6, 3, 16, 16)
+    for policy in ("translation", "cutout", "translation,cutout"):
+        # the same random state moves and cuts the same pixels, whatever the batch holds
+        a = diff_augment(ones, policy, torch.Generator().manual_seed(4))
+        b = diff_augment(2 * ones, policy, torch.Generator().manual_seed(4))
+        assert torch.equal(2 * a, b) and (a == 0).any() and (a == 1).any()
+    x = torch.rand(6, 3, 16, 16, requires_grad=True)
+    out = diff_augment(x * 2 - 1, "color,translation,cutout", torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    out.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # the generator learns through it
+    assert not torch.equal(diff_augment(x, "color", torch.Generator().manual_seed(1)), x)
+    assert parse_policy("") == () and parse_policy("color, cutout") == ("color", "cutout")
+    with pytest.raises(ValueError, match="unknown DiffAugment"):
+        GAN(GANConfig(ngf=8, ndf=8, augment="colour"), CPU)
+
+
+def test_the_discriminator_sees_real_and_fake_images_only_through_the_augmentation(monkeypatch):
+    model = GAN(recipe_config("diffaug", ngf=8, ndf=8), CPU)
+    seen = []
+
+    def spy(images):
+        seen.append(images.requires_grad)
+        return diff_augment(images, model.augment_policy)
+
+    monkeypatch.setattr(model, "augment", spy)
+    inputs = []
+    hook = model.D.register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
+    model.train_step(_real_batch(8))
+    hook.remove()
+    # real (D step), fake detached (D step), fake with its graph (G step): three calls, three inputs
+    assert seen == [False, False, True] and len(inputs) == 3
+
+
+def test_the_ema_generator_differs_from_the_raw_one_and_makes_the_samples():
+    model = GAN(recipe_config("diffaug", ngf=8, ndf=8, batch_size=8), CPU)
+    assert model.sampler is model.G_ema.module
+    for _ in range(12):
+        model.train_step(_real_batch(8))
+    raw = dict(model.G.named_parameters())
+    assert any(not torch.equal(p, raw[name]) for name, p in model.G_ema.module.named_parameters())
+    z = model.noise(4, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        model.G_ema.module.eval()
+        expected = ((model.G_ema.module(z).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        model.G.eval()
+        raw_images = ((model.G(z).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    samples = torch.from_numpy(model.generate(4, seed=5)).permute(0, 3, 1, 2)
+    assert torch.equal(samples, expected) and not torch.equal(samples, raw_images)
+    assert GAN(GANConfig(ngf=8, ndf=8), CPU).sampler is not None  # no EMA: the raw generator
+
+
+def test_projected_checkpoints_leave_lite0_out_and_round_trip(tmp_path):
+    images = np.stack([textured(np.random.default_rng(i), 32, False) for i in range(16)])
+    model, _ = train_gan(images, recipe_config("projected", ngf=8, batch_size=8, epochs=1), CPU,
+                         progress=False)
+    path = save_checkpoint(model, tmp_path / "gan.pt")
+    state = torch.load(path, weights_only=True)
+    assert not any(k.startswith("features.") for k in state["D"]) and "G_ema" in state
+    loaded, _ = load_checkpoint(path)
+    assert np.array_equal(loaded.generate(4, seed=1), model.generate(4, seed=1))
+    batch = _real_batch(4)
+    with torch.no_grad():
+        model.D.eval(), loaded.D.eval()
+        assert torch.allclose(loaded.D(batch), model.D(batch))
 
 
 def test_training_is_deterministic_and_checkpoints_round_trip(tmp_path):
@@ -86,7 +186,7 @@ def test_training_is_deterministic_and_checkpoints_round_trip(tmp_path):
     assert np.array_equal(runs[0][0].generate(6, seed=1), runs[1][0].generate(6, seed=1))
     model, history = runs[0]
     assert [h["epoch"] for h in history] == [1, 2] and len(model.step_log["loss_d"]) == 6
-    path = save_checkpoint(model, tmp_path / "models" / "dcgan.pt", history=history)
+    path = save_checkpoint(model, tmp_path / "models" / "gan.pt", history=history)
     loaded, state = load_checkpoint(path)
     assert loaded.epoch == 2 and state["config"]["ngf"] == 8 and len(state["history"]) == 2
     assert np.array_equal(loaded.generate(6, seed=1), model.generate(6, seed=1))
@@ -99,13 +199,35 @@ def test_epoch_monitor_writes_grids_scores_and_checkpoints(project_dirs):
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"an earlier, longer run")
     images = np.stack([textured(np.random.default_rng(i), 32, False) for i in range(32)])
-    monitor = EpochMonitor("demo", 2, grid_images=4, score=lambda g: {"fid": float(g.epoch)},
-                               score_every=0, score_last=True, checkpoint=results / "demo" / "models" / "dcgan.pt")
-    _, history = train_gan(images, GANConfig(ngf=8, ndf=8, batch_size=16, epochs=2), CPU,
-                               on_epoch=monitor, progress=False)
-    assert sorted(p.name for p in stale.parent.glob("*.png")) == ["epoch_001.png", "epoch_002.png"]
-    assert "fid" not in history[0] and history[1]["fid"] == 2.0  # scored after the last epoch only
-    assert len(load_checkpoint(monitor.checkpoint)[1]["history"]) == 2
+    monitor = EpochMonitor(stale.parent, 3, grid_images=4, score=lambda g: {"fid": float(g.epoch)},
+                           score_every=0, score_last=True, save_every=2,
+                           checkpoint=results / "demo" / "models" / "gan.pt")
+    _, history = train_gan(images, GANConfig(ngf=8, ndf=8, batch_size=16, epochs=3), CPU,
+                           on_epoch=monitor, progress=False)
+    # every second epoch and the last
+    assert sorted(p.name for p in stale.parent.glob("*.png")) == ["epoch_002.png", "epoch_003.png"]
+    assert [h.get("fid") for h in history] == [None, None, 3.0]  # scored after the last epoch only
+    assert len(load_checkpoint(monitor.checkpoint)[1]["history"]) == 3
+    total = history[-1]["train_seconds"]
+    assert total == pytest.approx(sum(h["seconds"] for h in history))
+
+
+def test_epoch_monitor_scores_at_marks_of_training_time(tmp_path):
+    images = np.stack([textured(np.random.default_rng(i), 32, False) for i in range(32)])
+    monitor = EpochMonitor(tmp_path, 6, score=lambda g: {"kid": float(g.epoch)}, save_every=100,
+                           score_at_seconds=(0.0, 1e-9, 1e9))
+    _, history = train_gan(images, GANConfig(ngf=8, ndf=8, batch_size=16, epochs=6), CPU,
+                           on_epoch=monitor, progress=False)
+    # both early marks fall in the first epoch (one score), the far one never comes
+    assert [h.get("kid") for h in history] == [1.0, None, None, None, None, None]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["epoch_006.png"]
+
+
+def test_train_gan_stops_at_a_training_time_budget():
+    images = np.stack([textured(np.random.default_rng(i), 32, False) for i in range(32)])
+    _, history = train_gan(images, GANConfig(ngf=8, ndf=8, batch_size=16, epochs=50), CPU,
+                           progress=False, max_seconds=1e-9)
+    assert len(history) == 1
 
 
 def test_train_gan_rejects_images_at_the_wrong_resolution():
@@ -122,7 +244,10 @@ def test_real_training_images_are_the_real_train_split_at_the_gan_resolution(pro
     assert real_training_images(cache, 64).shape[1:] == (64, 64, 3)
     plan = plan_run(cache, CPU)  # the demo on a CPU: the small, fast settings
     n_real = int((labels == 0).sum())
-    assert (plan.config.epochs, plan.config.ngf, plan.fid_samples, plan.n_real) == (6, 32, 64, n_real)
+    assert (plan.config.epochs, plan.config.ngf, plan.fid_samples, plan.n_real) == (DEMO_EPOCHS, 32, 64, n_real)
+    assert plan.recipe == default_recipe(32) == "dcgan" and plan.config.discriminator == "dcgan"
+    shoes_like = plan_run(cache, CPU, resolution=64)  # the study's best at 64 px
+    assert shoes_like.recipe == "projected" and shoes_like.config.discriminator == "projected"
     assert plan.config.batch_size == min(32, n_real)  # never more than the training images
     assert plan.n_export == int((cache.part("test")[1] == 0).sum()) and "epochs" in plan.auto
     assert plan_run(cache, CPU, epochs=3, width=64).config.ndf == 64
@@ -144,7 +269,12 @@ def test_exported_jpegs_carry_the_real_images_tables(project_dirs, tmp_path):
         _write_jpeg(source / "real" / f"r{i:03d}.jpg", textured(rng, 40, False), tables, sampling)
         Image.fromarray(textured(rng, 40, True)).save(source / "ai-midjourney" / f"f{i:03d}.jpg", quality=90)
     cache = prepare("sneakers", source, image_size=32, progress=False)
-    model = DCGAN(GANConfig(ngf=8, ndf=8), CPU)
+    plan = plan_run(cache, CPU, recipe="dcgan", batch_size=8)  # not the demo: the CPU time budget
+    per_step = CPU_SECONDS_PER_STEP[("dcgan", 32)] * 8 / 64
+    epoch_seconds = plan.n_real // 8 * per_step
+    assert 0 <= CPU_MINUTES * 60 - plan.steps * per_step < epoch_seconds  # as many epochs as fit
+    assert plan.fid_samples == plan.n_real // 2 and plan.score_every == -(-plan.config.epochs // 4)
+    model = GAN(GANConfig(ngf=8, ndf=8), CPU)
     manifest = export_images(model, cache, 30, seed=0, progress=False)
 
     folder = data_dir / "processed" / "sneakers" / "gan"
@@ -167,7 +297,7 @@ def test_exported_jpegs_carry_the_real_images_tables(project_dirs, tmp_path):
 def test_png_datasets_are_exported_lossless_and_absent_exports_read_as_none(project_dirs, tmp_path):
     cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=16), progress=False)
     assert load_exported("demo") is None
-    model = DCGAN(GANConfig(ngf=8, ndf=8), CPU)
+    model = GAN(GANConfig(ngf=8, ndf=8), CPU)
     manifest = export_images(model, cache, 5, seed=2, progress=False)
     assert manifest["encoding"] == "PNG" and "lossless" in manifest["encoding_note"]
     assert np.array_equal(load_exported("demo"), model.generate(5, seed=2))  # lossless
@@ -186,11 +316,12 @@ def test_notebook_runs_on_a_tiny_demo_layout(project_dirs, tmp_path):
                                            "BATCH_SIZE": 16, "FID_SAMPLES": 8, "N_EXPORT": 6},
                                cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
     run = results / "demo"
-    assert (run / "models" / "dcgan.pt").exists()
+    assert (run / "models" / "gan.pt").exists()
     assert {p.name for p in (run / "generated_images").glob("*.png")} >= {
         "epoch_001.png", "epoch_002.png", "final_samples.png"}
-    assert (run / "curves" / "gan_losses.png").exists()
+    assert (run / "curves" / "gan_losses.png").exists() and (run / "curves" / "gan_quality.png").exists()
     metrics = json.loads((run / "gan_metrics.json").read_text())
     assert metrics["quality"]["n_fake"] == 8 and np.isfinite(metrics["quality"]["fid"])
+    assert metrics["floor"]["n_fake"] == 8 and metrics["recipe"] == default_recipe(32)
     manifest = json.loads((data_dir / "processed" / "demo" / "gan" / "manifest.json").read_text())
     assert manifest["count"] == 6 and manifest["encoding"] == "PNG"

@@ -95,8 +95,8 @@ def test_predict_default_model_and_exit_codes(results_tree, images, tmp_path, ca
     # no model for the dataset, a missing checkpoint, a foreign checkpoint, bad usage: exit 2
     assert predict.main([*good, "--dataset", "demo"]) == predict.EXIT_USAGE
     assert predict.main([*good, "--model", str(tmp_path / "missing.pt")]) == predict.EXIT_USAGE
-    torch.save({"G": {}}, tmp_path / "dcgan.pt")
-    assert predict.main([*good, "--model", str(tmp_path / "dcgan.pt")]) == predict.EXIT_USAGE
+    torch.save({"G": {}}, tmp_path / "gan.pt")
+    assert predict.main([*good, "--model", str(tmp_path / "gan.pt")]) == predict.EXIT_USAGE
     assert "no usable detector" in capsys.readouterr().err
     assert predict.main([]) == predict.EXIT_USAGE
     assert predict.main([*good, "--batch-size", "0"]) == predict.EXIT_USAGE

@@ -92,3 +92,20 @@ def test_fid_extrapolation_removes_most_of_the_small_sample_bias():
     assert quality.fid_kid(a, b)["fid"] > 5 and abs(same["fid_infinity"]) < 1
     assert abs(moved["fid_infinity"] - 9) < 1
     assert same["fid_infinity"] < same["fid_projected"] < quality.fid_kid(a, b)["fid"]
+
+
+@pytest.mark.slow
+def test_two_halves_of_one_real_set_score_near_the_floor_and_a_generator_far_above():
+    """The floor: KID of real vs real is ~0 (unbiased), FID well above 0 at small n."""
+    from helpers.data.demo import TRAIN_PHOTOS, photo_crops
+
+    real = photo_crops(TRAIN_PHOTOS, 80, 32, np.random.default_rng(0))
+    reference, floor = quality.reference_and_floor(real, 500, seed=0)  # at most half each
+    assert len(reference) == 40 and (floor["n_real"], floor["n_fake"]) == (40, 40)
+    assert abs(floor["kid"]) < 3 * floor["kid_std"] + 0.01 and floor["fid"] > 10
+    collapsed = np.repeat(real[:1], 40, axis=0)  # a generator that makes one image
+    bad = quality.score(collapsed, reference)
+    assert bad["kid"] > floor["kid"] + 0.05 and bad["fid"] > floor["fid"] + 50
+    assert bad["diversity_ratio"] < 0.01 < floor["diversity_ratio"]
+    with pytest.raises(ValueError, match="two disjoint sets"):
+        quality.reference_and_floor(real[:3], 10)

@@ -6,7 +6,7 @@ a benchmark: a detector separates it easily, and every report built on it says "
 * REAL: random square crops (48-192 px, shrunk to 32x32 by the project's image rule) of the
   colour photographs that ship inside scikit-image. Two photos are kept for the test split
   only, so test images never share a scene with training images.
-* FAKE: a small DCGAN (:func:`helpers.gan.train.demo_fakes`), trained for a few epochs on the
+* FAKE: the project's GAN, narrow (:func:`helpers.gan.train.demo_fakes`), trained for a few epochs on the
   *training* crops, generates the same number of images. The generator is passed in
   (``make_fakes``), so the data layer does not depend on the GAN that depends on it.
 

@@ -21,7 +21,7 @@ from ..core.images import decode
 from ..core.repro import environment_fingerprint, fingerprint_bytes, write_json
 from ..data.datasets import get_spec
 from ..data.sources import iter_source
-from .train import DCGAN
+from .train import GAN
 
 EXPORT_FOLDER = "gan"  # data/processed/<dataset>/gan/
 
@@ -126,7 +126,7 @@ def export_dir(dataset: str) -> Path:
     return paths.processed_dir(dataset) / EXPORT_FOLDER
 
 
-def export_images(gan: DCGAN, cache, n: int, seed: int = 0,
+def export_images(gan: GAN, cache, n: int, seed: int = 0,
                   checkpoint: str | os.PathLike | None = None,
                   progress: bool = True) -> dict:
     """Generate ``n`` images and store them like the dataset's real images; return the manifest.

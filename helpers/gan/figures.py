@@ -5,28 +5,35 @@ from __future__ import annotations
 
 import numpy as np
 
-from .train import DCGAN, image_grid
+from .train import GAN, image_grid
 
 
-def quality_figure(history: list[dict]):
-    """FID and KID over the epochs where they were measured (with the sample count)."""
+def quality_figure(history: list[dict], floor: dict | None = None):
+    """FID and KID against training minutes where they were measured, beside the floor (the
+    same metric on two disjoint sets of real images of the same size), with the sample count."""
     import matplotlib.pyplot as plt
 
     scored = [h for h in history if "fid" in h]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    epochs = [h["epoch"] for h in scored]
-    axes[0].plot(epochs, [h["fid"] for h in scored], "o-")
-    axes[0].set(xlabel="epoch", ylabel="FID (lower is better)")
-    axes[1].errorbar(epochs, [1000 * h["kid"] for h in scored], yerr=[1000 * h["kid_std"] for h in scored],
-                     fmt="o-", capsize=3)
-    axes[1].set(xlabel="epoch", ylabel="KID x 1000 (lower is better)")
+    minutes = [h["train_seconds"] / 60 for h in scored]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    axes[0].plot(minutes, [h["fid"] for h in scored], "o-", label="generated")
+    axes[0].set(xlabel="training minutes", ylabel="FID (lower is better)")
+    axes[1].errorbar(minutes, [1000 * h["kid"] for h in scored], yerr=[1000 * h["kid_std"] for h in scored],
+                     fmt="o-", capsize=3, label="generated")
+    axes[1].set(xlabel="training minutes", ylabel="KID x 1000 (lower is better)")
+    if floor is not None:
+        axes[0].axhline(floor["fid"], color="grey", ls=":", label="real vs real (floor)")
+        axes[1].axhline(1000 * floor["kid"], color="grey", ls=":", label="real vs real (floor)")
+    for ax in axes:
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
     if scored:
         fig.suptitle(f"{scored[-1]['n_fake']} generated vs {scored[-1]['n_real']} real images", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def curves_figure(gan: DCGAN):
+def curves_figure(gan: GAN):
     """Generator and discriminator losses, and D(x) vs D(G(z)), for every step of ``gan``."""
     import matplotlib.pyplot as plt
 
@@ -35,11 +42,11 @@ def curves_figure(gan: DCGAN):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     axes[0].plot(x, log["loss_d"], label="discriminator", lw=1)
     axes[0].plot(x, log["loss_g"], label="generator", lw=1)
-    axes[0].set(xlabel="epoch", ylabel="BCE loss", title="Losses (every step)")
+    axes[0].set(xlabel="epoch", ylabel=f"{gan.config.loss} loss", title="Losses (every step)")
     axes[1].plot(x, log["d_x"], label="D(x): real", lw=1)
     axes[1].plot(x, log["d_g_z"], label="D(G(z)): generated", lw=1)
     axes[1].axhline(0.5, color="grey", ls=":", lw=1)
-    axes[1].set(xlabel="epoch", ylabel="mean probability 'real'", ylim=(0, 1),
+    axes[1].set(xlabel="epoch", ylabel="mean sigmoid(D): 'real'", ylim=(0, 1),
                 title="Discriminator outputs (every step)")
     for ax in axes:
         ax.legend(fontsize=8)
@@ -47,12 +54,12 @@ def curves_figure(gan: DCGAN):
     return fig
 
 
-def samples_figure(generated: np.ndarray, real: np.ndarray, columns: int = 8):
+def samples_figure(generated: np.ndarray, real: np.ndarray, recipe: str = "GAN", columns: int = 8):
     """Generated images beside real training images, at the same size."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.8))
-    for ax, images, title in ((axes[0], generated, f"DCGAN ({len(generated)} samples, fixed noise)"),
+    for ax, images, title in ((axes[0], generated, f"{recipe} ({len(generated)} samples, fixed noise)"),
                               (axes[1], real, f"real training images ({len(real)})")):
         ax.imshow(image_grid(images, columns), interpolation="nearest")
         ax.set_title(title)

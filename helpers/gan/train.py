@@ -13,17 +13,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from ..core import paths
 from ..core.accel import autocast, images_to_device, pick_device
 from ..core.images import fit_square
 from ..core.repro import atomic_path, environment_fingerprint
-from .networks import Discriminator, GANConfig, Generator, dcgan_init
+from .augment import diff_augment, parse_policy
+from .networks import GANConfig, Generator, build_discriminator, dcgan_init, recipe_config
 
 STAT_KEYS = ("loss_d", "loss_g", "d_x", "d_g_z")
+
+
+def ema_copy(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights and batch-norm buffers.
+
+    torch's ``AveragedModel`` with a warm-up: the decay is ``min(decay, (1 + n) / (10 + n))``
+    after ``n`` updates, so a short run is not dominated by the initial weights.
+    """
+    def ema(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        beta = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return averaged + (current - averaged) * (1.0 - beta)
+
+    return AveragedModel(model, avg_fn=ema, use_buffers=True)
 
 
 def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
@@ -31,59 +46,88 @@ def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
     return batch.float().div_(127.5).sub_(1.0)
 
 
-class DCGAN:
-    """A generator, a discriminator and their optimisers, trained on uint8 images."""
+class GAN:
+    """A generator, a discriminator and their optimisers, trained on uint8 images.
+
+    What :class:`GANConfig` adds to DCGAN: DiffAugment (``augment``, :mod:`.augment`) on every
+    image the discriminator sees, the hinge loss, a projected discriminator, and an exponential
+    moving average of the generator (``ema_decay``) that :meth:`generate` samples from.
+    """
 
     def __init__(self, config: GANConfig, device: torch.device):
         self.config, self.device = config, torch.device(device)
         device = self.device
         torch.manual_seed(config.seed)
         self.G = Generator(config.nz, config.ngf, config.resolution).to(device)
-        self.D = Discriminator(config.ndf, config.resolution, config.spectral_norm).to(device)
+        self.D = build_discriminator(config).to(device)
         self.G.apply(dcgan_init)
-        self.D.apply(dcgan_init)
+        # the projected discriminator's Lite0 and random projection keep their own weights
+        (self.D.heads if config.discriminator == "projected" else self.D).apply(dcgan_init)
         if device.type == "cuda":
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
-        betas = (config.beta1, 0.999)
+        betas = (config.beta1, config.beta2)
         fused = {"fused": True} if device.type == "cuda" else {}  # one kernel per step on GPUs
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=betas, **fused)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=betas, **fused)
-        self.loss = nn.BCEWithLogitsLoss()
+        self.opt_d = torch.optim.Adam([p for p in self.D.parameters() if p.requires_grad],
+                                      lr=config.lr_d, betas=betas, **fused)
+        self.G_ema = ema_copy(self.G, config.ema_decay) if config.ema_decay else None
+        parse_policy(config.augment)  # a typo fails here, not after the first epoch
+        self.augment_policy = config.augment
         self.epoch = 0
         self.step_log: dict[str, list[float]] = {k: [] for k in STAT_KEYS}  # every step's numbers
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator that makes the images: the EMA copy when there is one."""
+        return self.G_ema.module if self.G_ema is not None else self.G
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(n, self.config.nz, generator=generator, device="cpu").to(self.device)
 
-    def step(self, real: torch.Tensor) -> torch.Tensor:
-        """One update of D (real vs fake) and one of G (non-saturating loss).
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """DiffAugment with the config's policy (identity without one); real and fake alike."""
+        return diff_augment(images, self.augment_policy) if self.augment_policy else images
 
-        ``real`` is a float batch in [-1, 1]. Returns ``(loss_d, loss_g, D(x), D(G(z)))`` as one
-        detached 4-vector on the device: reading it back is left to the caller, so a GPU never
-        waits for the host inside an epoch.
+    def losses(self, d_real: torch.Tensor | None, d_fake: torch.Tensor) -> torch.Tensor:
+        """The discriminator's loss (``d_real`` given) or the generator's, from float logits."""
+        if self.config.loss == "hinge":  # Lim & Ye 2017; Miyato et al. 2018
+            if d_real is None:
+                return -d_fake.mean()
+            return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        if d_real is None:  # non-saturating: maximise log D(G(z))
+            return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+        return (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+
+    def step(self, real: torch.Tensor) -> torch.Tensor:
+        """One update of D (real vs fake) and one of G, then of the EMA generator.
+
+        ``real`` is a float batch in [-1, 1]. Both networks see images only through
+        :meth:`augment`. Returns ``(loss_d, loss_g, D(x), D(G(z)))`` (D's outputs as mean
+        sigmoid of its logits) as one detached 4-vector on the device: reading it back is
+        left to the caller, so a GPU never waits for the host inside an epoch.
         """
         n = real.shape[0]
-        ones = torch.ones(n, device=self.device)
-        zeros = torch.zeros(n, device=self.device)
         z = torch.randn(n, self.config.nz, device=self.device)
         with autocast(self.device):
             fake = self.G(z)
-            d_real = self.D(real)
-            d_fake = self.D(fake.detach())
-            loss_d = self.loss(d_real.float(), ones) + self.loss(d_fake.float(), zeros)
+            d_real = self.D(self.augment(real)).float()
+            d_fake = self.D(self.augment(fake.detach())).float()
+            loss_d = self.losses(d_real, d_fake)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
         with autocast(self.device):
-            d_fake_for_g = self.D(fake)
-            loss_g = self.loss(d_fake_for_g.float(), ones)
+            loss_g = self.losses(None, self.D(self.augment(fake)).float())
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
+        if self.G_ema is not None:
+            self.G_ema.update_parameters(self.G)
         return torch.stack([loss_d.detach(), loss_g.detach(),
-                            torch.sigmoid(d_real.detach().float()).mean(),
-                            torch.sigmoid(d_fake.detach().float()).mean()])
+                            torch.sigmoid(d_real.detach()).mean(),
+                            torch.sigmoid(d_fake.detach()).mean()])
 
     def train_step(self, real: torch.Tensor) -> dict[str, float]:
         """:meth:`step` with its four numbers read back as floats (handy outside a loop)."""
@@ -125,26 +169,40 @@ class DCGAN:
     @torch.inference_mode()
     def generate(self, n: int, seed: int = 0, batch_size: int = 500) -> np.ndarray:
         """``n`` images as (n, R, R, 3) uint8, deterministic in ``seed`` (fixed noise)."""
-        self.G.eval()
+        sampler = self.sampler
+        was_training = sampler.training
+        sampler.eval()
         gen = torch.Generator().manual_seed(seed)
         out = []
         for start in range(0, n, batch_size):
             z = self.noise(min(batch_size, n - start), gen)
             with autocast(self.device):
-                img = self.G(z).float()
+                img = sampler(z).float()
             out.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
                        .permute(0, 2, 3, 1).cpu().numpy())
-        self.G.train()
+        sampler.train(was_training)
         return np.concatenate(out) if out else np.zeros((0, *(self.config.resolution,) * 2, 3), np.uint8)
 
+    def networks_state(self) -> dict:
+        """G, D (without a projected D's Lite0, which the wheel holds) and the EMA generator."""
+        state = {"G": self.G.state_dict(), "D": (self.D.trainable_state_dict()
+                 if hasattr(self.D, "trainable_state_dict") else self.D.state_dict())}
+        if self.G_ema is not None:
+            state["G_ema"] = self.G_ema.state_dict()
+        return state
+
     def state_dict(self) -> dict:
-        return {"config": asdict(self.config), "epoch": self.epoch,
-                "G": self.G.state_dict(), "D": self.D.state_dict(),
+        return {"config": asdict(self.config), "epoch": self.epoch, **self.networks_state(),
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
+        if hasattr(self.D, "load_trainable_state_dict"):
+            self.D.load_trainable_state_dict(state["D"])
+        else:
+            self.D.load_state_dict(state["D"])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(state["G_ema"])
         if "opt_g" in state:
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_d.load_state_dict(state["opt_d"])
@@ -154,44 +212,47 @@ class DCGAN:
 
 
 def train_gan(images: np.ndarray, config: GANConfig, device: torch.device,
-              on_epoch: Callable[[DCGAN, dict], None] | None = None,
-              progress: bool = True, max_seconds: float | None = None) -> tuple[DCGAN, list[dict]]:
-    """Train a DCGAN on (N, R, R, 3) uint8 ``images`` for ``config.epochs`` epochs.
+              on_epoch: Callable[[GAN, dict], None] | None = None,
+              progress: bool = True, max_seconds: float | None = None) -> tuple[GAN, list[dict]]:
+    """Train a GAN on (N, R, R, 3) uint8 ``images`` for ``config.epochs`` epochs.
 
     ``on_epoch(gan, stats)`` runs after every epoch (sample grids, checkpoints, metrics) and
-    may add entries to ``stats``. ``max_seconds`` stops early at an epoch boundary once the
-    time budget is spent.
+    may add entries to ``stats``. ``max_seconds`` stops early at an epoch boundary once that
+    much training time is spent (what ``on_epoch`` does is not counted): for studies at a
+    time budget; runs meant to be reproduced stop at ``config.epochs``.
     """
 
     if images.ndim != 4 or images.shape[1:] != (config.resolution, config.resolution, 3):
         raise ValueError(f"images have shape {images.shape}, config says (N, {config.resolution}, "
                          f"{config.resolution}, 3); resize them first (gan.real_training_images)")
-    gan = DCGAN(config, device)
+    gan = GAN(config, device)
     data = images_to_device(images, gan.device)
     history = []
-    start = time.perf_counter()
-    bar = tqdm(range(config.epochs), desc="DCGAN", unit="epoch", disable=not progress, mininterval=1.0)
+    trained = 0.0
+    bar = tqdm(range(config.epochs), desc="GAN", unit="epoch", disable=not progress, mininterval=1.0)
     for _ in bar:
         stats = gan.train_epoch(data, progress=progress)
         if on_epoch:
             on_epoch(gan, stats)
         history.append(stats)
+        trained += stats["seconds"]
         bar.set_postfix({k: f"{stats[k]:.3f}" for k in STAT_KEYS})
-        if max_seconds and time.perf_counter() - start > max_seconds:
+        if max_seconds and trained >= max_seconds:
             break
     bar.close()
     return gan, history
 
 
-def demo_fakes(real: np.ndarray, n: int, seed: int, epochs: int = 20,
+def demo_fakes(real: np.ndarray, n: int, seed: int, epochs: int = 20, recipe: str | None = None,
                progress: bool = True) -> tuple[np.ndarray, dict]:
-    """The demo set's FAKE images (:data:`helpers.data.demo.MakeFakes`): a small DCGAN trained
+    """The demo set's FAKE images (:data:`helpers.data.demo.MakeFakes`): the project's GAN
+    (``recipe``, default :func:`default_recipe`, the same code as notebook 04), narrow and trained
     on the CPU (the demo is the same on every machine) for ``epochs`` on ``real`` (N, S, S, 3)
     uint8, then ``n`` samples; returns them and the manifest's record of the generator."""
-    config = GANConfig(resolution=real.shape[1], ngf=32, ndf=32, batch_size=min(32, len(real)),
-                       epochs=epochs, seed=seed)
+    config = recipe_config(recipe or default_recipe(real.shape[1]), resolution=real.shape[1], ngf=32, ndf=32,
+                           batch_size=min(32, len(real)), epochs=epochs, seed=seed)
     gan, history = train_gan(real, config, pick_device("cpu"), progress=progress)
-    return gan.generate(n, seed=seed + 1), {"config": vars(config), "final_epoch": history[-1]}
+    return gan.generate(n, seed=seed + 1), {"config": asdict(config), "final_epoch": history[-1]}
 
 
 def default_resolution(cache) -> int:
@@ -228,52 +289,73 @@ def real_training_images(cache, resolution: int | None = None) -> np.ndarray:
 class GANPlan:
     """Everything notebook 04 runs with, the automatic choices resolved (see :func:`plan_run`)."""
 
+    recipe: str
     config: GANConfig
     device: str
     n_real: int  # REAL training images
-    fid_samples: int  # generated images scored (and at most as many real ones)
-    fid_every: int  # also score every k epochs (0: only after the last)
+    fid_samples: int  # generated images scored (and as many real ones, and as many for the floor)
+    score_every: int  # score every k epochs (and after the last): the KID-against-time curve
+    save_every: int  # sample grid and checkpoint every k epochs (and after the last)
     n_export: int
     auto: list[str]  # which settings were chosen automatically
 
+    @property
+    def steps(self) -> int:
+        return self.config.epochs * (self.n_real // self.config.batch_size)
+
     def table(self):
 
-        rows = {**asdict(self.config), "device": self.device, "REAL training images": self.n_real,
-                "steps per epoch": self.n_real // self.config.batch_size,
-                "fid_samples": self.fid_samples, "fid_every": self.fid_every, "n_export": self.n_export}
+        rows = {"recipe": self.recipe, **asdict(self.config), "device": self.device,
+                "REAL training images": self.n_real,
+                "steps per epoch": self.n_real // self.config.batch_size, "steps": self.steps,
+                "fid_samples": self.fid_samples, "score_every": self.score_every,
+                "save_every": self.save_every, "n_export": self.n_export}
         return pd.DataFrame({"value": [str(v) for v in rows.values()],
                              "chosen": ["auto" if k in self.auto else "" for k in rows]},
                             index=list(rows))
 
 
-#: Real training images from which a CPU run gets the short schedule (keeps `make all` within
-#: an hour on CIFAKE; the full 25 epochs: GAN_PARAMS="-p EPOCHS 25").
-CPU_LARGE_SET = 10_000
+#: The recipe with the most quality per CPU minute by resolution (docs/gan-quality-study.md:
+#: KID after 5 training minutes on 2 cores, CIFAR-10 at 32 px and the shoes at 64 px).
+DEFAULT_RECIPES = {32: "dcgan", 64: "projected"}
+#: Training seconds per step on 2 CPU cores (AMD EPYC, fp32, batch 64, width 64) by recipe and
+#: resolution, measured in the study; a CPU run's default length is CPU_MINUTES of them.
+CPU_SECONDS_PER_STEP = {("dcgan", 32): 0.17, ("diffaug", 32): 0.18, ("projected", 32): 0.51,
+                        ("dcgan", 64): 0.88, ("diffaug", 64): 0.90, ("projected", 64): 0.73}
+CPU_MINUTES = 13
+#: a GPU run's default length (not measured here: no GPU was lent; see the study)
+GPU_STEPS = 20_000
+#: the demo on a CPU: a few epochs of a narrow network, within the demo's minute
+DEMO_EPOCHS = 6
 
 
-def plan_run(cache, device: torch.device, resolution: int | None = None, epochs: int | None = None,
-             batch_size: int | None = None, width: int | None = None, lr_g: float = 2e-4,
-             lr_d: float = 2e-4, fid_samples: int | None = None, fid_every: int | None = None,
-             n_export: int | None = None, seed: int = 0) -> GANPlan:
+def default_recipe(resolution: int) -> str:
+    """The study's best recipe at ``resolution`` pixels (:data:`DEFAULT_RECIPES`)."""
+    return DEFAULT_RECIPES.get(resolution, "dcgan")
+
+
+def plan_run(cache, device: torch.device, recipe: str | None = None, resolution: int | None = None,
+             epochs: int | None = None, batch_size: int | None = None, width: int | None = None,
+             lr_g: float = 2e-4, lr_d: float = 2e-4, fid_samples: int | None = None,
+             scores: int | None = None, n_export: int | None = None, seed: int = 0) -> GANPlan:
     """Resolve notebook 04's parameters; ``None`` means "the default for this data and device".
 
     ===========  ==============================  ==========================================
     setting      the demo on a CPU               otherwise
     ===========  ==============================  ==========================================
+    recipe       :func:`default_recipe`: ``dcgan`` at 32 px, ``projected`` at 64 px
     resolution   32                              32 for 32-px caches, 64 for larger (shoes)
-    epochs       6                               25 (the DCGAN paper's); on a CPU with
-                                                 10,000 or more real images 6 (CIFAKE: 107 s
-                                                 an epoch on 2 cores, so ~11 minutes)
-    batch_size   32                              128 (paper), 64 under 1,024 training images
-    width        32 (ngf = ndf)                  64 (paper)
-    fid_samples  64                              10,000 on a GPU, 500 on a CPU
-    fid_every    0 (only after the last epoch)   5 on a GPU, 0 on a CPU
+    epochs       6                               CPU: as many as fit :data:`CPU_MINUTES` of
+                                                 training on 2 cores; GPU: :data:`GPU_STEPS`
+    batch_size   32                              64 (the study's)
+    width        32 (ngf = ndf)                  64
+    fid_samples  64                              500 on a CPU (at most half the real images:
+                                                 a second set makes the floor), 5,000 on a GPU
+    scores       1 (after the last epoch)        4 on a CPU, 10 on a GPU, at even epochs
     n_export     as many as the REAL test images (a balanced cross-generator test set)
     ===========  ==============================  ==========================================
 
-    The CPU demo values keep the notebook at about 45 s on 2 cores; Inception features cost
-    0.15-0.4 s per image there, so FID on the demo uses few samples (and says so). An automatic
-    batch size never exceeds the number of training images.
+    An automatic batch size never exceeds the number of training images.
     """
     auto = []
 
@@ -287,22 +369,32 @@ def plan_run(cache, device: torch.device, resolution: int | None = None, epochs:
     small = cache.meta.get("is_demo", False) and device.type == "cpu"
     gpu = device.type == "cuda"
     resolution = pick("resolution", resolution, default_resolution(cache))
+    recipe = pick("recipe", recipe, default_recipe(resolution))
     _, labels = cache.part("train")
     n_real = int((labels == 0).sum())
-    config = GANConfig(
-        resolution=resolution,
-        epochs=pick("epochs", epochs, 6 if small or (not gpu and n_real >= CPU_LARGE_SET) else 25),
-        batch_size=pick("batch_size", batch_size,
-                        min(32 if small else 64 if n_real < 1024 else 128, max(n_real, 2))),
-        ngf=pick("ngf", width, 32 if small else 64), lr_g=lr_g, lr_d=lr_d, seed=seed)
+    batch_size = pick("batch_size", batch_size, min(32 if small else 64, max(n_real, 2)))
+    steps_per_epoch = max(1, n_real // batch_size)
+    if small:
+        default_epochs = DEMO_EPOCHS
+    else:
+        per_step = CPU_SECONDS_PER_STEP.get((recipe, resolution), 1.0) * batch_size / 64
+        steps = GPU_STEPS if gpu else CPU_MINUTES * 60 / per_step
+        default_epochs = max(1, int(steps // steps_per_epoch))  # within the budget
+    config = recipe_config(
+        recipe, resolution=resolution, epochs=pick("epochs", epochs, default_epochs),
+        batch_size=batch_size, ngf=pick("ngf", width, 32 if small else 64), lr_g=lr_g, lr_d=lr_d,
+        seed=seed)
     config.ndf = config.ngf
     if "ngf" in auto:
         auto.append("ndf")
+    n_scores = pick("scores", scores, 1 if small else 10 if gpu else 4)
     _, test_labels = cache.part("test")
     return GANPlan(
-        config=config, device=str(device), n_real=n_real,
-        fid_samples=pick("fid_samples", fid_samples, 64 if small else 10_000 if gpu else 500),
-        fid_every=pick("fid_every", fid_every, 5 if gpu and not small else 0),
+        recipe=recipe, config=config, device=str(device), n_real=n_real,
+        fid_samples=pick("fid_samples", fid_samples,
+                         64 if small else 5_000 if gpu else min(500, max(2, n_real // 2))),
+        score_every=max(1, math.ceil(config.epochs / max(1, n_scores))),
+        save_every=max(1, config.epochs // 20),
         n_export=pick("n_export", n_export, int((test_labels == 0).sum()) or n_real),
         auto=auto)
 
@@ -327,68 +419,87 @@ def save_png(array: np.ndarray, path: Path) -> Path:
 
 @dataclass
 class EpochMonitor:
-    """``on_epoch`` for :func:`train_gan`: what a run leaves behind after every epoch.
+    """``on_epoch`` for :func:`train_gan`: what a run leaves behind as it trains.
 
-    * a grid of images from the same ``grid_seed`` noise (so epochs are comparable) as
-      ``results/<dataset>/generated_images/epoch_NNN.png`` (an earlier run's are removed first);
-    * every ``score_every`` epochs (0: never) and, with ``score_last``, after the last one,
-      ``score(gan)``'s numbers (e.g. FID) added to the epoch's stats;
-    * with ``checkpoint``, the generator written there (atomically) with the history so far.
+    * every ``save_every`` epochs and after the last: a grid of images from the same
+      ``grid_seed`` noise (so grids are comparable) as
+      ``grid_dir/epoch_NNN.png`` (an earlier run's are removed first)
+      and, with ``checkpoint``, the generator written there (atomically) with the history so far;
+    * ``score(gan)``'s numbers (e.g. FID, KID) added to the epoch's stats every ``score_every``
+      epochs (0: never), at the first epoch that ends past each of ``score_at_seconds`` (of
+      training time, scoring excluded: the points of a quality-against-time curve), and with
+      ``score_last`` after the last epoch.
     """
 
-    dataset: str
+    grid_dir: Path  # e.g. results/<dataset>/generated_images
     total_epochs: int
     grid_images: int = 64
     grid_seed: int = 12345
-    score: Callable[[DCGAN], dict] | None = None
+    score: Callable[[GAN], dict] | None = None
     score_every: int = 0
+    score_at_seconds: tuple[float, ...] = ()
     score_last: bool = False
+    save_every: int = 1
     checkpoint: Path | None = None
     checkpoint_extra: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # a new run: grids of an earlier, longer one would pass for this run's later epochs
-        for old in paths.results_dir(self.dataset, "generated_images").glob("epoch_[0-9][0-9][0-9].png"):
+        self.grid_dir = Path(self.grid_dir)
+        self.grid_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.grid_dir.glob("epoch_[0-9][0-9][0-9]*.png"):
             old.unlink()
+        self._marks = sorted(self.score_at_seconds)
+        self._trained = 0.0
 
-    def __call__(self, gan: DCGAN, stats: dict) -> None:
-        grid = image_grid(gan.generate(self.grid_images, seed=self.grid_seed))
-        save_png(grid, paths.results_dir(self.dataset, "generated_images") / f"epoch_{gan.epoch:03d}.png")
-        due = self.score_every and gan.epoch % self.score_every == 0
-        if self.score and (due or (self.score_last and gan.epoch == self.total_epochs)):
+    def _score_due(self, epoch: int) -> bool:
+        due = bool(self.score_every) and epoch % self.score_every == 0
+        if self._marks and self._trained >= self._marks[0]:
+            due = True
+            self._marks = [m for m in self._marks if m > self._trained]
+        return due or (self.score_last and epoch == self.total_epochs)
+
+    def __call__(self, gan: GAN, stats: dict) -> None:
+        self._trained += stats["seconds"]
+        stats["train_seconds"] = self._trained
+        last = gan.epoch == self.total_epochs
+        if self.score and self._score_due(gan.epoch):
             stats.update(self.score(gan))
         self.history.append(stats)
-        if self.checkpoint:
-            save_checkpoint(gan, self.checkpoint, history=self.history, **self.checkpoint_extra)
+        if gan.epoch % self.save_every == 0 or last:
+            grid = image_grid(gan.generate(self.grid_images, seed=self.grid_seed))
+            save_png(grid, self.grid_dir / f"epoch_{gan.epoch:03d}.png")
+            if self.checkpoint:
+                save_checkpoint(gan, self.checkpoint, history=self.history, **self.checkpoint_extra)
 
 
 def history_frame(history: list[dict]):
     """Per-epoch losses, D outputs, speed and (where measured) FID, KID and diversity."""
 
-    columns = [*STAT_KEYS, "seconds", "iters_per_s", "fid", "kid", "kid_std", "n_fake",
-               "diversity_ratio"]
+    columns = [*STAT_KEYS, "seconds", "train_seconds", "iters_per_s", "fid", "kid", "kid_std",
+               "n_fake", "diversity_ratio"]
     frame = pd.DataFrame(history).set_index("epoch")
     return frame[[c for c in columns if c in frame.columns]]
 
 
-def save_checkpoint(gan: DCGAN, path: str | os.PathLike, **extra) -> Path:
+def save_checkpoint(gan: GAN, path: str | os.PathLike, **extra) -> Path:
     """Write the generator (and discriminator) weights with their config, atomically.
 
     Optimiser states are left out: the file is for generating and inspecting, and stays small.
     ``extra`` (history, data fingerprint, ...) is stored beside; keep it to plain Python types.
     """
-    state = {"config": asdict(gan.config), "epoch": gan.epoch, "G": gan.G.state_dict(),
-             "D": gan.D.state_dict(), "step_log": gan.step_log,
+    state = {"config": asdict(gan.config), "epoch": gan.epoch, **gan.networks_state(),
+             "step_log": gan.step_log,
              "environment": environment_fingerprint(), **extra}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DCGAN, dict]:
-    """A :class:`DCGAN` rebuilt from :func:`save_checkpoint`'s file, and the file's contents."""
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GAN, dict]:
+    """A :class:`GAN` rebuilt from :func:`save_checkpoint`'s file, and the file's contents."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    gan = DCGAN(GANConfig.from_dict(state["config"]), torch.device(device))
+    gan = GAN(GANConfig.from_dict(state["config"]), torch.device(device))
     gan.load_state_dict(state)
     return gan, state
