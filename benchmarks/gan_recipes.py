@@ -126,7 +126,8 @@ def main(argv=None) -> int:
             return result
 
         monitor = EpochMonitor(out / f"grids_{recipe}", 10**6, score=score,
-                               score_at_seconds=tuple(60 * m for m in args.score_at), save_every=10**6)
+                               score_at_seconds=tuple(60 * m for m in args.score_at), save_every=10**6,
+                               keep_best=False)  # where each recipe stands at the budget
         gan, history = train_gan(images, config, device, on_epoch=monitor, progress=False,
                                  max_seconds=60 * max(args.score_at + [args.minutes]))
         if "kid" not in history[-1]:  # the budget ended between marks: score where it stopped

@@ -273,7 +273,7 @@ def test_exported_jpegs_carry_the_real_images_tables(project_dirs, tmp_path):
     per_step = CPU_SECONDS_PER_STEP[("dcgan", 32)] * 8 / 64
     epoch_seconds = plan.n_real // 8 * per_step
     assert 0 <= CPU_MINUTES * 60 - plan.steps * per_step < epoch_seconds  # as many epochs as fit
-    assert plan.fid_samples == plan.n_real // 2 and plan.score_every == -(-plan.config.epochs // 4)
+    assert plan.fid_samples == plan.n_real // 2 and plan.score_every == -(-plan.config.epochs // 8)
     model = GAN(GANConfig(ngf=8, ndf=8), CPU)
     manifest = export_images(model, cache, 30, seed=0, progress=False)
 
@@ -325,3 +325,24 @@ def test_notebook_runs_on_a_tiny_demo_layout(project_dirs, tmp_path):
     assert metrics["floor"]["n_fake"] == 8 and metrics["recipe"] == default_recipe(32)
     manifest = json.loads((data_dir / "processed" / "demo" / "gan" / "manifest.json").read_text())
     assert manifest["count"] == 6 and manifest["encoding"] == "PNG"
+
+
+def test_a_run_ends_with_its_best_scored_epoch(tmp_path):
+    """KID 0.5, 0.1, 0.3: the generator of epoch 2 makes the samples and fills the checkpoint."""
+    images = np.stack([textured(np.random.default_rng(i), 32, False) for i in range(32)])
+    samples = {}
+
+    def score(gan):
+        samples[gan.epoch] = gan.generate(3, seed=0)
+        return {"kid": [0.5, 0.1, 0.3][gan.epoch - 1]}
+
+    monitor = EpochMonitor(tmp_path / "grids", 3, score=score, score_every=1,
+                           checkpoint=tmp_path / "gan.pt", checkpoint_extra={})
+    model, history = train_gan(images, recipe_config("diffaug", ngf=8, ndf=8, batch_size=16, epochs=3),
+                               CPU, on_epoch=monitor, progress=False)
+    assert monitor.selected["epoch"] == 2 and [h["kid"] for h in history] == [0.5, 0.1, 0.3]
+    assert not np.array_equal(samples[2], samples[3])
+    assert np.array_equal(model.generate(3, seed=0), samples[2])
+    loaded, state = load_checkpoint(tmp_path / "gan.pt")
+    assert state["selected_epoch"] == 2 and np.array_equal(loaded.generate(3, seed=0), samples[2])
+    assert model.epoch == 3  # it trained for three epochs; it samples from the second

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -195,7 +196,8 @@ class GAN:
         return {"config": asdict(self.config), "epoch": self.epoch, **self.networks_state(),
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_networks_state(self, state: dict) -> None:
+        """Put back what :meth:`networks_state` returned (G, D and the EMA generator)."""
         self.G.load_state_dict(state["G"])
         if hasattr(self.D, "load_trainable_state_dict"):
             self.D.load_trainable_state_dict(state["D"])
@@ -203,6 +205,9 @@ class GAN:
             self.D.load_state_dict(state["D"])
         if self.G_ema is not None:
             self.G_ema.load_state_dict(state["G_ema"])
+
+    def load_state_dict(self, state: dict) -> None:
+        self.load_networks_state(state)
         if "opt_g" in state:
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_d.load_state_dict(state["opt_d"])
@@ -351,7 +356,7 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     width        32 (ngf = ndf)                  64
     fid_samples  64                              500 on a CPU (at most half the real images:
                                                  a second set makes the floor), 5,000 on a GPU
-    scores       1 (after the last epoch)        4 on a CPU, 10 on a GPU, at even epochs
+    scores       1 (after the last epoch)        8 on a CPU, 10 on a GPU, at even epochs
     n_export     as many as the REAL test images (a balanced cross-generator test set)
     ===========  ==============================  ==========================================
 
@@ -387,7 +392,7 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     config.ndf = config.ngf
     if "ngf" in auto:
         auto.append("ndf")
-    n_scores = pick("scores", scores, 1 if small else 10 if gpu else 4)
+    n_scores = pick("scores", scores, 1 if small else 10 if gpu else 8)
     _, test_labels = cache.part("test")
     return GANPlan(
         recipe=recipe, config=config, device=str(device), n_real=n_real,
@@ -428,7 +433,11 @@ class EpochMonitor:
     * ``score(gan)``'s numbers (e.g. FID, KID) added to the epoch's stats every ``score_every``
       epochs (0: never), at the first epoch that ends past each of ``score_at_seconds`` (of
       training time, scoring excluded: the points of a quality-against-time curve), and with
-      ``score_last`` after the last epoch.
+      ``score_last`` after the last epoch;
+    * with ``keep_best``, the run ends with the networks of its best-scored epoch (lowest KID;
+      :attr:`selected` is that epoch's stats): a GAN can collapse late in a run (the shoes'
+      projected GAN did after ~8 minutes, docs/gan-quality-study.md), and the reference it is
+      scored against holds real *training* images only, so choosing by it touches no test data.
     """
 
     grid_dir: Path  # e.g. results/<dataset>/generated_images
@@ -440,6 +449,7 @@ class EpochMonitor:
     score_at_seconds: tuple[float, ...] = ()
     score_last: bool = False
     save_every: int = 1
+    keep_best: bool = True
     checkpoint: Path | None = None
     checkpoint_extra: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
@@ -452,6 +462,14 @@ class EpochMonitor:
             old.unlink()
         self._marks = sorted(self.score_at_seconds)
         self._trained = 0.0
+        self._best: tuple[dict, dict] | None = None  # (stats, networks' state) of the lowest KID
+
+    @property
+    def selected(self) -> dict:
+        """The stats of the epoch whose networks the run ended with (the last without a score)."""
+        if self.keep_best and self._best is not None:
+            return self._best[0]
+        return self.history[-1]
 
     def _score_due(self, epoch: int) -> bool:
         due = bool(self.score_every) and epoch % self.score_every == 0
@@ -466,12 +484,18 @@ class EpochMonitor:
         last = gan.epoch == self.total_epochs
         if self.score and self._score_due(gan.epoch):
             stats.update(self.score(gan))
+            if self.keep_best and "kid" in stats and (self._best is None or stats["kid"] < self._best[0]["kid"]):
+                self._best = (stats, copy.deepcopy(gan.networks_state()))
         self.history.append(stats)
-        if gan.epoch % self.save_every == 0 or last:
+        due = gan.epoch % self.save_every == 0 or last
+        if due:
             grid = image_grid(gan.generate(self.grid_images, seed=self.grid_seed))
             save_png(grid, self.grid_dir / f"epoch_{gan.epoch:03d}.png")
-            if self.checkpoint:
-                save_checkpoint(gan, self.checkpoint, history=self.history, **self.checkpoint_extra)
+        if last and self.keep_best and self._best is not None and self._best[0] is not stats:
+            gan.load_networks_state(self._best[1])  # what the checkpoint, samples and export use
+            self.checkpoint_extra["selected_epoch"] = self._best[0]["epoch"]
+        if due and self.checkpoint:
+            save_checkpoint(gan, self.checkpoint, history=self.history, **self.checkpoint_extra)
 
 
 def history_frame(history: list[dict]):
