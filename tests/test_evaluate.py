@@ -250,7 +250,7 @@ def test_detector_paths_skip_the_gan(project_dirs):
     _, results = project_dirs
     folder = results / "demo" / "models"
     folder.mkdir(parents=True)
-    for name in ("fast.pt", "gan.pt", "seed_cnn.pt", "fast.last.pt", "fast_history.csv"):
+    for name in ("fast.pt", "gan.pt", "dcgan.pt", "seed_cnn.pt", "fast.last.pt", "fast_history.csv"):
         (folder / name).write_bytes(b"")
     assert [p.name for p in detector_paths("demo")] == ["fast.pt", "seed_cnn.pt"]
     assert detector_paths("nothing-here") == []

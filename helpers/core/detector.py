@@ -32,8 +32,8 @@ CHECKPOINT_FORMAT = "aidetect-detector"
 CORRUPT_CHECKPOINT = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile)
 #: The decision threshold of checkpoints saved before thresholds were chosen on validation.
 DEFAULT_THRESHOLD = 0.5
-#: Checkpoints in a ``models/`` folder that are not detectors: the GAN's.
-NON_DETECTOR_PREFIXES = ("dcgan",)
+#: Checkpoints in a ``models/`` folder that are not detectors: the GAN's (``gan.pt``, formerly ``dcgan.pt``).
+NON_DETECTOR_PREFIXES = ("gan.", "dcgan")
 
 
 def train_hint(dataset: str) -> str:
@@ -234,7 +234,7 @@ def _read(path: Path) -> Any:
 
 def detector_paths(dataset: str) -> list[Path]:
     """``results/<dataset>/models/*.pt`` that may be detectors: not resume files
-    (``*.last.pt``), not hidden files, not the GAN's ``dcgan*.pt``."""
+    (``*.last.pt``), not hidden files, not the GAN's ``gan.pt`` (or older ``dcgan*.pt``)."""
     folder = paths.RESULTS / dataset / "models"
     if not folder.is_dir():
         return []
