@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
+from .projected import ProjectedDiscriminator
+
 
 @dataclass
 class GANConfig:
@@ -125,9 +127,7 @@ class Discriminator(nn.Module):
 def build_discriminator(config: GANConfig) -> nn.Module:
     """The discriminator ``config`` names: DCGAN's or the projected one on Lite0 features."""
     if config.discriminator == "projected":
-        from .projected import ProjectedDiscriminator  # loads the Lite0 wheel only when asked
-
-        return ProjectedDiscriminator(config.feature_size)
+        return ProjectedDiscriminator(config.feature_size)  # Lite0 loads only here
     return Discriminator(config.ndf, config.resolution, config.spectral_norm)
 
 
