@@ -59,6 +59,23 @@ def real_images(data: str, source: Path) -> np.ndarray:
     return real_training_images(prepare(data, source, progress=False), 64)
 
 
+def earlier_rows(path: Path, recipes: list[str]) -> list[dict]:
+    """The rows of an earlier run's CSV for recipes not rerun now, so a recipe can join a study.
+
+    Runs are deterministic on a CPU (same seed, same real images, same floor), so rows from
+    another invocation on the same machine compare like rows of this one.
+    """
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        kept = [r for r in csv.DictReader(f) if r["recipe"] not in recipes]
+    for row in kept:
+        for key, value in row.items():
+            if key != "recipe" and value not in ("", None):
+                row[key] = float(value) if "." in value or "e" in value else int(value)
+    return kept
+
+
 def kid_figure(rows: list[dict], floor: dict, title: str):
     """KID (x1000, +-1 std over subsets) against training minutes, one line per recipe."""
     import matplotlib
@@ -112,7 +129,9 @@ def main(argv=None) -> int:
     print(f"{len(images):,} real images {images.shape[1]} px; floor ({len(reference)} vs "
           f"{floor['n_fake']} real): {quality.describe(floor)}", flush=True)
 
-    rows: list[dict] = []
+    rows = earlier_rows(out / "kid_vs_time.csv", args.recipes)
+    if rows:
+        print(f"kept the earlier rows of {sorted({r['recipe'] for r in rows})} from {out / 'kid_vs_time.csv'}")
     for recipe in args.recipes:
         config = recipe_config(recipe, resolution=images.shape[1], batch_size=args.batch_size,
                                ngf=args.width, ndf=args.width, feature_size=args.feature_size,
@@ -148,10 +167,11 @@ def main(argv=None) -> int:
     write_json(out / "summary.json", {
         "data": args.data, "source": str(source), "n_train": len(images), "resolution": images.shape[1],
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "recipes": {r: RECIPES[r] for r in args.recipes}, "floor": floor, "rows": rows,
+        "recipes": {r: RECIPES[r] for r in dict.fromkeys(r["recipe"] for r in rows)}, "floor": floor,
+        "rows": rows,
         "threads": threads, "wall_seconds": round(time.perf_counter() - wall, 1),
         "environment": environment_fingerprint()})
-    for recipe in args.recipes:
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
         last = [r for r in rows if r["recipe"] == recipe][-1]
         print(f"{recipe:>10}: KID {1000 * last['kid']:.1f} ± {1000 * last['kid_std']:.1f} (x1e-3), FID "
               f"{last['fid']:.1f} after {last['train_seconds'] / 60:.1f} min ({last['steps']} steps)")

@@ -15,7 +15,7 @@ from PIL import Image, JpegImagePlugin
 from helpers.data.cache import prepare
 from helpers.gan.augment import diff_augment, parse_policy
 from helpers.gan.export import export_dir, export_images, load_exported, verify_export
-from helpers.gan.networks import RECIPES, Discriminator, GANConfig, Generator, recipe_config
+from helpers.gan.networks import RECIPES, Discriminator, FastGenerator, GANConfig, Generator, recipe_config
 from helpers.gan.train import (
     CPU_MINUTES,
     CPU_SECONDS_PER_STEP,
@@ -49,9 +49,33 @@ def test_generator_and_discriminator_shapes(resolution, spectral_norm):
     assert D(images).shape == (5,)
 
 
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_fastgan_generator_shapes_widths_and_skip_excitation(resolution):
+    G = FastGenerator(nz=100, ngf=16, resolution=resolution)
+    images = G(torch.randn(5, 100))
+    assert images.shape == (5, 3, resolution, resolution)
+    assert images.min() >= -1 and images.max() <= 1
+    assert G.init[0].out_channels == 2 * 4 * 16 and G.to_rgb.in_channels == 8  # 4*ngf -> ngf/2, GLU halves
+    # the skip-layer excitation gates the last map by the 4x4 one: a change there reaches the
+    # output even with every up-sampling block's output held fixed
+    G.eval()
+    z = torch.randn(2, 100)
+    first = G.init(z.view(2, -1, 1, 1) * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt().view(2, 1, 1, 1))
+    last = first
+    for up in G.ups:
+        last = up(last)
+    assert not torch.allclose(G.excite(first, last), G.excite(first + 1, last))
+    # the latent is normalised: scaling it changes nothing
+    assert torch.allclose(G(z), G(3 * z), atol=1e-5)
+
+
 def test_unsupported_resolution_is_a_clear_error():
     with pytest.raises(ValueError, match="32 or 64"):
         Generator(resolution=48)
+    with pytest.raises(ValueError, match="32 or 64"):
+        FastGenerator(resolution=128)
+    with pytest.raises(ValueError, match="generator must be"):
+        GANConfig(generator="stylegan")
 
 
 def test_paper_initialisation():
@@ -86,7 +110,7 @@ def test_one_step_of_each_recipe_changes_both_networks(recipe):
     assert any(not torch.equal(a, b) for a, b in zip(before_g, model.G.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_d, trained_d))
     # a projected discriminator's Lite0 and random projection never move
-    assert (len(frozen_d) > 0) == (recipe == "projected")
+    assert (len(frozen_d) > 0) == (RECIPES[recipe].get("discriminator") == "projected")
     assert all(torch.equal(a, b) for a, b in zip(before_frozen, frozen_d))
 
 

@@ -1,6 +1,7 @@
 """The GAN's networks and configuration: DCGAN's generator and discriminator (Radford, Metz &
-Chintala, ICLR 2016), and the recipes that add data-efficient training to them (DiffAugment,
-spectral norm with the hinge loss, an EMA generator, a projected discriminator).
+Chintala, ICLR 2016), FastGAN's lightweight generator (Liu et al., ICLR 2021, as Projected GAN
+uses it), and the recipes that add data-efficient training to them (DiffAugment, spectral norm
+with the hinge loss, an EMA generator, a projected discriminator).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class GANConfig:
     nz: int = 100  # latent size
     ngf: int = 64  # generator width
     ndf: int = 64  # discriminator width (DCGAN discriminator)
+    generator: str = "dcgan"  # "dcgan" or "fastgan" (FastGAN's lite generator, :class:`FastGenerator`)
     discriminator: str = "dcgan"  # "dcgan" or "projected" (frozen Lite0 features, gan.projected)
     feature_size: int = 64  # projected: the side images are resized to before Lite0
     spectral_norm: bool = False  # spectral normalisation in D (replaces its batch norm)
@@ -38,6 +40,8 @@ class GANConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.generator not in ("dcgan", "fastgan"):
+            raise ValueError(f"generator must be 'dcgan' or 'fastgan', not {self.generator!r}")
         if self.discriminator not in ("dcgan", "projected"):
             raise ValueError(f"discriminator must be 'dcgan' or 'projected', not {self.discriminator!r}")
         if self.loss not in ("bce", "hinge"):
@@ -65,6 +69,9 @@ RECIPES: dict[str, dict] = {
     # hinge loss, Adam betas (0, 0.99), lr 2e-4)
     "projected": {"discriminator": "projected", "augment": "color,translation,cutout",
                   "loss": "hinge", "ema_decay": 0.999, "beta1": 0.0, "beta2": 0.99},
+    # the paper's pairing: the projected discriminator with FastGAN's lite generator
+    "fastgan": {"generator": "fastgan", "discriminator": "projected", "augment": "color,translation,cutout",
+                "loss": "hinge", "ema_decay": 0.999, "beta1": 0.0, "beta2": 0.99},
 }
 
 
@@ -77,7 +84,7 @@ def recipe_config(recipe: str, **fields_) -> GANConfig:
 
 def _n_stages(resolution: int) -> int:
     if resolution not in (32, 64):
-        raise ValueError(f"DCGAN supports 32 or 64 pixels, not {resolution}")
+        raise ValueError(f"the generators support 32 or 64 pixels, not {resolution}")
     return int(math.log2(resolution)) - 2  # 4x4 -> resolution
 
 
@@ -100,6 +107,67 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z.view(z.shape[0], -1, 1, 1))
+
+
+class _SkipExcitation(nn.Module):
+    """FastGAN's skip-layer excitation: a 4x4 map gates the channels of a large one.
+
+    ``small`` (N, C_s, h, w) is pooled to 4x4 and mapped to one sigmoid gate per channel of
+    ``big`` (N, C_b, H, W); the output is ``big`` times the gates (Liu et al. 2021, Fig. 3).
+    """
+
+    def __init__(self, small_channels: int, big_channels: int):
+        super().__init__()
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(4), _sn(nn.Conv2d(small_channels, big_channels, 4, 1, 0, bias=False)),
+            nn.SiLU(), _sn(nn.Conv2d(big_channels, big_channels, 1, 1, 0, bias=False)), nn.Sigmoid())
+
+    def forward(self, small: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
+        return big * self.gate(small)
+
+
+def _up_block(cin: int, cout: int) -> nn.Sequential:
+    """FastGAN-lite's up-sampling block: nearest 2x, 3x3 conv to 2*cout, batch norm, GLU."""
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                         _sn(nn.Conv2d(cin, cout * 2, 3, 1, 1, bias=False)), nn.BatchNorm2d(cout * 2),
+                         nn.GLU(dim=1))
+
+
+class FastGenerator(nn.Module):
+    """z (N, nz) -> image (N, 3, R, R) in [-1, 1]: FastGAN's lite generator (R = 32 or 64).
+
+    Liu, Zhu, Song & Elgammal, "Towards Faster and Stabilized GAN Training for High-fidelity
+    Few-shot Image Synthesis", ICLR 2021, in the "lite" form that Projected GAN pairs with its
+    discriminator (Sauer et al. 2021, ``networks_fastgan.py``): the latent normalised to unit
+    second moment, a 4x4 transposed convolution, up-sampling blocks with GLU gates and spectral
+    norm, and a skip-layer excitation from the 4x4 map to the last one. Widths: 4·ngf channels at
+    4x4, halving each doubling down to ngf/2 (ngf = 64 gives the paper's ngf = 16 widths).
+    """
+
+    def __init__(self, nz: int = 100, ngf: int = 64, resolution: int = 64):
+        super().__init__()
+        stages = _n_stages(resolution)
+        widths = [max(4 * ngf >> i, ngf // 2) for i in range(stages + 1)]  # 4x4, 8x8, ..., R
+        self.init = nn.Sequential(_sn(nn.ConvTranspose2d(nz, widths[0] * 2, 4, 1, 0, bias=False)),
+                                  nn.BatchNorm2d(widths[0] * 2), nn.GLU(dim=1))
+        self.ups = nn.ModuleList(_up_block(widths[i], widths[i + 1]) for i in range(stages))
+        self.excite = _SkipExcitation(widths[0], widths[-1])
+        self.to_rgb = _sn(nn.Conv2d(widths[-1], 3, 3, 1, 1))
+        self.nz = nz
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z.flatten(1)
+        z = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()  # onto the sphere, as PGGAN
+        x = first = self.init(z.view(z.shape[0], -1, 1, 1))
+        for up in self.ups:
+            x = up(x)
+        return torch.tanh(self.to_rgb(self.excite(first, x)))
+
+
+def build_generator(config: GANConfig) -> nn.Module:
+    """The generator ``config`` names: DCGAN's or FastGAN's lite one."""
+    cls = FastGenerator if config.generator == "fastgan" else Generator
+    return cls(config.nz, config.ngf, config.resolution)
 
 
 class Discriminator(nn.Module):

@@ -24,7 +24,7 @@ from ..core.accel import autocast, images_to_device, pick_device
 from ..core.images import fit_square
 from ..core.repro import atomic_path, environment_fingerprint
 from .augment import diff_augment, parse_policy
-from .networks import GANConfig, Generator, build_discriminator, dcgan_init, recipe_config
+from .networks import GANConfig, build_discriminator, build_generator, dcgan_init, recipe_config
 
 STAT_KEYS = ("loss_d", "loss_g", "d_x", "d_g_z")
 
@@ -59,7 +59,7 @@ class GAN:
         self.config, self.device = config, torch.device(device)
         device = self.device
         torch.manual_seed(config.seed)
-        self.G = Generator(config.nz, config.ngf, config.resolution).to(device)
+        self.G = build_generator(config).to(device)
         self.D = build_discriminator(config).to(device)
         self.G.apply(dcgan_init)
         # the projected discriminator's Lite0 and random projection keep their own weights
