@@ -114,7 +114,7 @@ $(RUN)/06_gradcam.ipynb: notebooks/06_gradcam.ipynb $(RUN)/03_train_cnn.ipynb $(
 data:     $(call out_of,data)     ## 01: get the data (Kaggle, DATA_SOURCE or demo), build the cache
 explore:  $(call out_of,explore)  ## 02: class balance, samples, JPEG tables, spectra, duplicates
 train:    $(call out_of,train)    ## 03: train the CNN detector
-gan:      $(call out_of,gan)      ## 04: train the DCGAN and export its images
+gan:      $(call out_of,gan)      ## 04: train the GAN (FastGAN + projected D) and export its images
 evaluate: $(call out_of,evaluate) ## 05: metrics with confidence intervals, robustness
 gradcam:  $(call out_of,gradcam)  ## 06: Grad-CAM maps and their faithfulness
 

@@ -269,9 +269,9 @@ def test_real_training_images_are_the_real_train_split_at_the_gan_resolution(pro
     plan = plan_run(cache, CPU)  # the demo on a CPU: the small, fast settings
     n_real = int((labels == 0).sum())
     assert (plan.config.epochs, plan.config.ngf, plan.fid_samples, plan.n_real) == (DEMO_EPOCHS, 32, 64, n_real)
-    assert plan.recipe == default_recipe(32) == "dcgan" and plan.config.discriminator == "dcgan"
-    shoes_like = plan_run(cache, CPU, resolution=64)  # the study's best at 64 px
-    assert shoes_like.recipe == "projected" and shoes_like.config.discriminator == "projected"
+    assert plan.recipe == default_recipe(32) == "fastgan" and plan.config.discriminator == "projected"
+    shoes_like = plan_run(cache, CPU, resolution=64)  # the study's best at 64 px too
+    assert shoes_like.recipe == "fastgan" and shoes_like.config.generator == "fastgan"
     assert plan.config.batch_size == min(32, n_real)  # never more than the training images
     assert plan.n_export == int((cache.part("test")[1] == 0).sum()) and "epochs" in plan.auto
     assert plan_run(cache, CPU, epochs=3, width=64).config.ndf == 64
@@ -298,6 +298,8 @@ def test_exported_jpegs_carry_the_real_images_tables(project_dirs, tmp_path):
     epoch_seconds = plan.n_real // 8 * per_step
     assert 0 <= CPU_MINUTES * 60 - plan.steps * per_step < epoch_seconds  # as many epochs as fit
     assert plan.fid_samples == plan.n_real // 2 and plan.score_every == -(-plan.config.epochs // 8)
+    assert plan.config.epoch_steps == 0  # full passes: many fit the budget
+
     model = GAN(GANConfig(ngf=8, ndf=8), CPU)
     manifest = export_images(model, cache, 30, seed=0, progress=False)
 
@@ -316,6 +318,25 @@ def test_exported_jpegs_carry_the_real_images_tables(project_dirs, tmp_path):
     pixels = load_exported("sneakers")
     assert pixels.shape == (30, 32, 32, 3) and pixels.dtype == np.uint8
     assert load_exported("sneakers", size=16).shape == (30, 16, 16, 3)
+
+
+def test_a_big_dataset_gets_short_epochs_so_the_budget_holds_its_scores(project_dirs, tmp_path):
+    """CIFAKE's 45,000 photos: one full pass of the 32-px default outlasts a CPU budget's
+    eighth, so an epoch becomes a fixed number of steps, one score each, within the budget."""
+    cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=20), progress=False)
+    cache.meta["is_demo"] = False  # the CPU budget's rules, not the demo's
+    n_real = int((cache.part("train")[1] == 0).sum())
+    per_step = CPU_SECONDS_PER_STEP[("fastgan", 32)] * 2 / 64
+    budget_steps = int(CPU_MINUTES * 60 / per_step)
+    plan = plan_run(cache, CPU, batch_size=2, scores=budget_steps // (n_real // 2 - 1))
+    assert 0 < plan.config.epoch_steps < n_real // 2 and "epoch_steps" in plan.auto
+    assert plan.steps_per_epoch == plan.config.epoch_steps and plan.score_every == 1
+    assert budget_steps - plan.config.epoch_steps < plan.steps <= budget_steps
+    model = GAN(recipe_config("dcgan", ngf=8, ndf=8, batch_size=2, epoch_steps=3), CPU)
+    images = torch.from_numpy(real_training_images(cache)).permute(0, 3, 1, 2).contiguous()
+    model.train_epoch(images)
+    assert len(model.step_log["loss_d"]) == 3  # the epoch stopped after epoch_steps batches
+    assert plan_run(cache, CPU, epochs=2, batch_size=2).config.epoch_steps == 0  # asked: full passes
 
 
 def test_png_datasets_are_exported_lossless_and_absent_exports_read_as_none(project_dirs, tmp_path):

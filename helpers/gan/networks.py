@@ -37,6 +37,9 @@ class GANConfig:
     beta2: float = 0.999
     batch_size: int = 128
     epochs: int = 25
+    # steps per "epoch" (0 = a full pass): on a big dataset a full pass can outlast a CPU budget,
+    # so an epoch becomes the first ``epoch_steps`` batches of a fresh shuffle
+    epoch_steps: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -135,7 +135,8 @@ class GAN:
         return dict(zip(STAT_KEYS, self.step(real).tolist()))
 
     def train_epoch(self, data: torch.Tensor, progress: bool = False) -> dict:
-        """One pass over ``data`` ((N, 3, R, R) uint8 on the device) in shuffled batches.
+        """One pass over ``data`` ((N, 3, R, R) uint8 on the device) in shuffled batches
+        (at most ``config.epoch_steps`` of them when that is set).
 
         Returns the epoch means of :data:`STAT_KEYS`, the epoch number, its seconds and
         iterations per second; every step's values are appended to ``self.step_log``.
@@ -150,6 +151,8 @@ class GAN:
         if steps == 0:
             raise ValueError(f"{len(data)} training images are fewer than one batch of {bs}; "
                              "lower the batch size")
+        if self.config.epoch_steps:
+            steps = min(steps, self.config.epoch_steps)
         trace = []
         start = time.perf_counter()
         for step in tqdm(range(steps), desc=f"GAN epoch {self.epoch + 1}", disable=not progress,
@@ -251,10 +254,10 @@ def train_gan(images: np.ndarray, config: GANConfig, device: torch.device,
 def demo_fakes(real: np.ndarray, n: int, seed: int, epochs: int = 20, recipe: str | None = None,
                progress: bool = True) -> tuple[np.ndarray, dict]:
     """The demo set's FAKE images (:data:`helpers.data.demo.MakeFakes`): the project's GAN
-    (``recipe``, default :func:`default_recipe`, the same code as notebook 04), narrow and trained
+    (``recipe``, default :data:`DEMO_FAKES_RECIPE`; the same code as notebook 04), narrow and trained
     on the CPU (the demo is the same on every machine) for ``epochs`` on ``real`` (N, S, S, 3)
     uint8, then ``n`` samples; returns them and the manifest's record of the generator."""
-    config = recipe_config(recipe or default_recipe(real.shape[1]), resolution=real.shape[1], ngf=32, ndf=32,
+    config = recipe_config(recipe or DEMO_FAKES_RECIPE, resolution=real.shape[1], ngf=32, ndf=32,
                            batch_size=min(32, len(real)), epochs=epochs, seed=seed)
     gan, history = train_gan(real, config, pick_device("cpu"), progress=progress)
     return gan.generate(n, seed=seed + 1), {"config": asdict(config), "final_epoch": history[-1]}
@@ -305,14 +308,19 @@ class GANPlan:
     auto: list[str]  # which settings were chosen automatically
 
     @property
+    def steps_per_epoch(self) -> int:
+        full = self.n_real // self.config.batch_size
+        return min(full, self.config.epoch_steps) if self.config.epoch_steps else full
+
+    @property
     def steps(self) -> int:
-        return self.config.epochs * (self.n_real // self.config.batch_size)
+        return self.config.epochs * self.steps_per_epoch
 
     def table(self):
 
         rows = {"recipe": self.recipe, **asdict(self.config), "device": self.device,
                 "REAL training images": self.n_real,
-                "steps per epoch": self.n_real // self.config.batch_size, "steps": self.steps,
+                "steps per epoch": self.steps_per_epoch, "steps": self.steps,
                 "fid_samples": self.fid_samples, "score_every": self.score_every,
                 "save_every": self.save_every, "n_export": self.n_export}
         return pd.DataFrame({"value": [str(v) for v in rows.values()],
@@ -322,11 +330,15 @@ class GANPlan:
 
 #: The recipe with the most quality per CPU minute by resolution (docs/gan-quality-study.md:
 #: KID after 5 training minutes on 2 cores, CIFAR-10 at 32 px and the shoes at 64 px).
-DEFAULT_RECIPES = {32: "dcgan", 64: "projected"}
+DEFAULT_RECIPES = {32: "fastgan", 64: "fastgan"}
+#: The demo set's own fakes: DCGAN, the cheapest step, so the demo is built within its minute.
+#: Notebook 04's GAN on the demo is the default recipe, another architecture than these fakes.
+DEMO_FAKES_RECIPE = "dcgan"
 #: Training seconds per step on 2 CPU cores (AMD EPYC, fp32, batch 64, width 64) by recipe and
 #: resolution, measured in the study; a CPU run's default length is CPU_MINUTES of them.
 CPU_SECONDS_PER_STEP = {("dcgan", 32): 0.17, ("diffaug", 32): 0.18, ("projected", 32): 0.51,
-                        ("dcgan", 64): 0.88, ("diffaug", 64): 0.90, ("projected", 64): 0.73}
+                        ("fastgan", 32): 0.76, ("dcgan", 64): 0.88, ("diffaug", 64): 0.90,
+                        ("projected", 64): 0.73, ("fastgan", 64): 1.04}
 CPU_MINUTES = 13
 #: a GPU run's default length (not measured here: no GPU was lent; see the study)
 GPU_STEPS = 20_000
@@ -348,10 +360,12 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     ===========  ==============================  ==========================================
     setting      the demo on a CPU               otherwise
     ===========  ==============================  ==========================================
-    recipe       :func:`default_recipe`: ``dcgan`` at 32 px, ``projected`` at 64 px
+    recipe       :func:`default_recipe`: ``fastgan`` (FastGAN-lite G, projected D)
     resolution   32                              32 for 32-px caches, 64 for larger (shoes)
     epochs       6                               CPU: as many as fit :data:`CPU_MINUTES` of
-                                                 training on 2 cores; GPU: :data:`GPU_STEPS`
+                                                 training on 2 cores; GPU: :data:`GPU_STEPS`;
+                                                 epochs of ``epoch_steps`` when full passes
+                                                 are too long for ``scores`` scores
     batch_size   32                              64 (the study's)
     width        32 (ngf = ndf)                  64
     fid_samples  64                              500 on a CPU (at most half the real images:
@@ -379,20 +393,27 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     n_real = int((labels == 0).sum())
     batch_size = pick("batch_size", batch_size, min(32 if small else 64, max(n_real, 2)))
     steps_per_epoch = max(1, n_real // batch_size)
+    n_scores = pick("scores", scores, 1 if small else 10 if gpu else 8)
+    epoch_steps = 0
     if small:
         default_epochs = DEMO_EPOCHS
     else:
         per_step = CPU_SECONDS_PER_STEP.get((recipe, resolution), 1.0) * batch_size / 64
-        steps = GPU_STEPS if gpu else CPU_MINUTES * 60 / per_step
-        default_epochs = max(1, int(steps // steps_per_epoch))  # within the budget
+        steps = int(GPU_STEPS if gpu else CPU_MINUTES * 60 / per_step)
+        if epochs is None and steps_per_epoch * n_scores > steps:
+            # full passes too long to score n_scores times within the budget (CIFAKE's 45,000
+            # photos): shorter epochs, one score each
+            epoch_steps = max(1, steps // n_scores)
+            steps_per_epoch = epoch_steps
+            auto.append("epoch_steps")
+        default_epochs = max(1, steps // steps_per_epoch)  # within the budget
     config = recipe_config(
         recipe, resolution=resolution, epochs=pick("epochs", epochs, default_epochs),
         batch_size=batch_size, ngf=pick("ngf", width, 32 if small else 64), lr_g=lr_g, lr_d=lr_d,
-        seed=seed)
+        epoch_steps=epoch_steps, seed=seed)
     config.ndf = config.ngf
     if "ngf" in auto:
         auto.append("ndf")
-    n_scores = pick("scores", scores, 1 if small else 10 if gpu else 8)
     _, test_labels = cache.part("test")
     return GANPlan(
         recipe=recipe, config=config, device=str(device), n_real=n_real,
