@@ -52,6 +52,12 @@ class GANConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
 
+    def steps_per_epoch(self, n_images: int) -> int:
+        """Batches in an epoch over ``n_images``: a full pass without the ragged last batch
+        (batch norm dislikes tiny ones), at most ``epoch_steps`` when that is set."""
+        full = n_images // self.batch_size
+        return min(full, self.epoch_steps) if self.epoch_steps else full
+
     @classmethod
     def from_dict(cls, values: dict) -> GANConfig:
         """Rebuild a config saved with ``asdict`` (unknown keys are ignored)."""

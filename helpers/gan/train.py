@@ -147,12 +147,10 @@ class GAN:
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(
             self.config.seed * 100_003 + self.epoch)).to(data.device)
         bs = self.config.batch_size
-        steps = len(data) // bs  # drop the ragged last batch: batch norm dislikes tiny ones
+        steps = self.config.steps_per_epoch(len(data))
         if steps == 0:
             raise ValueError(f"{len(data)} training images are fewer than one batch of {bs}; "
                              "lower the batch size")
-        if self.config.epoch_steps:
-            steps = min(steps, self.config.epoch_steps)
         trace = []
         start = time.perf_counter()
         for step in tqdm(range(steps), desc=f"GAN epoch {self.epoch + 1}", disable=not progress,
@@ -309,8 +307,7 @@ class GANPlan:
 
     @property
     def steps_per_epoch(self) -> int:
-        full = self.n_real // self.config.batch_size
-        return min(full, self.config.epoch_steps) if self.config.epoch_steps else full
+        return self.config.steps_per_epoch(self.n_real)
 
     @property
     def steps(self) -> int:
