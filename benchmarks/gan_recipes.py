@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from gan_fid_cifar10 import load_photos
 
-from helpers.core.accel import pick_device, set_cpu_threads
+from helpers.core.accel import cpu_has_bf16, pick_device, set_cpu_threads
 from helpers.core.repro import environment_fingerprint, seed_everything, write_json
 from helpers.gan import quality
 from helpers.gan.networks import RECIPES, recipe_config
@@ -109,6 +109,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=64, help="ngf (and ndf for DCGAN's D)")
     parser.add_argument("--feature-size", type=int, default=64, help="projected D's Lite0 input side")
+    parser.add_argument("--cpu-bf16", action="store_true", help="bfloat16 autocast on the CPU")
+    parser.add_argument("--tag", default="", help="appended to the recipe's name in the rows "
+                        "(e.g. bf16, w32), so a variant joins the study beside its recipe")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -129,13 +132,18 @@ def main(argv=None) -> int:
     print(f"{len(images):,} real images {images.shape[1]} px; floor ({len(reference)} vs "
           f"{floor['n_fake']} real): {quality.describe(floor)}", flush=True)
 
-    rows = earlier_rows(out / "kid_vs_time.csv", args.recipes)
+    if args.cpu_bf16 and not cpu_has_bf16():
+        print("note: this CPU has no native bfloat16 (or oneDNN is capped below it): "
+              "--cpu-bf16 trains in fp32 here")
+    names = {r: f"{r}+{args.tag}" if args.tag else r for r in args.recipes}  # a row's name
+    rows = earlier_rows(out / "kid_vs_time.csv", list(names.values()))
     if rows:
         print(f"kept the earlier rows of {sorted({r['recipe'] for r in rows})} from {out / 'kid_vs_time.csv'}")
-    for recipe in args.recipes:
-        config = recipe_config(recipe, resolution=images.shape[1], batch_size=args.batch_size,
+    for base in args.recipes:
+        recipe = names[base]
+        config = recipe_config(base, resolution=images.shape[1], batch_size=args.batch_size,
                                ngf=args.width, ndf=args.width, feature_size=args.feature_size,
-                               epochs=10**6, seed=args.seed)
+                               epochs=10**6, cpu_bf16=args.cpu_bf16, seed=args.seed)
         steps_per_epoch = len(images) // config.batch_size
 
         def score(gan, recipe=recipe):
@@ -167,7 +175,8 @@ def main(argv=None) -> int:
     write_json(out / "summary.json", {
         "data": args.data, "source": str(source), "n_train": len(images), "resolution": images.shape[1],
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "recipes": {r: RECIPES[r] for r in dict.fromkeys(r["recipe"] for r in rows)}, "floor": floor,
+        "recipes": {r: RECIPES[r.split("+")[0]] for r in dict.fromkeys(r["recipe"] for r in rows)},
+        "floor": floor,
         "rows": rows,
         "threads": threads, "wall_seconds": round(time.perf_counter() - wall, 1),
         "environment": environment_fingerprint()})

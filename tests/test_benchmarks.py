@@ -93,3 +93,9 @@ def test_gan_recipes_scores_each_recipe_against_the_real_floor(tmp_path):
     assert [r["recipe"] for r in rows] == ["dcgan", "projected"] and {r["n_fake"] for r in rows} == {"8"}
     assert "floor: KID" in out and "[8 vs 8 images]" in out
     assert (tmp_path / "out" / "kid_vs_time.png").exists() and (tmp_path / "out" / "samples_projected.png").exists()
+    # a variant joins the study under its tag, beside the earlier rows
+    run("gan_recipes.py", "--data", "cifar10", "--source", str(archive), "--recipes", "dcgan", "--tag", "bf16",
+        "--cpu-bf16", "--minutes", "0.001", "--score-at", "0.001", "--fid-samples", "8", "--batch-size", "8",
+        "--width", "8", "--out", str(tmp_path / "out"))
+    rows = list(csv.DictReader((tmp_path / "out" / "kid_vs_time.csv").open()))
+    assert [r["recipe"] for r in rows] == ["dcgan", "projected", "dcgan+bf16"]

@@ -114,6 +114,26 @@ def test_one_step_of_each_recipe_changes_both_networks(recipe):
     assert all(torch.equal(a, b) for a, b in zip(before_frozen, frozen_d))
 
 
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_cpu_bf16_trains_in_bfloat16_and_samples_in_float32(cpu_bf16, monkeypatch):
+    """``cpu_bf16`` puts the CPU training step under bfloat16 autocast (where the CPU has native
+    bfloat16; emulated here when it has not); sampling stays fp32 so no output bit is lost."""
+    from helpers.core import accel
+
+    monkeypatch.setattr(accel, "cpu_has_bf16", lambda: True)
+    model = GAN(recipe_config("diffaug", ngf=8, ndf=8, batch_size=8, cpu_bf16=cpu_bf16), CPU)
+    seen = []
+    model.G.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    stats = model.train_step(_real_batch(8))
+    assert all(np.isfinite(list(stats.values())))
+    assert seen == [torch.bfloat16 if cpu_bf16 else torch.float32]
+    assert all(p.dtype == torch.float32 for p in model.G.parameters())  # weights stay fp32
+    sampled = []
+    model.sampler.register_forward_hook(lambda _m, _i, out: sampled.append(out.dtype))
+    model.generate(2)
+    assert sampled == [torch.float32]
+
+
 @pytest.mark.parametrize("loss", ["bce", "hinge"])
 def test_a_discriminator_step_lowers_its_loss_on_the_batch_it_saw(loss):
     model = GAN(GANConfig(ngf=16, ndf=16, seed=0, loss=loss), CPU)
@@ -270,7 +290,7 @@ def test_real_training_images_are_the_real_train_split_at_the_gan_resolution(pro
     n_real = int((labels == 0).sum())
     assert (plan.config.epochs, plan.config.ngf, plan.fid_samples, plan.n_real) == (DEMO_EPOCHS, 32, 64, n_real)
     assert plan.recipe == default_recipe(32) == "fastgan" and plan.config.discriminator == "projected"
-    shoes_like = plan_run(cache, CPU, resolution=64)  # the study's best at 64 px too
+    shoes_like = plan_run(cache, CPU, resolution=64, cpu_bf16=False)  # the study's best at 64 px too
     assert shoes_like.recipe == "fastgan" and shoes_like.config.generator == "fastgan"
     assert plan.config.batch_size == min(32, n_real)  # never more than the training images
     assert plan.n_export == int((cache.part("test")[1] == 0).sum()) and "epochs" in plan.auto
@@ -337,6 +357,51 @@ def test_a_big_dataset_gets_short_epochs_so_the_budget_holds_its_scores(project_
     model.train_epoch(images)
     assert len(model.step_log["loss_d"]) == 3  # the epoch stopped after epoch_steps batches
     assert plan_run(cache, CPU, epochs=2, batch_size=2).config.epoch_steps == 0  # asked: full passes
+
+
+def test_the_plan_takes_bfloat16_where_the_probe_measures_it_faster(project_dirs, tmp_path, monkeypatch):
+    """64-px CPU runs take bfloat16 when this CPU's probe says it pays, and then hold more steps
+    in the same minutes; 32-px runs stay fp32 unless asked; a GPU never runs the probe."""
+    import helpers.gan.train as gan_train
+
+    cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=20), progress=False)
+    cache.meta["is_demo"] = False  # the CPU budget's rules
+    probes = []
+
+    def probe(answer):
+        def choose(config):
+            probes.append(config.resolution)
+            return answer
+        return choose
+
+    fast = (True, {"fp32": 100.0, "bf16": 150.0})
+    monkeypatch.setattr(gan_train, "choose_gan_precision", probe(fast))
+    fp32 = plan_run(cache, CPU, resolution=64, batch_size=2, cpu_bf16=False)
+    auto = plan_run(cache, CPU, resolution=64, batch_size=2)
+    assert not fp32.config.cpu_bf16 and auto.config.cpu_bf16 and "cpu_bf16" in auto.auto
+    assert abs(auto.steps / fp32.steps - 1.5) < 0.05  # the measured speed-up buys steps
+    assert "bfloat16 150 vs fp32 100" in auto.table().loc["CPU precision probe", "value"]
+    assert plan_run(cache, CPU, batch_size=2).config.cpu_bf16 is False  # 32 px: fp32 unless asked
+    assert probes == [64]
+    assert plan_run(cache, CPU, batch_size=2, cpu_bf16=True).config.cpu_bf16  # asked, and native
+    monkeypatch.setattr(gan_train, "choose_gan_precision", probe((False, {"fp32": 100.0, "bf16": 90.0})))
+    assert not plan_run(cache, CPU, resolution=64, batch_size=2).config.cpu_bf16  # slower here: fp32
+    monkeypatch.setattr(gan_train, "choose_gan_precision", probe((False, {"reason": "no native bfloat16"})))
+    assert not plan_run(cache, CPU, batch_size=2, cpu_bf16=True).config.cpu_bf16  # asked, not native
+    probes.clear()
+    assert not plan_run(cache, torch.device("cuda"), resolution=64, batch_size=2).config.cpu_bf16
+    assert probes == []  # AMP on a GPU, no CPU probe
+
+
+def test_the_gan_precision_probe_times_both_precisions_and_leaves_the_random_stream(monkeypatch):
+    from helpers.gan.train import measure_gan_precision
+
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    rates = measure_gan_precision(recipe_config("dcgan", ngf=8, ndf=8, batch_size=4), steps=1)
+    assert set(rates) == {"fp32", "bf16"} and min(rates.values()) > 0
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_png_datasets_are_exported_lossless_and_absent_exports_read_as_none(project_dirs, tmp_path):

@@ -3,7 +3,8 @@
 The airbench recipe: decode once, keep the uint8 images on the device, convert and augment
 there, use channels_last and mixed precision. On the CPU the detector runs in bfloat16
 autocast where a short probe measures it faster than fp32 on the machine at hand
-(:func:`choose_cpu_amp`), and in fp32 elsewhere; the GAN stays in fp32 on every CPU.
+(:func:`choose_cpu_amp`), and in fp32 elsewhere; the GAN trains in fp32 on a CPU unless asked
+(``GANConfig.cpu_bf16``).
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ def measure_cpu_precision(build: Callable[[], nn.Module], image_size: int, batch
     return rates
 
 
-def choose_cpu_amp(build: Callable[[], nn.Module], key: dict, image_size: int, batch_size: int,
-                   cache_file: Path | None) -> tuple[bool, dict]:
+def choose_cpu_amp(build: Callable[[], nn.Module] | None, key: dict, image_size: int, batch_size: int,
+                   cache_file: Path | None,
+                   measure: Callable[[], dict[str, float]] | None = None) -> tuple[bool, dict]:
     """Whether bfloat16 autocast pays on this CPU for this model, measured, not guessed.
 
     CPUs without native bfloat16 (:func:`cpu_has_bf16`) get fp32 without a probe (emulated
@@ -175,6 +177,7 @@ def choose_cpu_amp(build: Callable[[], nn.Module], key: dict, image_size: int, b
     ``cache_file`` (JSON) under ``key`` plus this CPU's name, the thread count and the torch
     version, so each machine kind measures each configuration once. Returns the choice and
     the probe's record (images/s of both precisions, ``cached`` whether it was reused).
+    ``measure()``, when given, replaces the classifier probe (the GAN times its own step).
 
     Why measured: bfloat16 was 1.6x faster than fp32 for the CIFAKE model on an AMD EPYC
     and 1.1-1.3x *slower* on an Intel Xeon, both with AVX512-BF16.
@@ -193,7 +196,7 @@ def choose_cpu_amp(build: Callable[[], nn.Module], key: dict, image_size: int, b
     if full_key in known:
         record = {**known[full_key], "cached": True}
     else:
-        record = measure_cpu_precision(build, image_size, batch_size)
+        record = measure() if measure else measure_cpu_precision(build, image_size, batch_size)
         if cache_file is not None:
             write_json(cache_file, {**known, full_key: record})
         record = {**record, "cached": False}

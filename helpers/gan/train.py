@@ -8,7 +8,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from ..core.accel import autocast, images_to_device, pick_device
+from ..core import paths
+from ..core.accel import autocast, choose_cpu_amp, images_to_device, pick_device
 from ..core.images import fit_square
 from ..core.repro import atomic_path, environment_fingerprint
 from .augment import diff_augment, parse_policy
@@ -111,7 +112,7 @@ class GAN:
         """
         n = real.shape[0]
         z = torch.randn(n, self.config.nz, device=self.device)
-        with autocast(self.device):
+        with autocast(self.device, cpu=self.config.cpu_bf16):
             fake = self.G(z)
             d_real = self.D(self.augment(real)).float()
             d_fake = self.D(self.augment(fake.detach())).float()
@@ -119,7 +120,7 @@ class GAN:
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
-        with autocast(self.device):
+        with autocast(self.device, cpu=self.config.cpu_bf16):
             loss_g = self.losses(None, self.D(self.augment(fake)).float())
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -178,7 +179,7 @@ class GAN:
         out = []
         for start in range(0, n, batch_size):
             z = self.noise(min(batch_size, n - start), gen)
-            with autocast(self.device):
+            with autocast(self.device):  # fp32 on a CPU: sampling is cheap, keep every bit
                 img = sampler(z).float()
             out.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
                        .permute(0, 2, 3, 1).cpu().numpy())
@@ -291,6 +292,13 @@ def real_training_images(cache, resolution: int | None = None) -> np.ndarray:
     return resize_images(real, resolution)
 
 
+def _describe_probe(probe: dict) -> str:
+    if "fp32" not in probe:
+        return probe.get("reason", "not needed")
+    return (f"bfloat16 {probe['bf16']:,.0f} vs fp32 {probe['fp32']:,.0f} training images/s"
+            f"{' (measured earlier on this machine)' if probe.get('cached') else ''}")
+
+
 @dataclass
 class GANPlan:
     """Everything notebook 04 runs with, the automatic choices resolved (see :func:`plan_run`)."""
@@ -304,6 +312,8 @@ class GANPlan:
     save_every: int  # sample grid and checkpoint every k epochs (and after the last)
     n_export: int
     auto: list[str]  # which settings were chosen automatically
+    # the CPU's fp32/bfloat16 probe (images/s, or why none ran; empty when none was needed)
+    cpu_precision_probe: dict = field(default_factory=dict)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -319,7 +329,8 @@ class GANPlan:
                 "REAL training images": self.n_real,
                 "steps per epoch": self.steps_per_epoch, "steps": self.steps,
                 "fid_samples": self.fid_samples, "score_every": self.score_every,
-                "save_every": self.save_every, "n_export": self.n_export}
+                "save_every": self.save_every, "n_export": self.n_export,
+                "CPU precision probe": _describe_probe(self.cpu_precision_probe)}
         return pd.DataFrame({"value": [str(v) for v in rows.values()],
                              "chosen": ["auto" if k in self.auto else "" for k in rows]},
                             index=list(rows))
@@ -337,10 +348,49 @@ CPU_SECONDS_PER_STEP = {("dcgan", 32): 0.17, ("diffaug", 32): 0.18, ("projected"
                         ("fastgan", 32): 0.76, ("dcgan", 64): 0.88, ("diffaug", 64): 0.90,
                         ("projected", 64): 0.73, ("fastgan", 64): 1.04}
 CPU_MINUTES = 13
+#: Resolutions at which a CPU run takes bfloat16 autocast by default, where this CPU's probe
+#: measures it faster (:func:`choose_gan_precision`): 64 px, where the study measured 1.45x the
+#: steps in 5 minutes at the same KID per step. 32-px runs stay fp32 unless asked (1.2x faster
+#: in a micro-benchmark; their quality under bfloat16 was not measured).
+CPU_BF16_RESOLUTIONS = (64,)
 #: a GPU run's default length (not measured here: no GPU was lent; see the study)
 GPU_STEPS = 20_000
 #: the demo on a CPU: a few epochs of a narrow network, within the demo's minute
 DEMO_EPOCHS = 6
+
+
+def measure_gan_precision(config: GANConfig, steps: int = 2) -> dict[str, float]:
+    """Training images per second of one GAN step of ``config`` on this CPU, in fp32 and in
+    bfloat16 autocast: ``{"fp32": ..., "bf16": ...}``. Fresh networks for each, the two
+    interleaved twice (best kept) so a passing load hits both alike, on a random batch;
+    torch's random state is restored. A few seconds at 64 px."""
+    state = torch.random.get_rng_state()
+    res = config.resolution
+    real = torch.rand(config.batch_size, 3, res, res) * 2 - 1
+    rates = {"fp32": 0.0, "bf16": 0.0}
+    try:
+        for _ in range(2):
+            for name, best in rates.items():
+                gan = GAN(replace(config, cpu_bf16=name == "bf16"), torch.device("cpu"))
+                gan.step(real)  # warm-up: first-call allocations and kernel selection
+                start = time.perf_counter()
+                for _ in range(steps):
+                    gan.step(real)
+                rates[name] = max(best, steps * config.batch_size / (time.perf_counter() - start))
+    finally:
+        torch.random.set_rng_state(state)
+    return rates
+
+
+def choose_gan_precision(config: GANConfig) -> tuple[bool, dict]:
+    """Whether bfloat16 autocast pays for ``config``'s GAN on this CPU: the detector's rule
+    (:func:`helpers.core.accel.choose_cpu_amp`: native bfloat16 and at least 1.15x faster),
+    measured on the GAN's own step and cached in ``data/processed/cpu_precision.json``."""
+    key = {"gan": config.generator, "discriminator": config.discriminator, "ngf": config.ngf,
+           "ndf": config.ndf, "feature_size": config.feature_size}
+    return choose_cpu_amp(None, key, config.resolution, config.batch_size,
+                          paths.DATA / "processed" / "cpu_precision.json",
+                          measure=lambda: measure_gan_precision(config))
 
 
 def default_recipe(resolution: int) -> str:
@@ -351,7 +401,8 @@ def default_recipe(resolution: int) -> str:
 def plan_run(cache, device: torch.device, recipe: str | None = None, resolution: int | None = None,
              epochs: int | None = None, batch_size: int | None = None, width: int | None = None,
              lr_g: float = 2e-4, lr_d: float = 2e-4, fid_samples: int | None = None,
-             scores: int | None = None, n_export: int | None = None, seed: int = 0) -> GANPlan:
+             scores: int | None = None, n_export: int | None = None, cpu_bf16: bool | None = None,
+             seed: int = 0) -> GANPlan:
     """Resolve notebook 04's parameters; ``None`` means "the default for this data and device".
 
     ===========  ==============================  ==========================================
@@ -372,6 +423,12 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     ===========  ==============================  ==========================================
 
     An automatic batch size never exceeds the number of training images.
+
+    ``cpu_bf16`` (CPU only; a GPU always uses AMP): bfloat16 autocast for training. ``None``
+    takes it at :data:`CPU_BF16_RESOLUTIONS` where this CPU's measured probe says it pays
+    (:func:`choose_gan_precision`), and fp32 elsewhere; ``True`` takes it wherever the CPU
+    multiplies bfloat16 natively. With bfloat16 the automatic length uses the probe's speed-up,
+    so the run holds more steps in the same minutes.
     """
     auto = []
 
@@ -391,11 +448,21 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     batch_size = pick("batch_size", batch_size, min(32 if small else 64, max(n_real, 2)))
     steps_per_epoch = max(1, n_real // batch_size)
     n_scores = pick("scores", scores, 1 if small else 10 if gpu else 8)
+    width = pick("ngf", width, 32 if small else 64)
+    bf16, speed_up, probe = False, 1.0, {}
+    if device.type == "cpu" and (cpu_bf16 or (cpu_bf16 is None and resolution in CPU_BF16_RESOLUTIONS)):
+        probe_config = recipe_config(recipe, resolution=resolution, batch_size=batch_size, ngf=width,
+                                     ndf=width, lr_g=lr_g, lr_d=lr_d, seed=seed)
+        pays, probe = choose_gan_precision(probe_config)
+        bf16 = ("fp32" in probe) if cpu_bf16 else pays  # asked: wherever bfloat16 is native
+        speed_up = probe["bf16"] / probe["fp32"] if bf16 else 1.0
+    if cpu_bf16 is None:
+        auto.append("cpu_bf16")
     epoch_steps = 0
     if small:
         default_epochs = DEMO_EPOCHS
     else:
-        per_step = CPU_SECONDS_PER_STEP.get((recipe, resolution), 1.0) * batch_size / 64
+        per_step = CPU_SECONDS_PER_STEP.get((recipe, resolution), 1.0) * batch_size / 64 / speed_up
         steps = int(GPU_STEPS if gpu else CPU_MINUTES * 60 / per_step)
         if epochs is None and steps_per_epoch * n_scores > steps:
             # full passes too long to score n_scores times within the budget (CIFAKE's 45,000
@@ -406,8 +473,8 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
         default_epochs = max(1, steps // steps_per_epoch)  # within the budget
     config = recipe_config(
         recipe, resolution=resolution, epochs=pick("epochs", epochs, default_epochs),
-        batch_size=batch_size, ngf=pick("ngf", width, 32 if small else 64), lr_g=lr_g, lr_d=lr_d,
-        epoch_steps=epoch_steps, seed=seed)
+        batch_size=batch_size, ngf=width, lr_g=lr_g, lr_d=lr_d, epoch_steps=epoch_steps,
+        cpu_bf16=bf16, seed=seed)
     config.ndf = config.ngf
     if "ngf" in auto:
         auto.append("ndf")
@@ -419,7 +486,7 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
         score_every=max(1, math.ceil(config.epochs / max(1, n_scores))),
         save_every=max(1, config.epochs // 20),
         n_export=pick("n_export", n_export, int((test_labels == 0).sum()) or n_real),
-        auto=auto)
+        auto=auto, cpu_precision_probe=probe)
 
 
 def image_grid(images: np.ndarray, columns: int = 8, pad: int = 2, fill: int = 255) -> np.ndarray:
