@@ -150,3 +150,33 @@ def test_the_vectorised_resample_metric_is_scikit_learns_with_sample_weights():
         skm.roc_auc_score(labels, scores, sample_weight=weights))
     assert _weighted_ranking(*per_class, "average_precision")[0] == pytest.approx(
         skm.average_precision_score(labels, scores, sample_weight=weights))
+
+
+def test_the_backbone_probe_study_scores_each_probe_beside_the_specialist(probe_tree, monkeypatch, tmp_path):
+    """benchmarks/probe_backbones.py on the tiny demo tree: the stage features extend the pooled
+    ones, and every probe gets an AUC row on the same source as the from-scratch specialist."""
+    import importlib.util
+    import json
+
+    from tests.conftest import ROOT, point_paths_at
+
+    spec = importlib.util.spec_from_file_location("probe_backbones", ROOT / "benchmarks" / "probe_backbones.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    images, _ = probe_tree["cache"].part("test")
+    size = images.shape[1]
+    pooled, staged = study.Lite0Stages(size, False)(images[:4]), study.Lite0Stages(size, True)(images[:4])
+    assert pooled.shape == (4, 1280) and staged.shape == (4, 2304)
+    np.testing.assert_allclose(staged[:, :1280], pooled, atol=1e-5)
+
+    point_paths_at(monkeypatch, probe_tree)
+    threads = torch.get_num_threads()
+    assert study.main(["--datasets", "demo", "--backbones", "lite0", "lite0_stages", "--n-train", "24",
+                       "--n-val", "8", "--n-source", "16", "--out", str(tmp_path)]) == 0
+    torch.set_num_threads(threads)
+    table = pd.read_csv(tmp_path / "auc.csv")
+    assert table["probe"].tolist() == ["from scratch", "lite0", "lite0_stages"]
+    assert (table["source"] == "demo test").all() and table["seen"].all()
+    assert ((table["auc_low"] <= table["auc"]) & (table["auc"] <= table["auc_high"])).all()
+    costs = json.loads((tmp_path / "summary.json").read_text())["costs"]
+    assert [c["features"] for c in costs] == [1280, 2304]
