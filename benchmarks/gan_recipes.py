@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from gan_fid_cifar10 import load_photos
 
-from helpers.core.accel import cpu_has_bf16, pick_device, set_cpu_threads
+from helpers.core.accel import cpu_has_bf16, cpu_name, pick_device, set_cpu_threads
 from helpers.core.repro import environment_fingerprint, seed_everything, write_json
 from helpers.gan import quality
 from helpers.gan.networks import RECIPES, recipe_config
@@ -74,6 +76,15 @@ def earlier_rows(path: Path, recipes: list[str]) -> list[dict]:
             if key != "recipe" and value not in ("", None):
                 row[key] = float(value) if "." in value or "e" in value else int(value)
     return kept
+
+
+def earlier_runs(path: Path, names: set[str]) -> dict:
+    """The earlier summary's record of how each of ``names`` was run (its arguments, CPU and
+    date); empty for a summary written before runs were recorded."""
+    if not path.exists():
+        return {}
+    runs = json.loads(path.read_text()).get("runs", {})
+    return {name: run for name, run in runs.items() if name in names}
 
 
 def kid_figure(rows: list[dict], floor: dict, title: str):
@@ -172,9 +183,15 @@ def main(argv=None) -> int:
              out / "samples_real.png")
     fig = kid_figure(rows, floor, f"{args.data}: {len(reference)} generated vs {len(reference)} real")
     fig.savefig(out / "kid_vs_time.png", dpi=120)
+    # each row's own invocation (rows of earlier runs may come from another machine or settings)
+    runs = earlier_runs(out / "summary.json", {r["recipe"] for r in rows})
+    this_run = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(), "threads": threads,
+                "date": time.strftime("%Y-%m-%d")}
+    runs.update({name: this_run for name in names.values()})
     write_json(out / "summary.json", {
         "data": args.data, "source": str(source), "n_train": len(images), "resolution": images.shape[1],
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": this_run["args"], "runs": runs,
         "recipes": {r: RECIPES[r.split("+")[0]] for r in dict.fromkeys(r["recipe"] for r in rows)},
         "floor": floor,
         "rows": rows,

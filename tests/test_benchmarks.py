@@ -4,6 +4,7 @@ only by the next person who needs it."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -99,3 +100,6 @@ def test_gan_recipes_scores_each_recipe_against_the_real_floor(tmp_path):
         "--width", "8", "--out", str(tmp_path / "out"))
     rows = list(csv.DictReader((tmp_path / "out" / "kid_vs_time.csv").open()))
     assert [r["recipe"] for r in rows] == ["dcgan", "projected", "dcgan+bf16"]
+    runs = json.loads((tmp_path / "out" / "summary.json").read_text())["runs"]  # how each row was run
+    assert sorted(runs) == ["dcgan", "dcgan+bf16", "projected"]
+    assert (runs["dcgan"]["args"]["tag"], runs["dcgan+bf16"]["args"]["tag"]) == ("", "bf16") and runs["dcgan"]["isa"]

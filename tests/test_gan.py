@@ -18,10 +18,10 @@ from helpers.gan.export import export_dir, export_images, load_exported, verify_
 from helpers.gan.networks import RECIPES, Discriminator, FastGenerator, GANConfig, Generator, recipe_config
 from helpers.gan.train import (
     CPU_MINUTES,
-    CPU_SECONDS_PER_STEP,
     DEMO_EPOCHS,
     GAN,
     STAT_KEYS,
+    STEP_OVERHEAD,
     EpochMonitor,
     default_recipe,
     load_checkpoint,
@@ -34,6 +34,16 @@ from helpers.gan.train import (
 from tests.conftest import ROOT, textured, write_dataset
 
 CPU = torch.device("cpu")
+
+
+def probed_speed(monkeypatch, record: dict) -> list:
+    """The plan's CPU speed probe answering ``record`` (images/s) without timing anything:
+    the plan's arithmetic, not this machine's speed, is under test. Returns the probed configs."""
+    import helpers.gan.train as gan_train
+
+    probed = []
+    monkeypatch.setattr(gan_train, "gan_speed_probe", lambda config: probed.append(config) or dict(record))
+    return probed
 TABLES_A = {0: list(range(2, 66)), 1: [9] * 64}  # no IJG quality makes these: copied, not estimated
 TABLES_B = {0: [3] * 64, 1: list(range(70, 6, -1))}
 
@@ -302,7 +312,7 @@ def _write_jpeg(path: Path, image: np.ndarray, tables: dict, subsampling: int) -
     Image.fromarray(image).save(path, format="JPEG", qtables=tables, subsampling=subsampling)
 
 
-def test_exported_jpegs_carry_the_real_images_tables(project_dirs, tmp_path):
+def test_exported_jpegs_carry_the_real_images_tables(project_dirs, tmp_path, monkeypatch):
     """Real photos in two table sets (4:4:4 and 4:2:0): every export copies one of them."""
     data_dir, _ = project_dirs
     rng = np.random.default_rng(0)
@@ -313,8 +323,10 @@ def test_exported_jpegs_carry_the_real_images_tables(project_dirs, tmp_path):
         _write_jpeg(source / "real" / f"r{i:03d}.jpg", textured(rng, 40, False), tables, sampling)
         Image.fromarray(textured(rng, 40, True)).save(source / "ai-midjourney" / f"f{i:03d}.jpg", quality=90)
     cache = prepare("sneakers", source, image_size=32, progress=False)
+    probed = probed_speed(monkeypatch, {"fp32": 50.0})
     plan = plan_run(cache, CPU, recipe="dcgan", batch_size=8)  # not the demo: the CPU time budget
-    per_step = CPU_SECONDS_PER_STEP[("dcgan", 32)] * 8 / 64
+    assert [(c.generator, c.batch_size, c.resolution) for c in probed] == [("dcgan", 8, 32)]
+    per_step = STEP_OVERHEAD * 8 / 50.0  # seconds, at the probed 50 images/s
     epoch_seconds = plan.n_real // 8 * per_step
     assert 0 <= CPU_MINUTES * 60 - plan.steps * per_step < epoch_seconds  # as many epochs as fit
     assert plan.fid_samples == plan.n_real // 2 and plan.score_every == -(-plan.config.epochs // 8)
@@ -340,13 +352,14 @@ def test_exported_jpegs_carry_the_real_images_tables(project_dirs, tmp_path):
     assert load_exported("sneakers", size=16).shape == (30, 16, 16, 3)
 
 
-def test_a_big_dataset_gets_short_epochs_so_the_budget_holds_its_scores(project_dirs, tmp_path):
+def test_a_big_dataset_gets_short_epochs_so_the_budget_holds_its_scores(project_dirs, tmp_path, monkeypatch):
     """CIFAKE's 45,000 photos: one full pass of the 32-px default outlasts a CPU budget's
     eighth, so an epoch becomes a fixed number of steps, one score each, within the budget."""
     cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=20), progress=False)
     cache.meta["is_demo"] = False  # the CPU budget's rules, not the demo's
     n_real = int((cache.part("train")[1] == 0).sum())
-    per_step = CPU_SECONDS_PER_STEP[("fastgan", 32)] * 2 / 64
+    probed_speed(monkeypatch, {"fp32": 80.0})
+    per_step = STEP_OVERHEAD * 2 / 80.0
     budget_steps = int(CPU_MINUTES * 60 / per_step)
     plan = plan_run(cache, CPU, batch_size=2, scores=budget_steps // (n_real // 2 - 1))
     assert 0 < plan.config.epoch_steps < n_real // 2 and "epoch_steps" in plan.auto
@@ -360,48 +373,61 @@ def test_a_big_dataset_gets_short_epochs_so_the_budget_holds_its_scores(project_
 
 
 def test_the_plan_takes_bfloat16_where_the_probe_measures_it_faster(project_dirs, tmp_path, monkeypatch):
-    """64-px CPU runs take bfloat16 when this CPU's probe says it pays, and then hold more steps
-    in the same minutes; 32-px runs stay fp32 unless asked; a GPU never runs the probe."""
-    import helpers.gan.train as gan_train
-
+    """A CPU run's length comes from this CPU's measured speed: twice the speed, twice the
+    steps. 64-px runs take bfloat16 where it is native and pays, and then hold more steps;
+    32-px runs stay fp32 unless asked; the demo and a GPU never run the probe."""
     cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=20), progress=False)
     cache.meta["is_demo"] = False  # the CPU budget's rules
-    probes = []
+    probed = probed_speed(monkeypatch, {"fp32": 100.0})  # a CPU without native bfloat16
+    slow = plan_run(cache, CPU, resolution=64, batch_size=2)
+    assert not slow.config.cpu_bf16 and [c.resolution for c in probed] == [64]
+    assert "no native bfloat16; fp32 100 training images/s" in slow.table().loc["CPU speed probe", "value"]
+    assert not plan_run(cache, CPU, resolution=64, batch_size=2, cpu_bf16=True).config.cpu_bf16  # not native
+    probed_speed(monkeypatch, {"fp32": 200.0})
+    assert abs(plan_run(cache, CPU, resolution=64, batch_size=2).steps / slow.steps - 2) < 0.05
 
-    def probe(answer):
-        def choose(config):
-            probes.append(config.resolution)
-            return answer
-        return choose
-
-    fast = (True, {"fp32": 100.0, "bf16": 150.0})
-    monkeypatch.setattr(gan_train, "choose_gan_precision", probe(fast))
+    probed = probed_speed(monkeypatch, {"fp32": 100.0, "bf16": 150.0})
     fp32 = plan_run(cache, CPU, resolution=64, batch_size=2, cpu_bf16=False)
     auto = plan_run(cache, CPU, resolution=64, batch_size=2)
     assert not fp32.config.cpu_bf16 and auto.config.cpu_bf16 and "cpu_bf16" in auto.auto
     assert abs(auto.steps / fp32.steps - 1.5) < 0.05  # the measured speed-up buys steps
-    assert "bfloat16 150 vs fp32 100" in auto.table().loc["CPU precision probe", "value"]
+    assert "bfloat16 150, fp32 100" in auto.table().loc["CPU speed probe", "value"]
     assert plan_run(cache, CPU, batch_size=2).config.cpu_bf16 is False  # 32 px: fp32 unless asked
-    assert probes == [64]
     assert plan_run(cache, CPU, batch_size=2, cpu_bf16=True).config.cpu_bf16  # asked, and native
-    monkeypatch.setattr(gan_train, "choose_gan_precision", probe((False, {"fp32": 100.0, "bf16": 90.0})))
-    assert not plan_run(cache, CPU, resolution=64, batch_size=2).config.cpu_bf16  # slower here: fp32
-    monkeypatch.setattr(gan_train, "choose_gan_precision", probe((False, {"reason": "no native bfloat16"})))
-    assert not plan_run(cache, CPU, batch_size=2, cpu_bf16=True).config.cpu_bf16  # asked, not native
-    probes.clear()
+    probed_speed(monkeypatch, {"fp32": 100.0, "bf16": 110.0})
+    assert not plan_run(cache, CPU, resolution=64, batch_size=2).config.cpu_bf16  # too little gain: fp32
+    probed = probed_speed(monkeypatch, {"fp32": 100.0, "bf16": 150.0})
     assert not plan_run(cache, torch.device("cuda"), resolution=64, batch_size=2).config.cpu_bf16
-    assert probes == []  # AMP on a GPU, no CPU probe
+    cache.meta["is_demo"] = True
+    assert plan_run(cache, CPU).config.epochs == DEMO_EPOCHS
+    assert probed == []  # AMP on a GPU, a fixed length on the demo: no CPU probe
 
 
-def test_the_gan_precision_probe_times_both_precisions_and_leaves_the_random_stream(monkeypatch):
-    from helpers.gan.train import measure_gan_precision
+def test_the_gan_speed_probe_times_each_native_precision_and_leaves_the_random_stream(monkeypatch):
+    from helpers.core import accel
+    from helpers.gan.train import measure_gan_speed
 
-    torch.manual_seed(3)
-    expected = torch.rand(3)
-    torch.manual_seed(3)
-    rates = measure_gan_precision(recipe_config("dcgan", ngf=8, ndf=8, batch_size=4), steps=1)
-    assert set(rates) == {"fp32", "bf16"} and min(rates.values()) > 0
-    assert torch.equal(torch.rand(3), expected)
+    config = recipe_config("dcgan", ngf=8, ndf=8, batch_size=4)
+    for native, timed in ((True, {"fp32", "bf16"}), (False, {"fp32"})):
+        monkeypatch.setattr(accel, "cpu_has_bf16", lambda native=native: native)
+        torch.manual_seed(3)
+        expected = torch.rand(3)
+        torch.manual_seed(3)
+        rates = measure_gan_speed(config, steps=1)
+        assert set(rates) == timed and min(rates.values()) > 0
+        assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_gan_speed_probe_is_measured_once_per_configuration(project_dirs, monkeypatch):
+    import helpers.gan.train as gan_train
+
+    calls = []
+    monkeypatch.setattr(gan_train, "measure_gan_speed", lambda config: calls.append(config) or {"fp32": 9.0})
+    config = recipe_config("dcgan", ngf=8, ndf=8, batch_size=4)
+    assert gan_train.gan_speed_probe(config) == {"fp32": 9.0, "cached": False}
+    assert gan_train.gan_speed_probe(config) == {"fp32": 9.0, "cached": True} and len(calls) == 1
+    gan_train.gan_speed_probe(recipe_config("dcgan", ngf=8, ndf=8, batch_size=8))  # another batch
+    assert len(calls) == 2
 
 
 def test_png_datasets_are_exported_lossless_and_absent_exports_read_as_none(project_dirs, tmp_path):

@@ -3,8 +3,8 @@
 The airbench recipe: decode once, keep the uint8 images on the device, convert and augment
 there, use channels_last and mixed precision. On the CPU the detector runs in bfloat16
 autocast where a short probe measures it faster than fp32 on the machine at hand
-(:func:`choose_cpu_amp`), and in fp32 elsewhere; the GAN trains in fp32 on a CPU unless asked
-(``GANConfig.cpu_bf16``).
+(:func:`choose_cpu_amp`), and in fp32 elsewhere; the GAN's plan measures its own step the same
+way (:func:`helpers.gan.train.gan_speed_probe`).
 """
 
 from __future__ import annotations
@@ -166,40 +166,48 @@ def measure_cpu_precision(build: Callable[[], nn.Module], image_size: int, batch
     return rates
 
 
-def choose_cpu_amp(build: Callable[[], nn.Module] | None, key: dict, image_size: int, batch_size: int,
-                   cache_file: Path | None,
-                   measure: Callable[[], dict[str, float]] | None = None) -> tuple[bool, dict]:
+def cached_probe(key: dict, cache_file: Path | None, measure: Callable[[], dict]) -> dict:
+    """``measure()``'s record for ``key`` on this machine, measured once and then read back.
+
+    The record is cached in ``cache_file`` (JSON) under ``key`` plus this CPU's name and vector
+    instruction set, the thread count and the torch version, so each machine kind measures each
+    configuration once; ``cached`` in the returned record says whether it was reused. A damaged
+    cache file only costs a new measurement.
+    """
+    full_key = json.dumps({**key, "cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(),
+                           "threads": torch.get_num_threads(), "torch": torch.__version__,
+                           "format": PROBE_FORMAT}, sort_keys=True)
+    known = {}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            known = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            known = {}
+    if full_key in known:
+        return {**known[full_key], "cached": True}
+    record = measure()
+    if cache_file is not None:
+        write_json(cache_file, {**known, full_key: record})
+    return {**record, "cached": False}
+
+
+def choose_cpu_amp(build: Callable[[], nn.Module], key: dict, image_size: int, batch_size: int,
+                   cache_file: Path | None) -> tuple[bool, dict]:
     """Whether bfloat16 autocast pays on this CPU for this model, measured, not guessed.
 
     CPUs without native bfloat16 (:func:`cpu_has_bf16`) get fp32 without a probe (emulated
     bfloat16 is slower; docs/cpu-speed-study.md). Elsewhere :func:`measure_cpu_precision` decides:
-    bfloat16 when at least :data:`BF16_MIN_SPEED_UP` times faster. The answer is cached in
-    ``cache_file`` (JSON) under ``key`` plus this CPU's name, the thread count and the torch
-    version, so each machine kind measures each configuration once. Returns the choice and
-    the probe's record (images/s of both precisions, ``cached`` whether it was reused).
-    ``measure()``, when given, replaces the classifier probe (the GAN times its own step).
+    bfloat16 when at least :data:`BF16_MIN_SPEED_UP` times faster, the answer cached per
+    machine kind (:func:`cached_probe`). Returns the choice and the probe's record (images/s of
+    both precisions, ``cached`` whether it was reused).
 
     Why measured: bfloat16 was 1.6x faster than fp32 for the CIFAKE model on an AMD EPYC
     and 1.1-1.3x *slower* on an Intel Xeon, both with AVX512-BF16.
     """
     if not cpu_has_bf16():
         return False, {"reason": "no native bfloat16 on this CPU"}
-    full_key = json.dumps({**key, "cpu": cpu_name(), "threads": torch.get_num_threads(),
-                           "torch": torch.__version__, "image_size": image_size,
-                           "batch_size": batch_size, "format": PROBE_FORMAT}, sort_keys=True)
-    known = {}
-    if cache_file is not None and cache_file.is_file():
-        try:
-            known = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            known = {}  # a damaged cache only costs a new measurement
-    if full_key in known:
-        record = {**known[full_key], "cached": True}
-    else:
-        record = measure() if measure else measure_cpu_precision(build, image_size, batch_size)
-        if cache_file is not None:
-            write_json(cache_file, {**known, full_key: record})
-        record = {**record, "cached": False}
+    record = cached_probe({**key, "image_size": image_size, "batch_size": batch_size}, cache_file,
+                          lambda: measure_cpu_precision(build, image_size, batch_size))
     return record["bf16"] >= BF16_MIN_SPEED_UP * record["fp32"], record
 
 

@@ -20,8 +20,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from ..core import paths
-from ..core.accel import autocast, choose_cpu_amp, images_to_device, pick_device
+from ..core import accel, paths
+from ..core.accel import autocast, images_to_device, pick_device
 from ..core.images import fit_square
 from ..core.repro import atomic_path, environment_fingerprint
 from .augment import diff_augment, parse_policy
@@ -294,8 +294,9 @@ def real_training_images(cache, resolution: int | None = None) -> np.ndarray:
 
 def _describe_probe(probe: dict) -> str:
     if "fp32" not in probe:
-        return probe.get("reason", "not needed")
-    return (f"bfloat16 {probe['bf16']:,.0f} vs fp32 {probe['fp32']:,.0f} training images/s"
+        return "not needed (fixed length, or a GPU)"
+    bf16 = f"bfloat16 {probe['bf16']:,.0f}, " if "bf16" in probe else "no native bfloat16; "
+    return (f"{bf16}fp32 {probe['fp32']:,.0f} training images/s"
             f"{' (measured earlier on this machine)' if probe.get('cached') else ''}")
 
 
@@ -312,8 +313,9 @@ class GANPlan:
     save_every: int  # sample grid and checkpoint every k epochs (and after the last)
     n_export: int
     auto: list[str]  # which settings were chosen automatically
-    # the CPU's fp32/bfloat16 probe (images/s, or why none ran; empty when none was needed)
-    cpu_precision_probe: dict = field(default_factory=dict)
+    # this CPU's measured training speed (images/s in fp32, and bfloat16 where native;
+    # :func:`gan_speed_probe`), which sets a CPU run's length; empty when none was needed
+    cpu_speed_probe: dict = field(default_factory=dict)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -330,7 +332,7 @@ class GANPlan:
                 "steps per epoch": self.steps_per_epoch, "steps": self.steps,
                 "fid_samples": self.fid_samples, "score_every": self.score_every,
                 "save_every": self.save_every, "n_export": self.n_export,
-                "CPU precision probe": _describe_probe(self.cpu_precision_probe)}
+                "CPU speed probe": _describe_probe(self.cpu_speed_probe)}
         return pd.DataFrame({"value": [str(v) for v in rows.values()],
                              "chosen": ["auto" if k in self.auto else "" for k in rows]},
                             index=list(rows))
@@ -342,14 +344,15 @@ DEFAULT_RECIPES = {32: "fastgan", 64: "fastgan"}
 #: The demo set's own fakes: DCGAN, the cheapest step, so the demo is built within its minute.
 #: Notebook 04's GAN on the demo is the default recipe, another architecture than these fakes.
 DEMO_FAKES_RECIPE = "dcgan"
-#: Training seconds per step on 2 CPU cores (AMD EPYC, fp32, batch 64, width 64) by recipe and
-#: resolution, measured in the study; a CPU run's default length is CPU_MINUTES of them.
-CPU_SECONDS_PER_STEP = {("dcgan", 32): 0.17, ("diffaug", 32): 0.18, ("projected", 32): 0.51,
-                        ("fastgan", 32): 0.76, ("dcgan", 64): 0.88, ("diffaug", 64): 0.90,
-                        ("projected", 64): 0.73, ("fastgan", 64): 1.04}
+#: a CPU run's default length: as many steps as fit these minutes at the speed this machine's
+#: probe measures (:func:`gan_speed_probe`); scoring and export come on top
 CPU_MINUTES = 13
-#: Resolutions at which a CPU run takes bfloat16 autocast by default, where this CPU's probe
-#: measures it faster (:func:`choose_gan_precision`): 64 px, where the study measured 1.45x the
+#: a sustained training step costs more than the probe's best of a few on a fixed batch (the
+#: batch's flip and scaling, the epoch's bookkeeping, a shared host's slower minutes): fastgan
+#: at 64 px, 1.04 s against 0.95 probed on an AVX-512 EPYC, 1.83 s against 1.42 on an AVX2 one
+STEP_OVERHEAD = 1.3
+#: Resolutions at which a CPU run takes bfloat16 autocast by default, where this CPU has it
+#: natively and the probe measures it at least BF16_MIN_SPEED_UP faster: 64 px, where the study measured 1.45x the
 #: steps in 5 minutes at the same KID per step. 32-px runs stay fp32 unless asked (1.2x faster
 #: in a micro-benchmark; their quality under bfloat16 was not measured).
 CPU_BF16_RESOLUTIONS = (64,)
@@ -359,15 +362,18 @@ GPU_STEPS = 20_000
 DEMO_EPOCHS = 6
 
 
-def measure_gan_precision(config: GANConfig, steps: int = 2) -> dict[str, float]:
-    """Training images per second of one GAN step of ``config`` on this CPU, in fp32 and in
-    bfloat16 autocast: ``{"fp32": ..., "bf16": ...}``. Fresh networks for each, the two
-    interleaved twice (best kept) so a passing load hits both alike, on a random batch;
-    torch's random state is restored. A few seconds at 64 px."""
+def measure_gan_speed(config: GANConfig, steps: int = 2) -> dict[str, float]:
+    """Training images per second of one GAN step of ``config`` on this CPU: ``{"fp32": ...}``,
+    plus ``"bf16"`` (bfloat16 autocast) where the CPU multiplies bfloat16 natively
+    (:func:`helpers.core.accel.cpu_has_bf16`; emulated it is slower, so not worth timing).
+
+    Fresh networks for each precision, the two interleaved twice (best kept) so a passing load
+    hits both alike, on a random batch; torch's random state is restored. A few seconds at 64 px.
+    """
     state = torch.random.get_rng_state()
     res = config.resolution
     real = torch.rand(config.batch_size, 3, res, res) * 2 - 1
-    rates = {"fp32": 0.0, "bf16": 0.0}
+    rates = {"fp32": 0.0, "bf16": 0.0} if accel.cpu_has_bf16() else {"fp32": 0.0}
     try:
         for _ in range(2):
             for name, best in rates.items():
@@ -382,15 +388,30 @@ def measure_gan_precision(config: GANConfig, steps: int = 2) -> dict[str, float]
     return rates
 
 
-def choose_gan_precision(config: GANConfig) -> tuple[bool, dict]:
-    """Whether bfloat16 autocast pays for ``config``'s GAN on this CPU: the detector's rule
-    (:func:`helpers.core.accel.choose_cpu_amp`: native bfloat16 and at least 1.15x faster),
-    measured on the GAN's own step and cached in ``data/processed/cpu_precision.json``."""
+def gan_speed_probe(config: GANConfig) -> dict:
+    """:func:`measure_gan_speed` for ``config``, measured once per machine kind and cached in
+    ``data/processed/cpu_precision.json`` (:func:`helpers.core.accel.cached_probe`).
+
+    Why measured: the study's 2-core machines differed by 1.8x on the same step (a fastgan
+    64-px step took 1.04 s on an EPYC with AVX-512 and 1.8 s on one with AVX2 only), so a fixed
+    table of seconds per step broke the CPU budget on the slower one.
+    """
     key = {"gan": config.generator, "discriminator": config.discriminator, "ngf": config.ngf,
-           "ndf": config.ndf, "feature_size": config.feature_size}
-    return choose_cpu_amp(None, key, config.resolution, config.batch_size,
-                          paths.DATA / "processed" / "cpu_precision.json",
-                          measure=lambda: measure_gan_precision(config))
+           "ndf": config.ndf, "feature_size": config.feature_size, "resolution": config.resolution,
+           "batch_size": config.batch_size}
+    return accel.cached_probe(key, paths.DATA / "processed" / "cpu_precision.json",
+                              lambda: measure_gan_speed(config))
+
+
+def use_cpu_bf16(probe: dict, resolution: int, asked: bool | None) -> bool:
+    """bfloat16 autocast for a CPU run: never without native bfloat16 (no ``"bf16"`` in the
+    probe); if ``asked`` is None, at :data:`CPU_BF16_RESOLUTIONS` where it is at least
+    :data:`helpers.core.accel.BF16_MIN_SPEED_UP` times faster; else as asked."""
+    if "bf16" not in probe:
+        return False
+    if asked is None:
+        return resolution in CPU_BF16_RESOLUTIONS and probe["bf16"] >= accel.BF16_MIN_SPEED_UP * probe["fp32"]
+    return asked
 
 
 def default_recipe(resolution: int) -> str:
@@ -411,7 +432,8 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     recipe       :func:`default_recipe`: ``fastgan`` (FastGAN-lite G, projected D)
     resolution   32                              32 for 32-px caches, 64 for larger (shoes)
     epochs       6                               CPU: as many as fit :data:`CPU_MINUTES` of
-                                                 training on 2 cores; GPU: :data:`GPU_STEPS`;
+                                                 training at this CPU's measured speed
+                                                 (:func:`gan_speed_probe`); GPU: :data:`GPU_STEPS`;
                                                  epochs of ``epoch_steps`` when full passes
                                                  are too long for ``scores`` scores
     batch_size   32                              64 (the study's)
@@ -426,9 +448,9 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
 
     ``cpu_bf16`` (CPU only; a GPU always uses AMP): bfloat16 autocast for training. ``None``
     takes it at :data:`CPU_BF16_RESOLUTIONS` where this CPU's measured probe says it pays
-    (:func:`choose_gan_precision`), and fp32 elsewhere; ``True`` takes it wherever the CPU
-    multiplies bfloat16 natively. With bfloat16 the automatic length uses the probe's speed-up,
-    so the run holds more steps in the same minutes.
+    (:func:`use_cpu_bf16`), and fp32 elsewhere; ``True`` takes it wherever the CPU multiplies
+    bfloat16 natively. The automatic length uses the probed speed of the chosen precision, so
+    a bfloat16 run holds more steps in the same minutes.
     """
     auto = []
 
@@ -449,21 +471,23 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     steps_per_epoch = max(1, n_real // batch_size)
     n_scores = pick("scores", scores, 1 if small else 10 if gpu else 8)
     width = pick("ngf", width, 32 if small else 64)
-    bf16, speed_up, probe = False, 1.0, {}
-    if device.type == "cpu" and (cpu_bf16 or (cpu_bf16 is None and resolution in CPU_BF16_RESOLUTIONS)):
-        probe_config = recipe_config(recipe, resolution=resolution, batch_size=batch_size, ngf=width,
-                                     ndf=width, lr_g=lr_g, lr_d=lr_d, seed=seed)
-        pays, probe = choose_gan_precision(probe_config)
-        bf16 = ("fp32" in probe) if cpu_bf16 else pays  # asked: wherever bfloat16 is native
-        speed_up = probe["bf16"] / probe["fp32"] if bf16 else 1.0
+    probe = {}
+    if device.type == "cpu" and not small:  # the demo's length is fixed: no probe to wait for
+        probe = gan_speed_probe(recipe_config(recipe, resolution=resolution, batch_size=batch_size,
+                                              ngf=width, ndf=width, seed=seed))
+        bf16 = use_cpu_bf16(probe, resolution, cpu_bf16)
+    else:
+        bf16 = device.type == "cpu" and bool(cpu_bf16) and accel.cpu_has_bf16()
     if cpu_bf16 is None:
         auto.append("cpu_bf16")
     epoch_steps = 0
     if small:
         default_epochs = DEMO_EPOCHS
     else:
-        per_step = CPU_SECONDS_PER_STEP.get((recipe, resolution), 1.0) * batch_size / 64 / speed_up
-        steps = int(GPU_STEPS if gpu else CPU_MINUTES * 60 / per_step)
+        steps = GPU_STEPS
+        if not gpu:  # as many steps as this CPU's measured speed fits in the budget
+            per_step = STEP_OVERHEAD * batch_size / probe["bf16" if bf16 else "fp32"]
+            steps = int(CPU_MINUTES * 60 / per_step)
         if epochs is None and steps_per_epoch * n_scores > steps:
             # full passes too long to score n_scores times within the budget (CIFAKE's 45,000
             # photos): shorter epochs, one score each
@@ -486,7 +510,7 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
         score_every=max(1, math.ceil(config.epochs / max(1, n_scores))),
         save_every=max(1, config.epochs // 20),
         n_export=pick("n_export", n_export, int((test_labels == 0).sum()) or n_real),
-        auto=auto, cpu_precision_probe=probe)
+        auto=auto, cpu_speed_probe=probe)
 
 
 def image_grid(images: np.ndarray, columns: int = 8, pad: int = 2, fill: int = 255) -> np.ndarray:
