@@ -349,7 +349,7 @@ DEMO_FAKES_RECIPE = "dcgan"
 CPU_MINUTES = 13
 #: a sustained training step costs more than the probe's best of a few on a fixed batch (the
 #: batch's flip and scaling, the epoch's bookkeeping, a shared host's slower minutes): fastgan
-#: at 64 px, 1.04 s against 0.95 probed on an AVX-512 EPYC, 1.83 s against 1.42 on an AVX2 one
+#: at 64 px, 1.04 s against 0.95 probed on an AVX-512 EPYC, 1.84 s against 1.42 on an AVX2 one
 STEP_OVERHEAD = 1.3
 #: Resolutions at which a CPU run takes bfloat16 autocast by default, where this CPU has it
 #: natively and the probe measures it at least BF16_MIN_SPEED_UP faster: 64 px, where the study measured 1.45x the
@@ -393,7 +393,7 @@ def gan_speed_probe(config: GANConfig) -> dict:
     ``data/processed/cpu_precision.json`` (:func:`helpers.core.accel.cached_probe`).
 
     Why measured: the study's 2-core machines differed by 1.8x on the same step (a fastgan
-    64-px step took 1.04 s on an EPYC with AVX-512 and 1.8 s on one with AVX2 only), so a fixed
+    64-px step took 1.04 s on an EPYC with AVX-512 and 1.84 s on one with AVX2 only), so a fixed
     table of seconds per step broke the CPU budget on the slower one.
     """
     key = {"gan": config.generator, "discriminator": config.discriminator, "ngf": config.ngf,
