@@ -19,6 +19,7 @@ from helpers.gan.networks import RECIPES, Discriminator, FastGenerator, GANConfi
 from helpers.gan.train import (
     CPU_MINUTES,
     DEMO_EPOCHS,
+    DEMO_SECONDS,
     GAN,
     STAT_KEYS,
     STEP_OVERHEAD,
@@ -289,7 +290,8 @@ def test_train_gan_rejects_images_at_the_wrong_resolution():
         train_gan(np.zeros((8, 64, 64, 3), np.uint8), GANConfig(resolution=32), CPU)
 
 
-def test_real_training_images_are_the_real_train_split_at_the_gan_resolution(project_dirs, tmp_path):
+def test_real_training_images_are_the_real_train_split_at_the_gan_resolution(project_dirs, tmp_path, monkeypatch):
+    probed_speed(monkeypatch, {"fp32": 1e6})  # a fast CPU: the demo's full DEMO_EPOCHS
     cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=20), progress=False)
     images, labels = cache.part("train")
     real = real_training_images(cache)
@@ -398,9 +400,23 @@ def test_the_plan_takes_bfloat16_where_the_probe_measures_it_faster(project_dirs
     assert not plan_run(cache, CPU, resolution=64, batch_size=2).config.cpu_bf16  # too little gain: fp32
     probed = probed_speed(monkeypatch, {"fp32": 100.0, "bf16": 150.0})
     assert not plan_run(cache, torch.device("cuda"), resolution=64, batch_size=2).config.cpu_bf16
-    cache.meta["is_demo"] = True
-    assert plan_run(cache, CPU).config.epochs == DEMO_EPOCHS
-    assert probed == []  # AMP on a GPU, a fixed length on the demo: no CPU probe
+    assert probed == []  # AMP on a GPU: no CPU probe
+
+
+def test_the_demo_trains_its_gan_for_at_most_demo_seconds(project_dirs, tmp_path, monkeypatch):
+    """The demo's GAN: DEMO_EPOCHS on a fast CPU, fewer (never none) where the measured speed
+    would take longer than DEMO_SECONDS, so `make all` keeps its budget on a slower machine."""
+    cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=20), progress=False)
+    n_real = int((cache.part("train")[1] == 0).sum())
+    probed_speed(monkeypatch, {"fp32": 1e6})
+    assert plan_run(cache, CPU, batch_size=2).config.epochs == DEMO_EPOCHS
+    images = 2 * (n_real // 2) * 2  # 2 epochs of n_real // 2 steps of 2 images
+    per_image = DEMO_SECONDS / images / STEP_OVERHEAD  # the seconds that fit them in DEMO_SECONDS
+    probed_speed(monkeypatch, {"fp32": 1.01 / per_image})  # just over 2 epochs' worth
+    assert plan_run(cache, CPU, batch_size=2).config.epochs == 2
+    probed_speed(monkeypatch, {"fp32": 1e-3})  # far too slow for one epoch: still one
+    assert plan_run(cache, CPU, batch_size=2).config.epochs == 1
+    assert plan_run(cache, CPU, batch_size=2, epochs=5).config.epochs == 5  # asked
 
 
 def test_the_gan_speed_probe_times_each_native_precision_and_leaves_the_random_stream(monkeypatch):

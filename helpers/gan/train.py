@@ -358,8 +358,11 @@ STEP_OVERHEAD = 1.3
 CPU_BF16_RESOLUTIONS = (64,)
 #: a GPU run's default length (not measured here: no GPU was lent; see the study)
 GPU_STEPS = 20_000
-#: the demo on a CPU: a few epochs of a narrow network, within the demo's minute
+#: the demo on a CPU: a narrow network for DEMO_EPOCHS epochs, fewer where this CPU's measured
+#: speed would take more than DEMO_SECONDS of training (`make all`'s budget: on an AVX2-only
+#: EPYC the 6 epochs took 124 s of a 476-s `make all`)
 DEMO_EPOCHS = 6
+DEMO_SECONDS = 60
 
 
 def measure_gan_speed(config: GANConfig, steps: int = 2) -> dict[str, float]:
@@ -431,7 +434,8 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     ===========  ==============================  ==========================================
     recipe       :func:`default_recipe`: ``fastgan`` (FastGAN-lite G, projected D)
     resolution   32                              32 for 32-px caches, 64 for larger (shoes)
-    epochs       6                               CPU: as many as fit :data:`CPU_MINUTES` of
+    epochs       6, or as many as fit            CPU: as many as fit :data:`CPU_MINUTES` of
+                 :data:`DEMO_SECONDS` here
                                                  training at this CPU's measured speed
                                                  (:func:`gan_speed_probe`); GPU: :data:`GPU_STEPS`;
                                                  epochs of ``epoch_steps`` when full passes
@@ -471,18 +475,17 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     steps_per_epoch = max(1, n_real // batch_size)
     n_scores = pick("scores", scores, 1 if small else 10 if gpu else 8)
     width = pick("ngf", width, 32 if small else 64)
-    probe = {}
-    if device.type == "cpu" and not small:  # the demo's length is fixed: no probe to wait for
+    probe, bf16 = {}, False
+    if device.type == "cpu":
         probe = gan_speed_probe(recipe_config(recipe, resolution=resolution, batch_size=batch_size,
                                               ngf=width, ndf=width, seed=seed))
         bf16 = use_cpu_bf16(probe, resolution, cpu_bf16)
-    else:
-        bf16 = device.type == "cpu" and bool(cpu_bf16) and accel.cpu_has_bf16()
     if cpu_bf16 is None:
         auto.append("cpu_bf16")
     epoch_steps = 0
     if small:
-        default_epochs = DEMO_EPOCHS
+        per_step = STEP_OVERHEAD * batch_size / probe["bf16" if bf16 else "fp32"]
+        default_epochs = max(1, min(DEMO_EPOCHS, int(DEMO_SECONDS / per_step) // steps_per_epoch))
     else:
         steps = GPU_STEPS
         if not gpu:  # as many steps as this CPU's measured speed fits in the budget
