@@ -21,6 +21,7 @@ from helpers.gan.train import (
     DEMO_EPOCHS,
     DEMO_SECONDS,
     GAN,
+    GPU_STEPS,
     STAT_KEYS,
     STEP_OVERHEAD,
     EpochMonitor,
@@ -399,8 +400,10 @@ def test_the_plan_takes_bfloat16_where_the_probe_measures_it_faster(project_dirs
     probed_speed(monkeypatch, {"fp32": 100.0, "bf16": 110.0})
     assert not plan_run(cache, CPU, resolution=64, batch_size=2).config.cpu_bf16  # too little gain: fp32
     probed = probed_speed(monkeypatch, {"fp32": 100.0, "bf16": 150.0})
-    assert not plan_run(cache, torch.device("cuda"), resolution=64, batch_size=2).config.cpu_bf16
-    assert probed == []  # AMP on a GPU: no CPU probe
+    for accelerator in ("cuda", "mps"):  # no CPU probe; the accelerator's fixed length
+        plan = plan_run(cache, torch.device(accelerator), resolution=64, batch_size=2)
+        assert not plan.config.cpu_bf16 and plan.steps <= GPU_STEPS < plan.steps + plan.steps_per_epoch
+    assert probed == []
 
 
 def test_the_demo_trains_its_gan_for_at_most_demo_seconds(project_dirs, tmp_path, monkeypatch):

@@ -352,9 +352,9 @@ CPU_MINUTES = 13
 #: at 64 px, 1.04 s against 0.95 probed on an AVX-512 EPYC, 1.84 s against 1.42 on an AVX2 one
 STEP_OVERHEAD = 1.3
 #: Resolutions at which a CPU run takes bfloat16 autocast by default, where this CPU has it
-#: natively and the probe measures it at least BF16_MIN_SPEED_UP faster: 64 px, where the study measured 1.45x the
-#: steps in 5 minutes at the same KID per step. 32-px runs stay fp32 unless asked (1.2x faster
-#: in a micro-benchmark; their quality under bfloat16 was not measured).
+#: natively and the probe measures it at least BF16_MIN_SPEED_UP faster: 64 px, where the study
+#: measured 1.45x the steps in 5 minutes at the same KID per step. 32-px runs stay fp32 unless
+#: asked (1.2x faster in a micro-benchmark; their quality under bfloat16 was not measured).
 CPU_BF16_RESOLUTIONS = (64,)
 #: a GPU run's default length (not measured here: no GPU was lent; see the study)
 GPU_STEPS = 20_000
@@ -434,10 +434,10 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     ===========  ==============================  ==========================================
     recipe       :func:`default_recipe`: ``fastgan`` (FastGAN-lite G, projected D)
     resolution   32                              32 for 32-px caches, 64 for larger (shoes)
-    epochs       6, or as many as fit            CPU: as many as fit :data:`CPU_MINUTES` of
-                 :data:`DEMO_SECONDS` here
-                                                 training at this CPU's measured speed
-                                                 (:func:`gan_speed_probe`); GPU: :data:`GPU_STEPS`;
+    epochs       6, fewer where this CPU's       CPU: as many as fit :data:`CPU_MINUTES` of
+                 measured speed would take       training at this CPU's measured speed
+                 over :data:`DEMO_SECONDS`       (:func:`gan_speed_probe`); GPU (and MPS):
+                                                 :data:`GPU_STEPS`;
                                                  epochs of ``epoch_steps`` when full passes
                                                  are too long for ``scores`` scores
     batch_size   32                              64 (the study's)
@@ -482,15 +482,13 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
         bf16 = use_cpu_bf16(probe, resolution, cpu_bf16)
     if cpu_bf16 is None:
         auto.append("cpu_bf16")
+    # seconds a sustained training step takes on this CPU (None off the CPU: no probe)
+    per_step = STEP_OVERHEAD * batch_size / probe["bf16" if bf16 else "fp32"] if probe else None
     epoch_steps = 0
     if small:
-        per_step = STEP_OVERHEAD * batch_size / probe["bf16" if bf16 else "fp32"]
         default_epochs = max(1, min(DEMO_EPOCHS, int(DEMO_SECONDS / per_step) // steps_per_epoch))
     else:
-        steps = GPU_STEPS
-        if not gpu:  # as many steps as this CPU's measured speed fits in the budget
-            per_step = STEP_OVERHEAD * batch_size / probe["bf16" if bf16 else "fp32"]
-            steps = int(CPU_MINUTES * 60 / per_step)
+        steps = int(CPU_MINUTES * 60 / per_step) if per_step else GPU_STEPS
         if epochs is None and steps_per_epoch * n_scores > steps:
             # full passes too long to score n_scores times within the budget (CIFAKE's 45,000
             # photos): shorter epochs, one score each
