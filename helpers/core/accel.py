@@ -191,6 +191,12 @@ def cached_probe(key: dict, cache_file: Path | None, measure: Callable[[], dict]
     return {**record, "cached": False}
 
 
+def bf16_pays(rates: dict[str, float]) -> bool:
+    """Whether a probe's record (images/s under ``"fp32"`` and ``"bf16"``) shows bfloat16 at
+    least :data:`BF16_MIN_SPEED_UP` times faster; False when bfloat16 was not timed."""
+    return "bf16" in rates and rates["bf16"] >= BF16_MIN_SPEED_UP * rates["fp32"]
+
+
 def choose_cpu_amp(build: Callable[[], nn.Module], key: dict, image_size: int, batch_size: int,
                    cache_file: Path | None) -> tuple[bool, dict]:
     """Whether bfloat16 autocast pays on this CPU for this model, measured, not guessed.
@@ -208,7 +214,7 @@ def choose_cpu_amp(build: Callable[[], nn.Module], key: dict, image_size: int, b
         return False, {"reason": "no native bfloat16 on this CPU"}
     record = cached_probe({**key, "image_size": image_size, "batch_size": batch_size}, cache_file,
                           lambda: measure_cpu_precision(build, image_size, batch_size))
-    return record["bf16"] >= BF16_MIN_SPEED_UP * record["fp32"], record
+    return bf16_pays(record), record
 
 
 # glibc's mallopt() parameters (<malloc.h>) and the variables that set them at start-up

@@ -413,7 +413,7 @@ def use_cpu_bf16(probe: dict, resolution: int, asked: bool | None) -> bool:
     if "bf16" not in probe:
         return False
     if asked is None:
-        return resolution in CPU_BF16_RESOLUTIONS and probe["bf16"] >= accel.BF16_MIN_SPEED_UP * probe["fp32"]
+        return resolution in CPU_BF16_RESOLUTIONS and accel.bf16_pays(probe)
     return asked
 
 
