@@ -62,3 +62,36 @@ def test_malloc_keeps_freed_memory_unless_told_not_to(monkeypatch):
     monkeypatch.delenv("REUSE_FREED_MEMORY")
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # the user's own choice wins
     assert not accel.reuse_freed_memory()
+
+
+def test_inference_batch_is_small_on_a_cpu_large_on_a_gpu_and_a_given_one_wins():
+    assert accel.inference_batch_size(CPU) == accel.CPU_INFERENCE_BATCH == 64
+    assert accel.inference_batch_size("cuda") == accel.ACCELERATOR_INFERENCE_BATCH == 512
+    assert accel.inference_batch_size("cpu", 7) == 7
+    with pytest.raises(ValueError, match="at least 1"):
+        accel.inference_batch_size(CPU, 0)
+
+
+def test_scoring_runs_in_cpu_sized_chunks_with_the_same_logits():
+    from helpers.core.detector import predict_logits
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 1, 3)
+
+        def forward(self, x):
+            seen.append(len(x))
+            return self.conv(x).mean(dim=(1, 2, 3))
+
+    model = Recorder().eval()
+    images = torch.randint(0, 256, (150, 3, 8, 8), dtype=torch.uint8)
+    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
+    default = predict_logits(model, images, mean, std)
+    assert seen == [64, 64, 22]
+    seen.clear()
+    one_pass = predict_logits(model, images, mean, std, batch_size=150)
+    assert seen == [150]
+    torch.testing.assert_close(default, one_pass)

@@ -31,6 +31,13 @@ def test_bench_inference_prints_medians_and_the_verdict():
     assert "target 5,000 images/s at 32x32 for `fast`: " in out
 
 
+def test_bench_inference_batch_marks_the_batch_the_project_uses():
+    out = run("bench_inference_batch.py", "--batch-sizes", "512", "64", "--seconds", "0.05",
+              "--rounds", "1", "--only", "demo")
+    assert "demo default: fast" in out and "shoes" not in out
+    assert "* batch   64" in out and "x1.00" in out
+
+
 def test_bench_train_compares_the_two_loops():
     shared_path("cifar10-test-jpg.zip")
     out = run("bench_train.py", "--images", "300", "--epochs", "1", "--rounds", "1",

@@ -27,6 +27,9 @@ def test_notebook_sources_have_no_outputs_and_one_parameters_cell():
         nb = json.loads(path.read_text())
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
         assert not any(c.get("outputs") or c.get("execution_count") for c in code), path.name
+        # nbformat 4.5 cells carry ids; without them papermill warns on every run and adds random ones
+        ids = [c.get("id") for c in nb["cells"]]
+        assert all(ids) and len(set(ids)) == len(ids), f"{path.name}: missing or repeated cell ids"
         tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
         assert "colab-badge" in nb["cells"][0]["source"] if isinstance(nb["cells"][0]["source"], str) \

@@ -51,6 +51,23 @@ def set_cpu_threads(threads: int | None = None) -> int:
 
 
 
+#: Images per forward pass when scoring without gradients. On a CPU a small batch keeps each
+#: layer's activations in cache and scores 1.0-3.4x faster than 512 (the previous fixed batch;
+#: benchmarks/bench_inference_batch.py, docs/cpu-speed-study.md); a GPU wants large batches.
+CPU_INFERENCE_BATCH = 64
+ACCELERATOR_INFERENCE_BATCH = 512
+
+
+def inference_batch_size(device: torch.device | str, requested: int | None = None) -> int:
+    """Images per forward pass for inference on ``device``: ``requested`` when given, else
+    :data:`CPU_INFERENCE_BATCH` on a CPU and :data:`ACCELERATOR_INFERENCE_BATCH` elsewhere."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"batch size must be at least 1, not {requested}")
+        return int(requested)
+    return CPU_INFERENCE_BATCH if torch.device(device).type == "cpu" else ACCELERATOR_INFERENCE_BATCH
+
+
 def images_to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """(N, H, W, 3) uint8 array -> (N, 3, H, W) uint8 tensor on ``device``, channels_last.
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import paths
-from .accel import autocast, images_to_device, to_float
+from .accel import autocast, images_to_device, inference_batch_size, to_float
 from .models import build_model
 from .repro import atomic_path
 
@@ -194,15 +194,17 @@ class Detector:
         return images
 
     def predict_proba(self, images: np.ndarray, device: str | torch.device | None = None,
-                      batch_size: int = 512) -> np.ndarray:
+                      batch_size: int | None = None) -> np.ndarray:
         """P(FAKE), float64 (N,), for (N, H, W, 3) uint8 ``images`` (one (H, W, 3) image allowed).
 
         Images must be ``image_size`` pixels square, decoded by the project's rule
-        (:func:`helpers.core.images.decode`). ``device`` None: where the model is. A detector
+        (:func:`helpers.core.images.decode`). ``device`` None: where the model is. ``batch_size``
+        None: :func:`helpers.core.accel.inference_batch_size` (64 on a CPU, 512 on a GPU). A detector
         trained with ``cpu_amp`` is scored in bfloat16 on CPUs that have it, as its validation was.
         """
         images = self.check_images(images)
         device = torch.device(device) if device is not None else next(self.model.parameters()).device
+        batch_size = inference_batch_size(device, batch_size)
         if len(images) == 0:
             return np.zeros(0, dtype=np.float64)
         mean = torch.tensor(self.mean, device=device)
@@ -336,7 +338,7 @@ def choose_threshold(labels: np.ndarray, p_fake: np.ndarray) -> tuple[float, flo
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   batch_size: int = 512, amp: bool = True,
+                   batch_size: int | None = None, amp: bool = True,
                    cpu_amp: bool = False) -> torch.Tensor:
     """Logits (N,) of a uint8 (N, 3, H, W) tensor already on the model's device.
 
@@ -344,6 +346,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, s
     mixed precision on CUDA; ``cpu_amp`` in bfloat16 on CPUs that have it natively.
     """
     device = images.device
+    batch_size = inference_batch_size(device, batch_size)
     out = []
     for start in range(0, len(images), batch_size):
         x = to_float(images[start:start + batch_size], mean, std)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from . import paths
+from .accel import set_cpu_threads
 from .repro import atomic_path, environment_fingerprint, seed_everything
 
 MIN_VERSIONS = {"python": (3, 10), "torch": (2, 4), "torchvision": (0, 19)}
@@ -32,12 +33,15 @@ def check_versions() -> dict:
 
 
 def setup(dataset: str, seed: int = 0, deterministic: bool = True) -> dict:
-    """Check versions, seed everything, set the plotting style; print and return the environment."""
+    """Check versions, seed everything, use every CPU core (and let malloc reuse freed
+    activations: scoring with large batches was up to 2.5x slower without it), set the plotting
+    style; print and return the environment."""
     import matplotlib as mpl
     import seaborn as sns
 
     # without ipywidgets tqdm falls back to text bars, which is what papermill's log shows anyway
     warnings.filterwarnings("ignore", message="IProgress not found")
+    set_cpu_threads()
     env = check_versions()
     seed_everything(seed, deterministic)
     sns.set_theme(context="notebook", style="whitegrid")

@@ -28,7 +28,7 @@ from .metrics import classification_metrics, confident_mistakes
 PUBLISHED, CLEAN = "published", "clean"
 
 
-def protocol_table(result: ModelResult, cache, device: str = "cpu", batch_size: int = 512,
+def protocol_table(result: ModelResult, cache, device: str = "cpu", batch_size: int | None = None,
                    n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row per protocol (``published``, ``clean``): accuracy with its 95 % CI, AUC, average
     precision and the number of images, at the detector's threshold.

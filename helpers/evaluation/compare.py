@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import paths
+from ..core.accel import inference_batch_size
 from ..core.detector import DEFAULT_THRESHOLD, Detector, validation_rank
 from ..core.models import count_parameters
 from ..core.repro import environment_fingerprint, write_csv, write_json
@@ -96,7 +97,7 @@ class ModelResult:
 
 
 def evaluate_detector(detector: Detector, images: np.ndarray, labels: np.ndarray,
-                      files: Sequence[str], device: str = "cpu", batch_size: int = 512,
+                      files: Sequence[str], device: str = "cpu", batch_size: int | None = None,
                       threshold: float | None = None, n_bootstrap: int = 1000,
                       seed: int = 0) -> ModelResult:
     """Predict ``images`` (the test split) and compute :func:`classification_metrics` plus the
@@ -106,6 +107,7 @@ def evaluate_detector(detector: Detector, images: np.ndarray, labels: np.ndarray
     test images (after a one-batch warm-up), decoding excluded; ``benchmarks/bench_inference.py``
     measures it more carefully. ``threshold`` None: the detector's own (chosen on validation).
     """
+    batch_size = inference_batch_size(device, batch_size)
     detector.predict_proba(images[:batch_size], device, batch_size)  # warm-up: one-time allocations
     start = time.perf_counter()
     p_fake = detector.predict_proba(images, device, batch_size)
@@ -145,7 +147,7 @@ def comparison_table(results: Sequence[ModelResult]) -> pd.DataFrame:
 
 
 def cross_generator(result: ModelResult, gan_images: np.ndarray, gan_resolution: int | None = None,
-                    device: str = "cpu", batch_size: int = 512, threshold: float | None = None,
+                    device: str = "cpu", batch_size: int | None = None, threshold: float | None = None,
                     n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Rate at which a detector flags an unseen generator's images as AI-generated.
 

@@ -134,7 +134,7 @@ def dataset_detectors(datasets: Sequence[str] | None = None, device: str = "cpu"
     return detectors, skipped
 
 
-def score(detector: Detector, source: Source, device: str = "cpu", batch_size: int = 256,
+def score(detector: Detector, source: Source, device: str = "cpu", batch_size: int | None = None,
           n_bootstrap: int = 500, seed: int = 0) -> dict:
     """One cell of the matrix: AUC and average precision with 95 % CIs (``n_bootstrap``
     stratified resamples), accuracy and flag rates of ``detector`` on ``source`` at the

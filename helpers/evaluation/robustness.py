@@ -130,7 +130,7 @@ def high_frequency_energy(images: np.ndarray) -> float:
 
 
 def robustness_table(detector: Detector, sets: dict[str, tuple[Perturbation | None, np.ndarray]],
-                     labels: np.ndarray, device: str = "cpu", batch_size: int = 512,
+                     labels: np.ndarray, device: str = "cpu", batch_size: int | None = None,
                      threshold: float | None = None, clean_p_fake: np.ndarray | None = None) -> pd.DataFrame:
     """Accuracy, AUC and per-class recall of ``detector`` on each set of :func:`perturbed_sets`.
 

@@ -104,7 +104,7 @@ def _decode_all(names: Sequence[str], decoders: Sequence[Decoder], workers: int 
 
 def classify_decoded(names: Sequence[str], arrays: Sequence[np.ndarray | None],
                      errors: Sequence[str | None], detector: Detector, device: str = "cpu",
-                     batch_size: int = 512, threshold: float | None = None,
+                     batch_size: int | None = None, threshold: float | None = None,
                      notes: Sequence[str | None] | None = None) -> pd.DataFrame:
     """The result table for already decoded images (None where decoding failed, with its error;
     ``notes`` from :func:`decode_images`). ``threshold`` None: the detector's own."""
@@ -134,7 +134,7 @@ def _table(names: Sequence[str], p_fake: np.ndarray, errors: Sequence[str | None
 def _classify(names: Sequence[str], decoders: Sequence[Decoder], detector: Detector,
               device: str, batch_size: int, threshold: float | None,
               workers: int | None) -> pd.DataFrame:
-    chunk = max(CHUNK_IMAGES, batch_size)  # bounded memory for any number of files
+    chunk = max(CHUNK_IMAGES, batch_size or 0)  # bounded memory for any number of files
     scores, errors, notes = [np.zeros(0)], [], []
     for start in range(0, len(names), chunk):
         arrays, chunk_errors, chunk_notes = _decode_all(names[start:start + chunk],
@@ -146,7 +146,7 @@ def _classify(names: Sequence[str], decoders: Sequence[Decoder], detector: Detec
 
 
 def classify_files(paths: Sequence[str | os.PathLike], detector: Detector, device: str = "cpu",
-                   batch_size: int = 512, threshold: float | None = None,
+                   batch_size: int | None = None, threshold: float | None = None,
                    workers: int | None = None) -> pd.DataFrame:
     """Classify image files with a loaded detector (:meth:`helpers.core.detector.Detector.load`).
 
@@ -174,7 +174,7 @@ def decode_images(named_bytes: Sequence[tuple[str, bytes]], detector: Detector, 
 
 
 def classify_images(named_bytes: Sequence[tuple[str, bytes]], detector: Detector,
-                    device: str = "cpu", batch_size: int = 512, threshold: float | None = None,
+                    device: str = "cpu", batch_size: int | None = None, threshold: float | None = None,
                     workers: int | None = None) -> pd.DataFrame:
     """:func:`classify_files` for in-memory files, e.g. uploads: ``[(name, bytes), ...]``."""
     arrays, errors, notes = decode_images(named_bytes, detector, workers)
@@ -224,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: demo)")
     parser.add_argument("--csv", metavar="OUT", help="also write the table (file, p_fake, "
                                                      "label, error, note) to this CSV file")
-    parser.add_argument("--batch-size", type=int, default=512, metavar="N",
-                        help="images per forward pass (default: 512)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="images per forward pass (default: 64 on a CPU, 512 on a GPU)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="decision threshold on P(AI-generated) (default: the detector's own, "
                              "chosen on its validation split)")
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error (2)
         return int(exit_.code or 0)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:

@@ -44,7 +44,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (CUDA; slow to start)
     threads: int | None = None  # CPU threads (None: every core)
-    eval_batch_size: int = 512
+    eval_batch_size: int | None = None  # validation; None: accel.inference_batch_size (CPU 64, GPU 512)
     deterministic: bool | None = None  # None: on the CPU yes, on CUDA no (cuDNN autotuning)
 
     @property
