@@ -26,11 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.core.accel import (cpu_has_bf16, cpu_name, images_to_device, inference_batch_size,  # noqa: E402
-                                set_cpu_threads)
-from helpers.core.detector import predict_logits  # noqa: E402
-from helpers.core.models import build_model  # noqa: E402
-from helpers.training.config import default_config  # noqa: E402
+from helpers.core.accel import cpu_has_bf16, cpu_name, images_to_device, inference_batch_size, set_cpu_threads
+from helpers.core.detector import predict_logits
+from helpers.core.models import build_model
+from helpers.training.config import default_config
 
 # (label, dataset, model): the defaults of each dataset and the pretrained baselines
 CASES = [("demo default", "demo", None), ("CIFAKE default", "cifake", None),
