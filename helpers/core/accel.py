@@ -52,8 +52,9 @@ def set_cpu_threads(threads: int | None = None) -> int:
 
 
 #: Images per forward pass when scoring without gradients. On a CPU a small batch keeps each
-#: layer's activations in cache and scores 1.0-3.4x faster than 512 (the previous fixed batch;
-#: benchmarks/bench_inference_batch.py, docs/cpu-speed-study.md); a GPU wants large batches.
+#: layer's activations in cache: the default detectors score 1.04-1.85x (shoes' lite0 3.1x)
+#: faster than at 512, one reference model 0.82x (benchmarks/bench_inference_batch.py,
+#: docs/cpu-speed-study.md); a GPU wants large batches.
 CPU_INFERENCE_BATCH = 64
 ACCELERATOR_INFERENCE_BATCH = 512
 
