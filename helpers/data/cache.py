@@ -121,7 +121,7 @@ def prepare(dataset: str = "demo", source: str | os.PathLike | None = None,
     """Locate (or download, or build) a dataset and return its decoded cache.
 
     The cache is reused when one with the same key exists; ``force`` rebuilds it. The demo
-    set is built on first use with ``make_fakes`` (:func:`helpers.gan.train.demo_fakes`).
+    set is built on first use with ``make_fakes`` (:func:`helpers.gan.demo.demo_fakes`).
     """
     spec = get_spec(dataset)
     image_size = image_size or spec.image_size

@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from ..core import accel, paths
-from ..core.accel import autocast, images_to_device, pick_device
+from ..core.accel import autocast, images_to_device
 from ..core.images import fit_square
 from ..core.repro import atomic_path, environment_fingerprint
 from .augment import diff_augment, parse_policy
@@ -250,18 +250,6 @@ def train_gan(images: np.ndarray, config: GANConfig, device: torch.device,
     return gan, history
 
 
-def demo_fakes(real: np.ndarray, n: int, seed: int, epochs: int = 20, recipe: str | None = None,
-               progress: bool = True) -> tuple[np.ndarray, dict]:
-    """The demo set's FAKE images (:data:`helpers.data.demo.MakeFakes`): the project's GAN
-    (``recipe``, default :data:`DEMO_FAKES_RECIPE`; the same code as notebook 04), narrow and trained
-    on the CPU (the demo is the same on every machine) for ``epochs`` on ``real`` (N, S, S, 3)
-    uint8, then ``n`` samples; returns them and the manifest's record of the generator."""
-    config = recipe_config(recipe or DEMO_FAKES_RECIPE, resolution=real.shape[1], ngf=32, ndf=32,
-                           batch_size=min(32, len(real)), epochs=epochs, seed=seed)
-    gan, history = train_gan(real, config, pick_device("cpu"), progress=progress)
-    return gan.generate(n, seed=seed + 1), {"config": asdict(config), "final_epoch": history[-1]}
-
-
 def default_resolution(cache) -> int:
     """32 for datasets cached at fewer than 64 pixels (CIFAKE, the demo), else 64 (shoes)."""
     return 64 if cache.meta["image_size"] >= 64 else 32
@@ -341,9 +329,8 @@ class GANPlan:
 #: The recipe with the most quality per CPU minute by resolution (docs/gan-quality-study.md:
 #: KID after 5 training minutes on 2 cores, CIFAR-10 at 32 px and the shoes at 64 px).
 DEFAULT_RECIPES = {32: "fastgan", 64: "fastgan"}
-#: The demo set's own fakes: DCGAN, the cheapest step, so the demo is built within its minute.
-#: Notebook 04's GAN on the demo is the default recipe, another architecture than these fakes.
-DEMO_FAKES_RECIPE = "dcgan"
+# The demo set's own fakes are DCGAN's (helpers/gan/demo.py, shipped weights): notebook 04's GAN
+# on the demo is the default recipe, another architecture than those fakes.
 #: a CPU run's default length: as many steps as fit these minutes at the speed this machine's
 #: probe measures (:func:`gan_speed_probe`); scoring and export come on top
 CPU_MINUTES = 13

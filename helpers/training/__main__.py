@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from ..core.accel import pick_device
 from ..data.cache import prepare
-from ..gan.train import demo_fakes
+from ..gan.demo import demo_fakes
 from .config import default_config
 from .loop import fit
 
