@@ -27,11 +27,27 @@ IMAGES      ?=
 # the project's loop on the same split (ResNet-18: ~13 min an epoch of CIFAKE; lite0: ~6 min)
 REFERENCE_MODELS ?= cifake_paper:30 fast:40 resnet18:2 lite0
 PYTHON      ?= python3
+# 1: use $(PYTHON)'s own site-packages instead of a venv, and the runtime's torch and Jupyter
+# kernel as they are (Colab: its Python has no ensurepip, so no venv can be made there).
+# Detected when empty: 1 where `python3 -m venv` cannot work.
+SYSTEM_PYTHON ?= $(shell $(PYTHON) -c "import ensurepip, venv" >/dev/null 2>&1 && echo 0 || echo 1)
 
 VENV    := .venv
+ifeq ($(SYSTEM_PYTHON),1)
+PY      := $(PYTHON)
+ENV     := .make/system-env.installed
+KERNEL  := python3
+# ranges only (pyproject.toml): whatever the runtime already has and satisfies them stays
+INSTALL := $(PY) -m pip install --progress-bar off -e ".[notebooks]"
+else
 PY      := $(VENV)/bin/python
 ENV     := $(VENV)/.installed
 KERNEL  := aidetect
+INSTALL := $(PY) -m pip install --quiet -c constraints.txt -e ".[notebooks,lab,app,dev]"
+endif
+# the installed versions: rewritten only when they change, so the steps rerun on a real upgrade
+# and not when pyproject.toml's tool settings are edited
+VERSIONS := $(dir $(ENV))versions.txt
 RESULTS := results/$(DATASET)
 RUN     := $(RESULTS)/notebooks
 SOURCE  := $(if $(DATA_SOURCE),$(abspath $(DATA_SOURCE)),)
@@ -54,7 +70,7 @@ nb_of = $(word 2,$(subst :, ,$(filter $(1):%,$(STEPS))))
 out_of = $(if $(wildcard notebooks/$(call nb_of,$(1)).ipynb),$(RUN)/$(call nb_of,$(1)).ipynb,)
 PRESENT := $(foreach s,$(STEPS),$(call out_of,$(word 1,$(subst :, ,$(s)))))
 
-.PHONY: all env test test-fast data explore train gan evaluate gradcam reference-models index readme predict app \
+.PHONY: all env lock test test-fast data explore train gan evaluate gradcam reference-models index readme predict app \
         bench lint clean-results help
 .DELETE_ON_ERROR:
 
@@ -64,14 +80,29 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
 # ---------------------------------------------------------------------------- environment
-env: $(ENV) ## create .venv with pinned packages and a Jupyter kernel for papermill
+env: $(VERSIONS) ## create .venv with the locked packages and a Jupyter kernel (SYSTEM_PYTHON=1: no venv)
 
-$(ENV): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+# A venv without pip (an earlier `venv` that failed half-way) is made again; where venv cannot
+# work the message says how to go on without one.
+$(ENV): pyproject.toml constraints.txt
+	@mkdir -p $(@D)
+ifneq ($(SYSTEM_PYTHON),1)
+	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || \
+	    { rm -rf $(VENV); echo "!!! $(PYTHON) cannot make a venv here: run make with SYSTEM_PYTHON=1"; exit 1; }
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+endif
+	$(INSTALL)
+ifneq ($(SYSTEM_PYTHON),1)
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (aidetect)"
+endif
 	@touch $@
+
+$(VERSIONS): $(ENV)
+	@$(PY) -m pip freeze --exclude-editable > $@.tmp && { cmp -s $@.tmp $@ && rm $@.tmp || mv $@.tmp $@; }
+
+lock: $(ENV) ## rewrite constraints.txt (the lock) from the venv after a deliberate upgrade
+	@{ head -2 constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^aidetect'; } > constraints.txt.tmp
+	@mv constraints.txt.tmp constraints.txt
 
 # ---------------------------------------------------------------------------- steps
 # A step's parameter stamp is rewritten only when its content changes, so make sees a change.
@@ -95,7 +126,7 @@ define execute
 	@$(PY) -m jupyter nbconvert --to html --log-level ERROR $@ --output-dir $(@D)
 endef
 
-$(RUN)/01_download.ipynb: notebooks/01_download.ipynb $(DEPS_01_download) $(ENV) $(call stamp,DATA)
+$(RUN)/01_download.ipynb: notebooks/01_download.ipynb $(DEPS_01_download) $(VERSIONS) $(call stamp,DATA)
 	$(call execute,$(DATA_PARAMS))
 $(RUN)/02_explore.ipynb: notebooks/02_explore.ipynb $(RUN)/01_download.ipynb $(DEPS_02_explore) $(call stamp,EXPLORE)
 	$(call execute,$(EXPLORE_PARAMS))
@@ -145,6 +176,9 @@ bench: $(ENV) ## speed benchmarks (print measured figures next to their baseline
 
 # ---------------------------------------------------------------------------- checks
 test: $(ENV) ## the test suite (what CI runs)
+ifeq ($(SYSTEM_PYTHON),1)
+	$(PY) -m pip install --progress-bar off -e ".[app,dev]"
+endif
 	$(PY) -m pytest -n 2 $(TEST_ARGS)
 
 test-fast: $(ENV) ## tests without notebook executions and training runs

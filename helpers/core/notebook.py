@@ -10,6 +10,7 @@ import torch
 
 from . import paths
 from .accel import set_cpu_threads
+from .colab import drive_storage
 from .repro import atomic_path, environment_fingerprint, seed_everything
 
 MIN_VERSIONS = {"python": (3, 10), "torch": (2, 4), "torchvision": (0, 19)}
@@ -32,13 +33,26 @@ def check_versions() -> dict:
     return environment_fingerprint()
 
 
-def setup(dataset: str, seed: int = 0, deterministic: bool = True) -> dict:
+def use_storage(storage: str | None) -> None:
+    """``STORAGE``, the notebooks' parameter: None keeps ``data/`` and ``results/`` in the
+    project; ``"drive"`` puts them on Google Drive (Colab; :func:`helpers.core.colab.drive_storage`);
+    any other string is a folder that holds them."""
+    if storage is None:
+        return
+    root = drive_storage() if storage == "drive" else storage
+    data, results = paths.use_storage(root)
+    print(f"data in {data}, results in {results}")
+
+
+def setup(dataset: str, seed: int = 0, deterministic: bool = True, storage: str | None = None) -> dict:
     """Check versions, seed everything, use every CPU core (and let malloc reuse freed
     activations: scoring with large batches was up to 2.5x slower without it), set the plotting
-    style; print and return the environment."""
+    style, and keep data and results where ``storage`` says (:func:`use_storage`); print and
+    return the environment."""
     import matplotlib as mpl
     import seaborn as sns
 
+    use_storage(storage)
     # without ipywidgets tqdm falls back to text bars, which is what papermill's log shows anyway
     warnings.filterwarnings("ignore", message="IProgress not found")
     set_cpu_threads()

@@ -11,6 +11,17 @@ DATA = Path(os.environ.get("AIDETECT_DATA", ROOT / "data"))
 RESULTS = Path(os.environ.get("AIDETECT_RESULTS", ROOT / "results"))
 
 
+def use_storage(root: str | os.PathLike) -> tuple[Path, Path]:
+    """Keep ``data/`` and ``results/`` under ``root`` from now on (Google Drive in Colab, so that
+    a later notebook or a later runtime finds them); child processes and notebook kernels
+    follow through ``AIDETECT_DATA`` and ``AIDETECT_RESULTS``. Returns the two folders."""
+    global DATA, RESULTS
+    root = Path(root).expanduser().resolve()
+    DATA, RESULTS = root / "data", root / "results"
+    os.environ["AIDETECT_DATA"], os.environ["AIDETECT_RESULTS"] = str(DATA), str(RESULTS)
+    return DATA, RESULTS
+
+
 def raw_dir(dataset: str) -> Path:
     """Immutable raw data of a dataset (downloads, the generated demo set)."""
     return DATA / "raw" / dataset
