@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -41,6 +42,19 @@ def test_another_model_takes_its_measured_settings_on_the_dataset():
     assert (fast.width, fast.patch, fast.epochs, fast.batch_size) == (64, 2, 40, 512)
     two_scale = default_config("cifake", model="two_scale")
     assert two_scale.width is None and two_scale.patch is None
+
+
+def test_on_a_gpu_the_default_trains_longer_and_the_demo_does_not(monkeypatch):
+    import torch
+
+    cpu = {name: default_config(name, device="cpu") for name in DATASETS}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # "auto" now finds a GPU
+    gpu = {name: default_config(name) for name in DATASETS}
+    assert gpu["cifake"].epochs == 100 > cpu["cifake"].epochs == 40
+    assert gpu["cifake"].model == cpu["cifake"].model and gpu["cifake"].lr == cpu["cifake"].lr
+    assert gpu["sneakers"].epochs > cpu["sneakers"].epochs
+    assert gpu["demo"] == replace(cpu["demo"], device="auto")  # the demo stays as short as on a CPU
+    assert default_config("cifake", model="fast").epochs == 40  # another model: its own setting
 
 
 def test_default_configs_exist_for_every_dataset():
