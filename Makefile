@@ -71,7 +71,7 @@ out_of = $(if $(wildcard notebooks/$(call nb_of,$(1)).ipynb),$(RUN)/$(call nb_of
 PRESENT := $(foreach s,$(STEPS),$(call out_of,$(word 1,$(subst :, ,$(s)))))
 
 .PHONY: all env lock test test-fast data explore train gan evaluate gradcam reference-models index readme predict app \
-        bench lint clean-results help
+        bench gpu-check lint clean-results help
 .DELETE_ON_ERROR:
 
 all: index readme ## run every notebook present, then the results index and the README's table
@@ -170,6 +170,9 @@ predict: $(ENV) ## classify your own images: make predict IMAGES="a.jpg folder/"
 
 app: $(ENV) ## upload-and-classify web app on http://localhost:8501
 	$(PY) -m streamlit run helpers/tools/app.py --server.address localhost -- --dataset $(DATASET)
+
+gpu-check: $(ENV) ## the prepared GPU check (<= 8 min on one GPU): precision, CUDA tests, epoch time, demo detector, GAN syncs
+	$(PY) benchmarks/gpu_check.py
 
 bench: $(ENV) ## speed benchmarks (print measured figures next to their baselines)
 	@for b in benchmarks/bench_*.py; do echo ">>> $$b"; $(PY) $$b || exit 1; done
