@@ -145,7 +145,7 @@ def test_cuda_takes_bfloat16_only_from_sm80_and_float16_with_a_scaler_below(monk
 
 def test_mps_and_the_cpu_train_without_a_scaler(monkeypatch):
     monkeypatch.setattr(accel, "cpu_has_bf16", lambda: True)
-    assert accel.amp_dtype(MPS) is None
+    assert accel.amp_dtype(MPS) is None and not accel.grad_scaler(MPS).is_enabled()
     assert not accel.grad_scaler(CPU).is_enabled()
     assert not accel.grad_scaler(CPU, cpu=True).is_enabled()  # bfloat16 needs no scaling
     assert isinstance(accel.autocast(MPS), contextlib.nullcontext)
