@@ -17,6 +17,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run on a real CUDA GPU; elsewhere they are skipped with the reason.
+    (Their CPU counterparts force the CUDA branches by standing in for torch.cuda's answers.)"""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False here")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def project_dirs(tmp_path, monkeypatch):
     """Point helpers.core.paths at a temporary data/ and results/ (the real ones stay untouched)."""

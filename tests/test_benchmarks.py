@@ -110,3 +110,9 @@ def test_gan_recipes_scores_each_recipe_against_the_real_floor(tmp_path):
     runs = json.loads((tmp_path / "out" / "summary.json").read_text())["runs"]  # how each row was run
     assert sorted(runs) == ["dcgan", "dcgan+bf16", "projected"]
     assert (runs["dcgan"]["args"]["tag"], runs["dcgan+bf16"]["args"]["tag"]) == ("", "bf16") and runs["dcgan"]["isa"]
+
+
+def test_cpu_results_fingerprint_saves_and_finds_no_difference_with_itself(tmp_path):
+    path = tmp_path / "fingerprint.pt"
+    assert "tensors saved" in run("cpu_results_fingerprint.py", "save", str(path))
+    assert "0 differ, 0 in one file only" in run("cpu_results_fingerprint.py", "compare", str(path), str(path))

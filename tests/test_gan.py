@@ -501,3 +501,158 @@ def test_a_run_ends_with_its_best_scored_epoch(tmp_path):
     loaded, state = load_checkpoint(tmp_path / "gan.pt")
     assert state["selected_epoch"] == 2 and np.array_equal(loaded.generate(3, seed=0), samples[2])
     assert model.epoch == 3  # it trained for three epochs; it samples from the second
+
+
+# --------------------------------------------------------------------------- CUDA and MPS branches
+# Forced on the CPU by standing in for accel.amp_dtype's answer; the real-GPU twins are marked cuda.
+
+
+def _force_amp(monkeypatch, dtype: torch.dtype) -> None:
+    """Every device 'trains' in ``dtype`` (float16: a CUDA GPU below sm_80; bfloat16: from sm_80)."""
+    from helpers.core import accel
+
+    monkeypatch.setattr(accel, "amp_dtype", lambda device, cpu=False: dtype)
+
+
+def test_a_float16_gan_step_scales_each_networks_loss(monkeypatch):
+    _force_amp(monkeypatch, torch.float16)
+    model = GAN(recipe_config("diffaug", ngf=8, ndf=8, batch_size=8), CPU)
+    assert model.scaler_d.is_enabled() and model.scaler_g.is_enabled()
+    seen = []
+    model.G.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    before = [p.detach().clone() for p in model.G.parameters()]
+    stats = model.train_step(_real_batch(8))
+    assert seen == [torch.float16] and all(np.isfinite(list(stats.values())))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.G.parameters()))
+    assert model.scaler_g.get_scale() > 1 and all(p.dtype == torch.float32 for p in model.G.parameters())
+
+
+def test_a_gan_state_resumes_across_precisions(monkeypatch):
+    fp32 = GAN(recipe_config("diffaug", ngf=8, ndf=8, batch_size=8), CPU)
+    fp32.train_step(_real_batch(8))
+    assert fp32.state_dict()["scaler_g"] == {}  # a disabled scaler's state
+    with monkeypatch.context() as forced:
+        _force_amp(forced, torch.float16)
+        fp16 = GAN(recipe_config("diffaug", ngf=8, ndf=8, batch_size=8), CPU)
+        fp16.load_state_dict(fp32.state_dict())  # GradScaler.load_state_dict raises on {}
+        assert fp16.scaler_g.get_scale() == torch.amp.GradScaler("cpu").get_scale()
+        fp16.train_step(_real_batch(8))
+        state = fp16.state_dict()
+    assert state["scaler_d"]["scale"] > 0
+    GAN(recipe_config("diffaug", ngf=8, ndf=8, batch_size=8), CPU).load_state_dict(state)  # and back
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_samples_are_fp32_wherever_training_autocasts(monkeypatch, dtype):
+    """Sampling, and with it the export and the FID/KID scores, is fp32 on every device; on a
+    GPU it once ran in the training's bfloat16."""
+    _force_amp(monkeypatch, dtype)
+    model = GAN(recipe_config("diffaug", ngf=8, ndf=8, batch_size=8), CPU)
+    trained, sampled = [], []
+    hook = model.G.register_forward_hook(lambda _m, _i, out: trained.append(out.dtype))
+    model.train_step(_real_batch(8))
+    hook.remove()
+    model.sampler.register_forward_hook(lambda _m, _i, out: sampled.append(out.dtype))
+    model.generate(3)
+    assert trained == [dtype] and sampled == [torch.float32]
+
+
+def _old_ema(decay: float):
+    """The AveragedModel ``avg_fn`` the GAN used before :class:`helpers.gan.ema.EMA`."""
+    def ema(averaged, current, n):
+        beta = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return averaged + (current - averaged) * (1.0 - beta)
+    return ema
+
+
+def _no_host_reads(monkeypatch) -> None:
+    """Any read of a tensor's value on the host (what waits for a GPU) raises."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor was read back on the host")
+
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+
+
+def test_the_ema_is_averaged_models_bit_for_bit_and_reads_nothing_back(monkeypatch):
+    from torch.optim.swa_utils import AveragedModel
+
+    from helpers.gan.ema import EMA
+
+    torch.manual_seed(0)
+    G = FastGenerator(nz=16, ngf=8, resolution=32)
+    ours, theirs = EMA(G, 0.999), AveragedModel(G, avg_fn=_old_ema(0.999), use_buffers=True)
+    for _ in range(6):
+        with torch.no_grad():
+            for t in [*G.parameters(), *G.buffers()]:
+                t.add_(torch.randn_like(t) if t.is_floating_point() else torch.ones_like(t))
+        ours.update_parameters(G)
+        theirs.update_parameters(G)
+    mine, old = ours.state_dict(), theirs.state_dict()
+    assert list(mine) == list(old) and all(torch.equal(mine[k], old[k]) for k in old)
+    reloaded = EMA(G, 0.999)
+    reloaded.load_state_dict(old)  # an AveragedModel checkpoint loads as it is
+    assert reloaded.count == 6 and reloaded.beta() == ours.beta()
+    with monkeypatch.context() as watched:
+        _no_host_reads(watched)
+        for _ in range(3):
+            ours.update_parameters(G)
+    assert ours.count == 9
+
+
+def test_diff_augment_draws_on_the_batch_device_without_copies_or_reads(monkeypatch):
+    from helpers.gan import augment
+
+    x = torch.empty(4, 3, 16, 16, device="meta")  # stands in for a GPU batch: no host data
+    real_to = torch.Tensor.to
+
+    def no_transfer(self, *args, **kwargs):
+        target = next((a for a in (*args, kwargs.get("device")) if isinstance(a, (str, torch.device))), None)
+        if target is not None and torch.device(target) != self.device:
+            raise AssertionError(f"copied {self.device} -> {target}")
+        return real_to(self, *args, **kwargs)
+
+    with monkeypatch.context() as watched:
+        _no_host_reads(watched)
+        watched.setattr(torch.Tensor, "to", no_transfer)
+        out = diff_augment(x, "color,translation,cutout")
+    assert out.shape == x.shape and out.device.type == "meta"
+    # on the CPU the numbers are those of the CPU stream as before: float32 draws, then cast
+    cpu = torch.zeros(5, 3, 4, 4, dtype=torch.bfloat16)
+    drawn = augment._rand(5, cpu, torch.Generator().manual_seed(3))
+    assert torch.equal(drawn, torch.rand(5, 1, 1, 1, generator=torch.Generator().manual_seed(3)).bfloat16())
+    torch.manual_seed(1)
+    drawn = augment._randint(-2, 3, 5, cpu, None)
+    torch.manual_seed(1)
+    assert torch.equal(drawn, torch.randint(-2, 3, (5, 1, 1)))
+
+
+def test_the_demo_is_as_short_on_a_gpu_or_mac_as_on_a_cpu(project_dirs, tmp_path, monkeypatch):
+    """A GPU's demo once trained GPU_STEPS and scored 5,000 images ten times; now it is the
+    CPU demo's plan: DEMO_EPOCHS of the narrow network, one score of 64 images."""
+    cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=20), progress=False)
+    probed = probed_speed(monkeypatch, {"fp32": 1e6})  # a CPU fast enough for all DEMO_EPOCHS
+    cpu = plan_run(cache, CPU, batch_size=2)
+    assert len(probed) == 1
+    for accelerator in ("cuda", "mps"):
+        plan = plan_run(cache, torch.device(accelerator), batch_size=2)
+        assert plan.config == cpu.config and plan.config.epochs == DEMO_EPOCHS
+        assert (plan.fid_samples, plan.score_every, plan.steps) == (cpu.fid_samples, cpu.score_every, cpu.steps)
+    assert len(probed) == 1  # an accelerator runs no CPU probe
+
+
+@pytest.mark.cuda
+def test_a_gan_step_on_the_gpu_never_waits_for_the_host():
+    from helpers.core import accel
+    from helpers.gan.ema import EMA
+
+    device = torch.device("cuda")
+    model = GAN(recipe_config("fastgan", ngf=16, ndf=16, batch_size=16), device)
+    native = torch.cuda.get_device_capability() >= (8, 0)
+    assert model.scaler_g.is_enabled() is not native  # float16 + a scaler below sm_80
+    real = _real_batch(16).to(device)
+    assert accel.count_host_syncs(lambda: diff_augment(real), warmup=1, repeats=3) == []
+    ema = EMA(model.G, 0.999)
+    assert accel.count_host_syncs(lambda: ema.update_parameters(model.G), warmup=2, repeats=3) == []
+    assert accel.count_host_syncs(lambda: model.step(real), warmup=2, repeats=3) == []
+    assert model.generate(4).dtype == np.uint8  # sampled in fp32

@@ -45,6 +45,54 @@ def test_kid_leaves_the_global_random_stream_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.parametrize("n", [30, 100])
+def test_symmetric_fid_equals_torchmetrics(n):
+    """The method a GPU takes from 2048 samples on (symmetric eigen-decompositions only)."""
+    import torch
+
+    real = torch.from_numpy(_features(n, seed=2)[:, :64].astype(np.float64))
+    fake = torch.from_numpy(_features(n, seed=3)[:, :64].astype(np.float64) * 1.3)
+    expected = quality._fid_torchmetrics(real, fake)
+    assert quality._fid_symmetric(real, fake) == pytest.approx(expected, rel=1e-6)
+    assert quality.frechet_distance(real, fake, "symmetric")[1] == "symmetric"
+
+
+def test_fid_and_kid_statistics_run_on_a_cuda_gpu_and_on_the_cpu_elsewhere():
+    import torch
+
+    assert quality.stats_device("cuda") == torch.device("cuda")
+    assert quality.stats_device("mps") == quality.stats_device("cpu") == torch.device("cpu")  # no float64
+    # below the feature count the exact low-rank identity everywhere; above it the CPU keeps
+    # torchmetrics (the committed numbers' method) and a GPU takes the symmetric one
+    assert quality.choose_fid_method(500, 2048, "cuda") == quality.choose_fid_method(500, 2048) == "low-rank"
+    assert quality.choose_fid_method(5000, 2048) == "torchmetrics"
+    assert quality.choose_fid_method(5000, 2048, "cuda") == "symmetric"
+
+
+def test_kid_never_reseeds_a_gpus_random_stream(monkeypatch):
+    """torch.manual_seed inside the KID also reset every GPU's stream (fork_rng(devices=[])
+    restores only the CPU's), so a GAN replayed the same noise after each score."""
+    import torch
+
+    def refuse(seed):
+        raise AssertionError("a GPU's random stream was reseeded")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", refuse)
+    monkeypatch.setattr(torch.mps, "manual_seed", refuse)
+    quality.fid_kid(_features(), _features(seed=1), kid_subset_size=20)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_fid_and_kid_on_the_gpu_equal_the_cpus():
+    real, fake = _features(2100, seed=4), _features(2100, seed=5) * 1.1
+    on_cpu = quality.fid_kid(real, fake, kid_subsets=10)
+    on_gpu = quality.fid_kid(real, fake, kid_subsets=10, device="cuda")
+    assert (on_cpu["fid_method"], on_gpu["fid_method"]) == ("torchmetrics", "symmetric")
+    for key in ("fid", "kid", "kid_std"):
+        assert on_gpu[key] == pytest.approx(on_cpu[key], rel=1e-6)
+
+
 def test_diversity_measures():
     assert quality.mean_pairwise_distance(np.array([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
     same = np.repeat(np.full((1, 8, 8, 3), 7, np.uint8), 5, axis=0)

@@ -233,3 +233,47 @@ def test_a_compiled_run_saves_and_reloads_the_plain_model(tiny_cache, tmp_path, 
     assert len(result.history) == 2
     for (name, x), y in zip(model.state_dict().items(), eager.model.state_dict().values()):
         assert torch.allclose(x.float(), y.float(), atol=1e-3), name  # the same training, traced
+
+
+def test_a_run_resumes_across_precisions_and_trains_in_float16_with_a_scaler(tiny_cache, tmp_path, monkeypatch):
+    """Saved in fp32 (a disabled scaler's empty state), resumed where float16 needs a loss scaler
+    (a GPU below sm_80: forced here on the CPU), then resumed in fp32 again: never a crash."""
+    out = tmp_path / "m"
+
+    def stop_at(last):
+        def hook(epoch, row):
+            if epoch == last:
+                raise Interrupt
+        return hook
+
+    with pytest.raises(Interrupt):
+        fit(tiny_cache, quick(epochs=3), out_dir=out, progress=False, on_epoch=stop_at(1))
+    assert torch.load(out / "fast.last.pt", weights_only=True)["scaler"] == {}
+    with monkeypatch.context() as forced:
+        forced.setattr(accel, "amp_dtype", lambda device, cpu=False: torch.float16)
+        with pytest.raises(Interrupt):
+            fit(tiny_cache, quick(epochs=3), out_dir=out, progress=False, on_epoch=stop_at(2))
+    state = torch.load(out / "fast.last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["scaler"]["scale"] > 0  # float16 ran with a live scaler
+    resumed = fit(tiny_cache, quick(epochs=3), out_dir=out, progress=False)
+    assert resumed.resumed_epochs == 2 and np.isfinite(resumed.history["train_loss"]).all()
+
+
+def test_ddp_sets_each_gpu_before_nccl_and_waits_for_the_cache_past_nccls_timeout(monkeypatch):
+    from datetime import timedelta
+
+    from helpers.training import __main__ as cli
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(cli.dist, "init_process_group", lambda **kw: calls.append(("init", kw)))
+    monkeypatch.setattr(cli.dist, "new_group", lambda **kw: calls.append(("group", kw)) or "cache group")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert cli.init_distributed("auto") == "cache group"
+    gpu = torch.device("cuda", 1)
+    assert calls[:2] == [("set_device", gpu), ("init", {"backend": "nccl", "device_id": gpu})]
+    assert calls[2][1]["backend"] == "gloo" and calls[2][1]["timeout"] >= timedelta(hours=1)
+    calls.clear()
+    cli.init_distributed("cpu")  # gloo for training too, no GPU touched
+    assert calls[0] == ("init", {"backend": "gloo", "device_id": None})

@@ -5,6 +5,14 @@ there, use channels_last and mixed precision. On the CPU the detector runs in bf
 autocast where a short probe measures it faster than fp32 on the machine at hand
 (:func:`choose_cpu_amp`), and in fp32 elsewhere; the GAN's plan measures its own step the same
 way (:func:`helpers.gan.train.gan_speed_probe`).
+
+Precision, one rule for every device (:func:`amp_dtype`): *training* runs in bfloat16 autocast
+on CUDA GPUs of compute capability 8.0 or more, in float16 autocast with a ``GradScaler``
+(:func:`grad_scaler`) on older CUDA GPUs, in fp32 on MPS, and on a CPU in fp32 unless bfloat16
+is native and asked for. *Inference* (a detector's validation, threshold and scoring, the GAN's
+samples and export) runs in :data:`INFERENCE_DTYPE`, fp32, everywhere
+(:func:`inference_autocast`); the one exception is a detector trained in bfloat16 on a CPU,
+validated and scored in bfloat16 on CPUs that have it natively, as it always was.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,12 +81,17 @@ def inference_batch_size(device: torch.device | str, requested: int | None = Non
 def images_to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """(N, H, W, 3) uint8 array -> (N, 3, H, W) uint8 tensor on ``device``, channels_last.
 
-    Kept as uint8 (a quarter of fp32's memory): 100k 32x32 images are 307 MB.
+    Kept as uint8 (a quarter of fp32's memory): 100k 32x32 images are 307 MB. The copy is
+    asynchronous only on CUDA, from pinned memory; elsewhere it is a plain blocking copy, since
+    a ``non_blocking`` copy from pageable memory to MPS can hand over a half-written tensor
+    (pytorch/pytorch#139550, #189690).
     """
     tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    if device.type == "cuda":
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if cuda:
         tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    return tensor.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
 
 
 # oneDNN's ISA levels (ONEDNN_MAX_CPU_ISA) at which it still has native bfloat16 kernels
@@ -101,25 +115,108 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
-def amp_dtype(device: torch.device, cpu: bool = False) -> torch.dtype | None:
-    """The mixed-precision dtype for ``device``, or None for plain fp32.
+#: The compute capability from which a CUDA GPU has native bfloat16 (Ampere, sm_80). Below it
+#: ``torch.cuda.is_bf16_supported()`` still says True (bfloat16 is emulated), but cuDNN has no
+#: bfloat16 kernels there: depthwise convolutions (EfficientNet-Lite0) fail with "unable to
+#: find an engine" or crawl, so those GPUs train in float16 with a loss scaler.
+CUDA_BF16_CAPABILITY = (8, 0)
+#: What inference runs in on every device: the thresholds were chosen in fp32 (module docstring).
+INFERENCE_DTYPE = torch.float32
 
-    CUDA: bfloat16 where supported, else float16. CPU: bfloat16 only when asked for (``cpu``)
-    and the CPU has native bfloat16 arithmetic. MPS: none.
+
+def amp_dtype(device: torch.device, cpu: bool = False) -> torch.dtype | None:
+    """The mixed-precision dtype for training on ``device``, or None for plain fp32.
+
+    CUDA: bfloat16 where the GPU's compute capability is at least :data:`CUDA_BF16_CAPABILITY`,
+    float16 below it (to be used with :func:`grad_scaler`). CPU: bfloat16 only when asked for
+    (``cpu``) and the CPU has native bfloat16 arithmetic. MPS and others: none. The detector's
+    loop and the GAN's step both take their precision from here.
     """
+    device = torch.device(device)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        capability = tuple(torch.cuda.get_device_capability(device))
+        return torch.bfloat16 if capability >= CUDA_BF16_CAPABILITY else torch.float16
     if device.type == "cpu" and cpu and cpu_has_bf16():
         return torch.bfloat16
     return None
 
 
 def autocast(device: torch.device, enabled: bool = True, cpu: bool = False):
-    """Mixed-precision context for ``device``; on the CPU only with ``cpu`` (see :func:`amp_dtype`)."""
-    dtype = amp_dtype(device, cpu)
-    if not enabled or dtype is None:
+    """Mixed-precision context for training on ``device``; on the CPU only with ``cpu``
+    (see :func:`amp_dtype`)."""
+    device = torch.device(device)
+    dtype = amp_dtype(device, cpu) if enabled else None
+    if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, enabled: bool = True, cpu: bool = False) -> torch.amp.GradScaler:
+    """A loss scaler for training on ``device``: enabled exactly where :func:`amp_dtype` says
+    float16 (CUDA GPUs below compute capability 8.0), a pass-through elsewhere (bfloat16 and
+    fp32 need no scaling; a disabled scaler's ``scale``, ``step`` and ``update`` change nothing).
+
+    Micikevicius et al., "Mixed Precision Training", ICLR 2018: float16 gradients underflow
+    without it.
+    """
+    device = torch.device(device)
+    on = enabled and amp_dtype(device, cpu) == torch.float16
+    return torch.amp.GradScaler(device.type, enabled=on)
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict | None) -> None:
+    """Restore a :func:`grad_scaler`'s ``state`` (its ``state_dict()``) if it has one to give.
+
+    A run saved in bfloat16 or fp32 (disabled scaler: empty state) and resumed on a float16 GPU
+    keeps the fresh scaler instead of raising, as ``GradScaler.load_state_dict`` does; a state
+    saved in float16 and resumed elsewhere is ignored by the disabled scaler.
+    """
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)
+
+
+def inference_autocast(device: torch.device, cpu_amp: bool = False):
+    """The precision context of inference on ``device``: :data:`INFERENCE_DTYPE` (fp32, no
+    autocast) on every device, except bfloat16 autocast on a CPU with native bfloat16 for a
+    detector trained with ``cpu_amp`` (validated, its threshold chosen and scored so)."""
+    device = torch.device(device)
+    if device.type == "cpu" and cpu_amp and cpu_has_bf16():
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def deterministic_by_default(device: torch.device | str) -> bool:
+    """Whether a run on ``device`` uses deterministic algorithms unless told otherwise: on a CPU
+    yes (same seed and threads, same numbers: what the committed results rest on); on CUDA and
+    MPS no, since deterministic mode there turns off cuDNN's autotuning, fills every fresh
+    allocation with NaN and takes slow deterministic backward kernels."""
+    return torch.device(device).type == "cpu"
+
+
+#: What ``torch.cuda.set_sync_debug_mode("warn")`` says for each synchronising call.
+SYNC_WARNING = "called a synchronizing CUDA operation"
+
+
+def count_host_syncs(fn: Callable[[], object], warmup: int = 1, repeats: int = 1) -> list[str]:
+    """The host-device synchronisations ``fn()`` makes on a CUDA device: runs it ``warmup``
+    times unwatched (first calls allocate and pick kernels), then ``repeats`` times under
+    ``torch.cuda.set_sync_debug_mode("warn")``, and returns one message per synchronising call
+    seen (an empty list: none). The previous debug mode is restored. Needs a CUDA device
+    (``RuntimeError`` from torch otherwise); meant for GPU checks of a GAN or training step.
+    """
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(repeats):
+                fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return [str(w.message) for w in caught if SYNC_WARNING in str(w.message)]
 
 
 #: bfloat16 autocast is chosen on the CPU only when a probe measures it at least this much

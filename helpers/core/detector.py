@@ -5,6 +5,11 @@ size, the normalisation, the decision threshold chosen on validation, the data i
 trained on (fingerprint) and how it was trained. Training writes it, and everything else
 (notebooks 05 and 06, ``predict``, the app) loads it here, so every consumer applies the same
 normalisation, the same precision and the same threshold.
+
+Precision: a detector is validated, its threshold chosen and it is scored in fp32 on every
+device (:data:`helpers.core.accel.INFERENCE_DTYPE`), whatever precision it was trained in;
+only a detector trained in bfloat16 on a CPU (``cpu_amp``) is validated and scored in bfloat16
+on CPUs with native bfloat16 (:func:`helpers.core.accel.inference_autocast`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from torch import nn
 
 from . import paths
-from .accel import autocast, images_to_device, inference_batch_size, to_float
+from .accel import images_to_device, inference_autocast, inference_batch_size, to_float
 from .models import build_model
 from .repro import atomic_path
 
@@ -158,9 +163,7 @@ class Detector:
         except RuntimeError as err:
             raise ValueError(f"{path}: weights do not fit model {ckpt['model']!r} of this code "
                              f"version ({str(err).splitlines()[0]}); retrain with {_hint(path)}") from err
-        model.to(device).eval()
-        if device.type == "cuda":
-            model.to(memory_format=torch.channels_last)
+        model.eval()
         return cls(model=model, architecture=ckpt["model"], dataset=ckpt["dataset"],
                    image_size=int(ckpt["image_size"]), mean=list(ckpt["mean"]), std=list(ckpt["std"]),
                    config=ckpt["config"], metrics=ckpt["metrics"], data_fingerprint=ckpt["data_fingerprint"],
@@ -169,7 +172,24 @@ class Detector:
                    run_seconds=ckpt.get("run_seconds"), epochs_run=ckpt.get("epochs_run"),
                    threshold=float(ckpt.get("threshold", DEFAULT_THRESHOLD)),
                    threshold_val_acc=ckpt.get("threshold_val_acc"),
-                   threshold_chosen="threshold" in ckpt, path=path)
+                   threshold_chosen="threshold" in ckpt, path=path).to(device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> Detector:
+        """Move the model to ``device`` (channels_last on CUDA) and return the detector; a no-op
+        when it is there already."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if self.device != device:
+            self.model.to(device)
+            if device.type == "cuda":
+                self.model.to(memory_format=torch.channels_last)
+        return self
 
     # ------------------------------------------------------------------ use
     def decision_threshold(self, threshold: float | None = None) -> float:
@@ -198,12 +218,14 @@ class Detector:
         """P(FAKE), float64 (N,), for (N, H, W, 3) uint8 ``images`` (one (H, W, 3) image allowed).
 
         Images must be ``image_size`` pixels square, decoded by the project's rule
-        (:func:`helpers.core.images.decode`). ``device`` None: where the model is. ``batch_size``
-        None: :func:`helpers.core.accel.inference_batch_size` (64 on a CPU, 512 on a GPU). A detector
-        trained with ``cpu_amp`` is scored in bfloat16 on CPUs that have it, as its validation was.
+        (:func:`helpers.core.images.decode`). ``device`` None: where the model is; another device:
+        the model moves there first and stays (:meth:`to`). ``batch_size`` None:
+        :func:`helpers.core.accel.inference_batch_size` (64 on a CPU, 512 on a GPU). Scored in fp32
+        on every device, as validation chose the threshold; a detector trained with ``cpu_amp`` in
+        bfloat16 on CPUs that have it, as its validation was.
         """
         images = self.check_images(images)
-        device = torch.device(device) if device is not None else next(self.model.parameters()).device
+        device = self.to(device).device if device is not None else self.device
         batch_size = inference_batch_size(device, batch_size)
         if len(images) == 0:
             return np.zeros(0, dtype=np.float64)
@@ -338,12 +360,12 @@ def choose_threshold(labels: np.ndarray, p_fake: np.ndarray) -> tuple[float, flo
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   batch_size: int | None = None, amp: bool = True,
-                   cpu_amp: bool = False) -> torch.Tensor:
-    """Logits (N,) of a uint8 (N, 3, H, W) tensor already on the model's device.
+                   batch_size: int | None = None, cpu_amp: bool = False) -> torch.Tensor:
+    """Logits (N,) float32 of a uint8 (N, 3, H, W) tensor already on the model's device.
 
-    One pass per image (no test-time mirror: every consumer scores as validation did). ``amp`` runs the model in
-    mixed precision on CUDA; ``cpu_amp`` in bfloat16 on CPUs that have it natively.
+    One pass per image (no test-time mirror: every consumer scores as validation did), in fp32
+    on every device; with ``cpu_amp`` in bfloat16 on CPUs that have it natively
+    (:func:`helpers.core.accel.inference_autocast`).
     """
     device = images.device
     batch_size = inference_batch_size(device, batch_size)
@@ -352,7 +374,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, s
         x = to_float(images[start:start + batch_size], mean, std)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp, cpu=cpu_amp):
+        with inference_autocast(device, cpu_amp):
             logits = model(x).float().flatten()
         out.append(logits)
     return torch.cat(out) if out else torch.zeros(0, device=device)

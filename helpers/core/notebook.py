@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from . import paths
-from .accel import set_cpu_threads
+from .accel import deterministic_by_default, pick_device, set_cpu_threads
 from .colab import drive_storage
 from .repro import atomic_path, environment_fingerprint, seed_everything
 
@@ -44,11 +44,18 @@ def use_storage(storage: str | None) -> None:
     print(f"data in {data}, results in {results}")
 
 
-def setup(dataset: str, seed: int = 0, deterministic: bool = True, storage: str | None = None) -> dict:
+def setup(dataset: str, seed: int = 0, deterministic: bool | None = None, device: str = "auto",
+          storage: str | None = None) -> dict:
     """Check versions, seed everything, use every CPU core (and let malloc reuse freed
     activations: scoring with large batches was up to 2.5x slower without it), set the plotting
     style, and keep data and results where ``storage`` says (:func:`use_storage`); print and
-    return the environment."""
+    return the environment.
+
+    ``deterministic`` None: chosen for the notebook's ``device`` (``auto`` as
+    :func:`helpers.core.accel.pick_device` resolves it) by
+    :func:`helpers.core.accel.deterministic_by_default`: deterministic algorithms on a CPU, cuDNN
+    autotuning and fast kernels on CUDA and MPS.
+    """
     import matplotlib as mpl
     import seaborn as sns
 
@@ -57,6 +64,8 @@ def setup(dataset: str, seed: int = 0, deterministic: bool = True, storage: str 
     warnings.filterwarnings("ignore", message="IProgress not found")
     set_cpu_threads()
     env = check_versions()
+    if deterministic is None:
+        deterministic = deterministic_by_default(pick_device(device))
     seed_everything(seed, deterministic)
     sns.set_theme(context="notebook", style="whitegrid")
     mpl.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight"})

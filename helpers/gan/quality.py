@@ -19,7 +19,11 @@
   before it shows in FID.
 
 Cost: Inception at 299x299 is ~6 GFLOP per image, about 0.15-0.4 s per image on 2 CPU cores.
-On a CPU use a few hundred samples; the 10k/50k protocol belongs on a GPU.
+On a CPU use a few hundred samples; the 10k/50k protocol belongs on a GPU, where the statistics
+are computed too, in float64 (:func:`stats_device`): there, from 2048 samples on, FID's matrix
+square root comes from two symmetric eigen-decompositions (:func:`_fid_symmetric`) instead of
+torchmetrics' general one, which torch runs on the host even for a GPU tensor. On a CPU (and on
+MPS, which has no float64) the numbers come from the CPU exactly as before.
 """
 
 from __future__ import annotations
@@ -163,18 +167,63 @@ def _fid_low_rank(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(mean_term + a.square().sum() + b.square().sum() - 2 * trace_sqrt)
 
 
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    """The symmetric square root of a symmetric positive semi-definite matrix (eigenvalues
+    rounded below zero are taken as zero)."""
+    values, vectors = torch.linalg.eigh(matrix)
+    return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+
+
+def _fid_symmetric(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """The same Fréchet distance with symmetric eigen-decompositions only, on the features'
+    device: tr sqrt(S1 S2) = tr sqrt(R S2 R) with R = sqrt(S1), a symmetric PSD matrix, so both
+    square roots come from ``eigh`` (which CUDA runs on the GPU) rather than from the general
+    ``eigvals`` torchmetrics uses (run on the host, minutes for 2048 x 2048 on 2 cores).
+    """
+    s1, s2 = torch.cov(real.T), torch.cov(fake.T)
+    root = _psd_sqrt(s1)
+    inner = root @ s2 @ root
+    trace_sqrt = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
+    mean_term = (real.mean(0) - fake.mean(0)).square().sum()
+    return float(mean_term + s1.trace() + s2.trace() - 2 * trace_sqrt)
+
+
+FID_METHODS = {"low-rank": _fid_low_rank, "torchmetrics": _fid_torchmetrics, "symmetric": _fid_symmetric}
+
+
+def choose_fid_method(n: int, dim: int, device: torch.device | str = "cpu") -> str:
+    """The exact method :func:`frechet_distance` picks for ``n`` samples (the smaller set) of
+    ``dim`` features on ``device``: ``low-rank`` below ``dim`` samples, else ``torchmetrics`` on
+    the CPU (the committed numbers' method) and ``symmetric`` elsewhere (a GPU)."""
+    if n < dim:
+        return "low-rank"
+    return "torchmetrics" if torch.device(device).type == "cpu" else "symmetric"
+
+
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor, method: str = "auto") -> tuple[float, str]:
-    """FID between two float64 feature sets and the method used: ``"low-rank"`` (exact, for
-    fewer samples than feature dimensions), ``"torchmetrics"``, or ``"auto"`` to pick."""
+    """FID between two float64 feature sets (on one device) and the method used:
+    ``"low-rank"`` (exact, for fewer samples than feature dimensions), ``"torchmetrics"``,
+    ``"symmetric"`` (:func:`_fid_symmetric`), or ``"auto"`` to pick (:func:`choose_fid_method`). All
+    are exact; they differ in float64 rounding only. Raises ``ValueError`` for another method."""
     if method == "auto":
-        method = "low-rank" if min(len(real), len(fake)) < real.shape[1] else "torchmetrics"
-    if method not in ("low-rank", "torchmetrics"):
-        raise ValueError(f"fid_method must be auto, low-rank or torchmetrics, not {method!r}")
-    return (_fid_low_rank(real, fake) if method == "low-rank" else _fid_torchmetrics(real, fake)), method
+        method = choose_fid_method(min(len(real), len(fake)), real.shape[1], real.device)
+    if method not in FID_METHODS:
+        raise ValueError(f"fid_method must be auto, {', '.join(FID_METHODS)}, not {method!r}")
+    if method == "torchmetrics":  # torchmetrics keeps its states on the CPU
+        real, fake = real.cpu(), fake.cpu()
+    return FID_METHODS[method](real, fake), method
+
+
+def stats_device(device: str | torch.device) -> torch.device:
+    """Where FID and KID are computed for features extracted on ``device``: the GPU itself on
+    CUDA (float64 there), the CPU otherwise (MPS has no float64)."""
+    device = torch.device(device)
+    return device if device.type == "cuda" else torch.device("cpu")
 
 
 def fid_kid(real_features: np.ndarray, fake_features: np.ndarray, kid_subsets: int = 100,
-            kid_subset_size: int = 1000, seed: int = 0, fid_method: str = "auto") -> dict:
+            kid_subset_size: int = 1000, seed: int = 0, fid_method: str = "auto",
+            device: str | torch.device = "cpu") -> dict:
     """FID and KID (mean, std over subsets) between two sets of Inception features.
 
     FID: torchmetrics' ``FrechetInceptionDistance`` (``fid_method="torchmetrics"``) needs the
@@ -183,15 +232,21 @@ def fid_kid(real_features: np.ndarray, fake_features: np.ndarray, kid_subsets: i
     an n x n problem instead (:func:`_fid_low_rank`; the tests check both agree). KID:
     torchmetrics' ``KernelInceptionDistance``, its subset size capped at half the smaller set
     (so the spread over subsets means something) and its subsets drawn from a private, seeded
-    random stream (the global one is left alone).
+    random stream (the global one is left alone, on the CPU and on every GPU).
+
+    ``device``: where the features were extracted; the statistics are computed on
+    :func:`stats_device` of it, in float64 (a CUDA GPU's 5,000-sample scores in seconds instead
+    of minutes of CPU linear algebra). Subsets are drawn on the CPU either way, so a GPU's KID
+    averages the same subsets as a CPU's.
     """
     from torchmetrics.image.kid import KernelInceptionDistance
 
     n_real, n_fake = len(real_features), len(fake_features)
     if min(n_real, n_fake) < 2:
         raise ValueError(f"FID needs at least 2 images per set, got {n_real} real and {n_fake} generated")
-    real = torch.from_numpy(np.asarray(real_features, np.float64))
-    fake = torch.from_numpy(np.asarray(fake_features, np.float64))
+    on = stats_device(device)
+    real = torch.from_numpy(np.asarray(real_features, np.float64)).to(on)
+    fake = torch.from_numpy(np.asarray(fake_features, np.float64)).to(on)
     fid, fid_method = frechet_distance(real, fake, fid_method)
     subset = min(kid_subset_size, max(2, min(n_real, n_fake) // 2))  # halves: a spread to report
     with _quiet():
@@ -200,7 +255,10 @@ def fid_kid(real_features: np.ndarray, fake_features: np.ndarray, kid_subsets: i
     kid.update(real, real=True)
     kid.update(fake, real=False)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # the CPU stream only (torchmetrics draws its subsets there): torch.manual_seed would
+        # also reset every GPU's stream, which fork_rng(devices=[]) does not restore, so a GAN
+        # would replay the same noise after each score
+        torch.default_generator.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
     return {"fid": fid, "kid": float(kid_mean), "kid_std": float(kid_std), "kid_subset_size": subset,
             "n_real": n_real, "n_fake": n_fake, "fid_method": fid_method}
@@ -319,7 +377,7 @@ def score(fake_images: np.ndarray, reference: QualityReference, device: str | to
                          f"{reference.images.shape[1:3]}: compare at one resolution")
     start = time.perf_counter()
     fake_features = inception_features(fake_images, device, batch_size, progress)
-    result = fid_kid(reference.features, fake_features, seed=seed)
+    result = fid_kid(reference.features, fake_features, seed=seed, device=device)
     div_fake = mean_pairwise_distance(fake_features, seed=seed)
     div_real = mean_pairwise_distance(reference.features, seed=seed)
     result.update(

@@ -17,30 +17,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from ..core import accel, paths
-from ..core.accel import autocast, images_to_device
+from ..core.accel import autocast, grad_scaler, images_to_device, load_scaler_state
 from ..core.images import fit_square
 from ..core.repro import atomic_path, environment_fingerprint
 from .augment import diff_augment, parse_policy
+from .ema import EMA
 from .networks import GANConfig, build_discriminator, build_generator, dcgan_init, recipe_config
 
 STAT_KEYS = ("loss_d", "loss_g", "d_x", "d_g_z")
-
-
-def ema_copy(model: nn.Module, decay: float) -> AveragedModel:
-    """An exponential moving average of ``model``'s weights and batch-norm buffers.
-
-    torch's ``AveragedModel`` with a warm-up: the decay is ``min(decay, (1 + n) / (10 + n))``
-    after ``n`` updates, so a short run is not dominated by the initial weights.
-    """
-    def ema(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        beta = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        return averaged + (current - averaged) * (1.0 - beta)
-
-    return AveragedModel(model, avg_fn=ema, use_buffers=True)
 
 
 def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
@@ -53,7 +40,12 @@ class GAN:
 
     What :class:`GANConfig` adds to DCGAN: DiffAugment (``augment``, :mod:`.augment`) on every
     image the discriminator sees, the hinge loss, a projected discriminator, and an exponential
-    moving average of the generator (``ema_decay``) that :meth:`generate` samples from.
+    moving average of the generator (``ema_decay``, :class:`.ema.EMA`) that :meth:`generate`
+    samples from.
+
+    Precision: training takes :func:`helpers.core.accel.amp_dtype`'s (bfloat16 on CUDA from
+    sm_80, float16 with a loss scaler per network below it, fp32 on MPS, fp32 or asked-for
+    native bfloat16 on a CPU); sampling is fp32 on every device (:meth:`generate`).
     """
 
     def __init__(self, config: GANConfig, device: torch.device):
@@ -73,7 +65,10 @@ class GAN:
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=betas, **fused)
         self.opt_d = torch.optim.Adam([p for p in self.D.parameters() if p.requires_grad],
                                       lr=config.lr_d, betas=betas, **fused)
-        self.G_ema = ema_copy(self.G, config.ema_decay) if config.ema_decay else None
+        # float16 (CUDA below sm_80) scales each network's loss; elsewhere a pass-through
+        self.scaler_d = grad_scaler(device, cpu=config.cpu_bf16)
+        self.scaler_g = grad_scaler(device, cpu=config.cpu_bf16)
+        self.G_ema = EMA(self.G, config.ema_decay) if config.ema_decay else None
         parse_policy(config.augment)  # a typo fails here, not after the first epoch
         self.augment_policy = config.augment
         self.epoch = 0
@@ -108,7 +103,9 @@ class GAN:
         ``real`` is a float batch in [-1, 1]. Both networks see images only through
         :meth:`augment`. Returns ``(loss_d, loss_g, D(x), D(G(z)))`` (D's outputs as mean
         sigmoid of its logits) as one detached 4-vector on the device: reading it back is
-        left to the caller, so a GPU never waits for the host inside an epoch.
+        left to the caller, and nothing in the step (augmentation, loss scaling, EMA) reads a
+        number back either, so a GPU never waits for the host inside an epoch
+        (:func:`helpers.core.accel.count_host_syncs` checks it on a GPU).
         """
         n = real.shape[0]
         z = torch.randn(n, self.config.nz, device=self.device)
@@ -118,13 +115,15 @@ class GAN:
             d_fake = self.D(self.augment(fake.detach())).float()
             loss_d = self.losses(d_real, d_fake)
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        self.scaler_d.scale(loss_d).backward()
+        self.scaler_d.step(self.opt_d)  # fused Adam takes the scaler's inf check on the device
+        self.scaler_d.update()
         with autocast(self.device, cpu=self.config.cpu_bf16):
             loss_g = self.losses(None, self.D(self.augment(fake)).float())
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
+        self.scaler_g.scale(loss_g).backward()
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
         if self.G_ema is not None:
             self.G_ema.update_parameters(self.G)
         return torch.stack([loss_d.detach(), loss_g.detach(),
@@ -171,7 +170,12 @@ class GAN:
 
     @torch.inference_mode()
     def generate(self, n: int, seed: int = 0, batch_size: int = 500) -> np.ndarray:
-        """``n`` images as (n, R, R, 3) uint8, deterministic in ``seed`` (fixed noise)."""
+        """``n`` images as (n, R, R, 3) uint8, deterministic in ``seed`` (fixed noise).
+
+        Sampled in fp32 on every device (:data:`helpers.core.accel.INFERENCE_DTYPE`), whatever
+        precision trained the generator: the export, the FID/KID scores and the sample grids of
+        a GPU run come from the same arithmetic as a CPU run's.
+        """
         sampler = self.sampler
         was_training = sampler.training
         sampler.eval()
@@ -179,8 +183,7 @@ class GAN:
         out = []
         for start in range(0, n, batch_size):
             z = self.noise(min(batch_size, n - start), gen)
-            with autocast(self.device):  # fp32 on a CPU: sampling is cheap, keep every bit
-                img = sampler(z).float()
+            img = sampler(z).float()  # fp32: sampling is cheap, keep every bit
             out.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
                        .permute(0, 2, 3, 1).cpu().numpy())
         sampler.train(was_training)
@@ -196,7 +199,8 @@ class GAN:
 
     def state_dict(self) -> dict:
         return {"config": asdict(self.config), "epoch": self.epoch, **self.networks_state(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict()}
 
     def load_networks_state(self, state: dict) -> None:
         """Put back what :meth:`networks_state` returned (G, D and the EMA generator)."""
@@ -213,6 +217,9 @@ class GAN:
         if "opt_g" in state:
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_d.load_state_dict(state["opt_d"])
+        # a state saved in another precision (empty scaler) leaves the fresh scaler as it is
+        load_scaler_state(self.scaler_g, state.get("scaler_g"))
+        load_scaler_state(self.scaler_d, state.get("scaler_d"))
         self.epoch = state["epoch"]
         if "step_log" in state:
             self.step_log = {k: list(v) for k, v in state["step_log"].items()}
@@ -345,7 +352,7 @@ STEP_OVERHEAD = 1.3
 CPU_BF16_RESOLUTIONS = (64,)
 #: a GPU run's default length (not measured here: no GPU was lent; see the study)
 GPU_STEPS = 20_000
-#: the demo on a CPU: a narrow network for DEMO_EPOCHS epochs, fewer where this CPU's measured
+#: the demo (on any device): a narrow network for DEMO_EPOCHS epochs, fewer where a CPU's measured
 #: speed would take more than DEMO_SECONDS of training (`make all`'s 5-minute budget: on an
 #: AVX2-only EPYC the 6 epochs took 124 s of a 476-s `make all`; 60 s left it at 298 s)
 DEMO_EPOCHS = 6
@@ -417,20 +424,22 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     """Resolve notebook 04's parameters; ``None`` means "the default for this data and device".
 
     ===========  ==============================  ==========================================
-    setting      the demo on a CPU               otherwise
+    setting      the demo (any device)           otherwise
     ===========  ==============================  ==========================================
     recipe       :func:`default_recipe`: ``fastgan`` (FastGAN-lite G, projected D)
     resolution   32                              32 for 32-px caches, 64 for larger (shoes)
     epochs       6, fewer where this CPU's       CPU: as many as fit :data:`CPU_MINUTES` of
                  measured speed would take       training at this CPU's measured speed
-                 over :data:`DEMO_SECONDS`       (:func:`gan_speed_probe`); GPU (and MPS):
-                                                 :data:`GPU_STEPS`;
+                 over :data:`DEMO_SECONDS` (a    (:func:`gan_speed_probe`); GPU (and MPS):
+                 GPU or MPS runs the 6 in        :data:`GPU_STEPS`;
+                 seconds)
                                                  epochs of ``epoch_steps`` when full passes
                                                  are too long for ``scores`` scores
     batch_size   32                              64 (the study's)
     width        32 (ngf = ndf)                  64
-    fid_samples  64                              500 on a CPU (at most half the real images:
-                                                 a second set makes the floor), 5,000 on a GPU
+    fid_samples  64                              500 on a CPU or MPS (at most half the real
+                                                 images: a second set makes the floor), 5,000
+                                                 on a CUDA GPU (scored there: quality.fid_kid)
     scores       1 (after the last epoch)        8 on a CPU, 10 on a GPU, at even epochs
     n_export     as many as the REAL test images (a balanced cross-generator test set)
     ===========  ==============================  ==========================================
@@ -452,7 +461,9 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
         return value
 
     device = torch.device(device)
-    small = cache.meta.get("is_demo", False) and device.type == "cpu"
+    # the demo is short on every device: a GPU's demo once ran GPU_STEPS and scored 5,000 images
+    # ten times, tens of minutes where a CPU took four
+    small = cache.meta.get("is_demo", False)
     gpu = device.type == "cuda"
     resolution = pick("resolution", resolution, default_resolution(cache))
     recipe = pick("recipe", recipe, default_recipe(resolution))
@@ -472,8 +483,9 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     # seconds a sustained training step takes on this CPU (None off the CPU: no probe)
     per_step = STEP_OVERHEAD * batch_size / probe["bf16" if bf16 else "fp32"] if probe else None
     epoch_steps = 0
-    if small:
-        default_epochs = max(1, min(DEMO_EPOCHS, int(DEMO_SECONDS / per_step) // steps_per_epoch))
+    if small:  # no probe off the CPU: an accelerator runs the demo's few hundred steps in seconds
+        fits = int(DEMO_SECONDS / per_step) // steps_per_epoch if per_step else DEMO_EPOCHS
+        default_epochs = max(1, min(DEMO_EPOCHS, fits))
     else:
         steps = int(CPU_MINUTES * 60 / per_step) if per_step else GPU_STEPS
         if epochs is None and steps_per_epoch * n_scores > steps:

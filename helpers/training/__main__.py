@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import timedelta
 
+import torch
 import torch.distributed as dist
 
 from ..core.accel import pick_device
@@ -63,15 +65,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: How long the other processes wait for rank 0 to build the dataset's cache (decoding CIFAKE's
+#: 120,000 files on a small machine takes far longer than NCCL's default 10 minutes).
+CACHE_TIMEOUT = timedelta(hours=3)
+
+
+def init_distributed(device: str):
+    """Join the ``torchrun`` process group; returns the group the cache barrier waits on.
+
+    On CUDA the process's GPU (``LOCAL_RANK``) is set *before* the NCCL group is made and
+    passed to it (``device_id``), so NCCL binds each process to its own GPU rather than all to
+    GPU 0. The wait for rank 0's cache goes through a separate gloo group with
+    :data:`CACHE_TIMEOUT` (a CPU barrier, no GPU held), while the training collectives keep
+    NCCL's default timeout, short enough to report a real hang.
+    """
+    cuda = pick_device(device).type == "cuda"
+    device_id = None
+    if cuda:
+        device_id = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device_id)
+    dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device_id)
+    return dist.new_group(backend="gloo", timeout=CACHE_TIMEOUT)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``aidetect-train`` / ``python -m helpers.training``: prepare the data, train, report."""
 
     args = _parser().parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world > 1
-    if distributed:
-        cuda = pick_device(args.device).type == "cuda"
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    cache_group = init_distributed(args.device) if distributed else None
     rank = int(os.environ.get("RANK", "0"))
     threads = args.threads
     if distributed and threads is None:
@@ -87,12 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile)
     try:
         if rank != 0:
-            dist.barrier()  # rank 0 builds the cache first
+            dist.barrier(group=cache_group)  # rank 0 builds the cache first
         split_seed = args.seed if args.split_seed is None else args.split_seed
         cache = prepare(args.dataset, args.data_source, config.image_size, split_seed,
                         progress=rank == 0 and not args.quiet, make_fakes=demo_fakes)
         if distributed and rank == 0:
-            dist.barrier()
+            dist.barrier(group=cache_group)
         result = fit(cache, config, args.out_dir, progress=not args.quiet, resume=args.resume)
         if rank == 0:
             m, config = result.metrics, result.config

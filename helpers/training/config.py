@@ -39,14 +39,14 @@ class TrainConfig:
     patience: int | None = None  # stop after this many epochs without a better validation
     seed: int = 0
     device: str = "auto"  # auto: cuda, then mps, then cpu
-    amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 on older GPUs)
+    amp: bool = True  # mixed precision on CUDA: bfloat16 from sm_80, else float16 + GradScaler
     cpu_amp: bool | None = None  # bfloat16 autocast on the CPU; None: measured per machine and
     # model (accel.choose_cpu_amp): 1.6x faster on one AVX512-BF16 CPU, slower on another
     channels_last: bool = True
     compile: bool = False  # torch.compile the model (CUDA; slow to start)
     threads: int | None = None  # CPU threads (None: every core)
     eval_batch_size: int | None = None  # validation; None: accel.inference_batch_size (CPU 64, GPU 512)
-    deterministic: bool | None = None  # None: on the CPU yes, on CUDA no (cuDNN autotuning)
+    deterministic: bool | None = None  # None: CPU yes, CUDA and MPS no (accel.deterministic_by_default)
 
     @property
     def model_options(self) -> dict:

@@ -32,11 +32,13 @@ from tqdm.auto import tqdm
 
 from ..core import paths
 from ..core.accel import (
-    amp_dtype,
     autocast,
     channel_stats,
     choose_cpu_amp,
+    deterministic_by_default,
+    grad_scaler,
     images_to_device,
+    load_scaler_state,
     pick_device,
     set_cpu_threads,
 )
@@ -83,8 +85,7 @@ def _logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: tor
     """Validation logits, one pass per image, as ``predict`` and notebook 05 score."""
     was_training = model.training
     model.eval()
-    logits = predict_logits(model, images, mean, std, config.eval_batch_size, config.amp,
-                            bool(config.cpu_amp))
+    logits = predict_logits(model, images, mean, std, config.eval_batch_size, bool(config.cpu_amp))
     model.train(was_training)
     return logits
 
@@ -124,7 +125,7 @@ class _Learner:
     net: nn.Module  # the model whose weights are trained and saved
     runner: nn.Module  # what a step calls: ``net``, or ``net`` wrapped by DDP and torch.compile
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler  # float16 loss scaling; a no-op for bfloat16 and fp32
+    scaler: torch.amp.GradScaler  # float16 loss scaling (accel.grad_scaler); a no-op for bfloat16 and fp32
 
 
 def _learner(config: TrainConfig, size: int, device: torch.device, world: int) -> _Learner:
@@ -136,8 +137,8 @@ def _learner(config: TrainConfig, size: int, device: torch.device, world: int) -
             net, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         runner = torch.compile(runner)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and amp_dtype(device) == torch.float16)
-    return _Learner(net, runner, make_optimizer(net, config), scaler)
+    # float16 on CUDA below sm_80 needs loss scaling; bfloat16 and fp32 get a pass-through
+    return _Learner(net, runner, make_optimizer(net, config), grad_scaler(device, config.amp))
 
 
 @dataclass
@@ -169,7 +170,7 @@ def _resume(last_path: Path, ckpt_path: Path, config_dict: dict, fingerprint: st
         return _Progress()
     learner.net.load_state_dict(state["model"])
     learner.optimizer.load_state_dict(state["optimizer"])
-    learner.scaler.load_state_dict(state["scaler"])
+    load_scaler_state(learner.scaler, state.get("scaler"))  # saved in another precision: a fresh scaler
     if announce:
         print(f"resuming from {last_path} after epoch {state['epoch']}")
     return _Progress(epoch=state["epoch"], rows=state["history"], best=state["best"],
@@ -223,7 +224,7 @@ def _device(config: TrainConfig, rank: int, world: int) -> torch.device:
     if device.type == "cpu":
         set_cpu_threads(config.threads)
     seed_everything(config.seed, config.deterministic if config.deterministic is not None
-                    else device.type != "cuda")
+                    else deterministic_by_default(device))
     return device
 
 

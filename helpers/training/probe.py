@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from ..core.accel import autocast, inference_batch_size, to_float
+from ..core.accel import inference_autocast, inference_batch_size, to_float
 
 #: Inverse regularisation strengths tried (scikit-learn's ``C``), chosen on validation.
 PROBE_C = (0.01, 0.1, 1.0)
@@ -31,13 +31,15 @@ PROBE_C = (0.01, 0.1, 1.0)
 def pooled_features(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                     batch_size: int | None = None, cpu_amp: bool = False) -> np.ndarray:
     """(N, F) float32 features ``model.features`` gives uint8 (N, 3, H, W) ``images`` (on the
-    model's device), normalised by ``mean``/``std``; the model is put in eval mode."""
+    model's device), normalised by ``mean``/``std``; the model is put in eval mode. Computed in
+    the precision the fitted probe is then validated and scored in (fp32, or bfloat16 with
+    ``cpu_amp`` on a CPU that has it: :func:`helpers.core.accel.inference_autocast`)."""
     model.eval()
     batch_size = inference_batch_size(images.device, batch_size)
     out = []
     for start in range(0, len(images), batch_size):
         x = to_float(images[start:start + batch_size], mean, std)
-        with autocast(images.device, True, cpu=cpu_amp):
+        with inference_autocast(images.device, cpu_amp):
             out.append(model.features(x).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
