@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, shared_path
@@ -116,3 +117,15 @@ def test_cpu_results_fingerprint_saves_and_finds_no_difference_with_itself(tmp_p
     path = tmp_path / "fingerprint.pt"
     assert "tensors saved" in run("cpu_results_fingerprint.py", "save", str(path))
     assert "0 differ, 0 in one file only" in run("cpu_results_fingerprint.py", "compare", str(path), str(path))
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_every_section_in_its_cpu_smoke_mode(tmp_path):
+    """The GPU check runs on a lent machine with minutes to spare: the script itself must not be
+    what fails there. On the CPU every section runs at tiny settings (no GPU test is selected)."""
+    out = run("gpu_check.py", "--device", "cpu", "--gan-seconds", "1", "--gan-images", "128",
+              "--epoch-images", "1000", "--out", str(tmp_path))
+    assert "every section ran" in out
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["failed"] == [] and report["demo detector"]["val_acc"] > 0.9
+    assert report["GAN"]["steps"] > 0 and report["CUDA-marked tests"]["files"]
