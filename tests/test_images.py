@@ -117,7 +117,7 @@ def test_damaged_pixel_data_is_not_mistaken_for_metadata():
 
 
 def test_a_mode_that_cannot_be_converted_is_the_files_reason(monkeypatch):
-    def refuse(img):
+    def refuse(img, kind=None):
         raise ValueError(f"conversion from {img.mode} to RGB not supported")
 
     monkeypatch.setattr(images, "to_rgb", refuse)
@@ -150,7 +150,7 @@ def test_special_and_unreadable_files_are_reasons_not_crashes(tmp_path):
     import os
 
     os.mkfifo(tmp_path / "pipe.jpg")  # opening it would block for ever
-    with pytest.raises(BadImageError, match="pipe.jpg: not a regular file"):
+    with pytest.raises(BadImageError, match="pipe.jpg: not a regular file \\(a FIFO\\)"):
         images.decode_file(tmp_path / "pipe.jpg", 32)
     with pytest.raises(BadImageError, match="missing.jpg: cannot read file"):
         images.decode_file(tmp_path / "missing.jpg", 32)
