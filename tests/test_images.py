@@ -319,3 +319,21 @@ def test_a_jpeg_that_pillow_calls_mpo_is_a_jpeg():
     plain_array, plain = decode(encode(img, "JPEG", quality=80), 32)
     assert info.format == "JPEG" and info.jpeg_quality == 80
     assert info.qtables_id == plain.qtables_id and np.array_equal(array, plain_array)
+
+
+def test_32_bit_integer_images_are_scaled_by_their_types_range_with_a_note():
+    """A 32-bit integer TIFF (Pillow's mode I) was clipped at 65535: almost every pixel white.
+    Now 0..2**31-1 maps to 0..255 like 16-bit images (negative values 0), and a note says so;
+    16-bit files Pillow opens as mode I (PGM) keep the 16-bit scale, without a note."""
+    values = np.tile(np.array([-5, 0, 1 << 23, 1 << 30, (1 << 31) - 1], np.int32), (32, 7))[:, :32]
+    data = encode(Image.fromarray(values, "I"), "TIFF")
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.mode == "I" and images.integer_type(opened) == (32, True)
+    array, info = decode(data, 32)
+    assert array[0, :5, 0].tolist() == [0, 0, 1, 128, 255]
+    assert info.notes and info.notes[0].startswith("32-bit signed integer pixels scaled by the type's range")
+    pgm = grey16(np.full((32, 32), 32768), "PPM")
+    with Image.open(io.BytesIO(pgm)) as opened:
+        assert opened.mode == "I" and images.integer_type(opened) == (16, False)
+    array, info = decode(pgm, 32)
+    assert (array == 128).all() and info.notes == ()
