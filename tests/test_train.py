@@ -219,3 +219,18 @@ def test_a_compiled_run_saves_and_reloads_the_plain_model(tiny_cache, tmp_path, 
     assert len(result.history) == 2
     for (name, x), y in zip(model.state_dict().items(), eager.model.state_dict().values()):
         assert torch.allclose(x.float(), y.float(), atol=1e-3), name  # the same training, traced
+
+
+def test_a_model_whose_validation_outputs_are_nan_is_never_saved(tiny_cache, tmp_path, monkeypatch):
+    """What an overflowing float16 run leaves: NaN outputs. No epoch is saved as the detector,
+    the run fails with the reason, and no resume point of it is kept."""
+    from helpers.training import loop
+
+    original = loop.predict_logits
+    monkeypatch.setattr(loop, "predict_logits",
+                        lambda *a, **k: original(*a, **k) * float("nan"))
+    with pytest.raises(loop.NonFiniteModelError, match="validation outputs were NaN or infinite, "
+                                                       "so no detector was saved"):
+        fit(tiny_cache, quick(epochs=2), out_dir=tmp_path / "nan", progress=False)
+    assert not (tmp_path / "nan" / "fast.pt").exists()
+    assert not (tmp_path / "nan" / "fast.last.pt").exists()
