@@ -144,10 +144,12 @@ def source_fingerprint(source: Path) -> str:
 
     - folder: each entry's path and size and a digest of its content
       (:func:`helpers.data.entries.sampled_digest`: all of a file up to 192 kB, else 64 kB at
-      its start, middle and end), or its reason; one read of every small file;
+      its start, middle and end), or its reason. CIFAKE's 120,000 files extracted: 3.9 s with
+      the files in the page cache (names and sizes alone took 2.0 s);
     - zip: each member's name, size and CRC-32 (stored in the archive's directory, so a
-      check reads no member: CIFAKE's 120,000 in about half a second);
-    - any other file (a tar archive): its size and a digest of all its bytes.
+      check reads no member: CIFAKE's 120,000 in 0.9 s, as before);
+    - any other file (a tar archive): its size and a digest of all its bytes (about a
+      second per GB).
 
     Names enter as their bytes, so names that are not UTF-8 count like any other.
     """
