@@ -163,3 +163,20 @@ def test_empty_special_and_huge_non_image_files_are_reasons(tmp_path, monkeypatc
                        "pipe.png": "not a regular file (a FIFO)",
                        "movie.jpg": "not an image file (Pillow cannot identify it)",
                        "folder.jpg": "not a regular file (a folder)"}
+
+
+def test_decode_file_holds_its_bytes_and_pixels_under_the_budget_once(tmp_path, monkeypatch):
+    holds = []
+
+    class Recording(image_cost.DecodeBudget):
+        def hold(self, amount):
+            holds.append(amount)
+            return super().hold(amount)
+
+    monkeypatch.setattr(images, "DECODE_BUDGET", Recording(1 << 30))
+    path = tmp_path / "p.png"
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(path)
+    decode_file(path, 32)
+    assert holds == [path.stat().st_size + image_cost.decode_cost(64, 48, "RGB")]
+    decode(path.read_bytes(), 32)  # bytes already in memory: their pixels only
+    assert holds[1:] == [image_cost.decode_cost(64, 48, "RGB")]

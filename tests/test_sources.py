@@ -172,3 +172,24 @@ def test_the_fingerprint_ignores_times_and_samples_large_files(tmp_path):
     assert sources.source_fingerprint(root) != with_big
     shutil.rmtree(root / "real")
     assert sources.source_fingerprint(root) != first
+
+
+def test_a_zip_with_unix_links_reads_like_what_unzip_creates(tmp_path):
+    """zip -y stores a link as a member whose data is the target's path: followed inside the
+    archive (a file, a folder), a loop or a dangling target reported."""
+    import stat
+
+    _save(tmp_path / "a.png", 3)
+    data = (tmp_path / "a.png").read_bytes()
+    path = tmp_path / "links.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("store/a.png", data)
+        for name, target in (("alias.png", "store/a.png"), ("linked", "store"), ("store/loop", ".."),
+                             ("gone.png", "store/missing.png")):
+            info = zipfile.ZipInfo(name)
+            info.create_system, info.external_attr = 3, (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, target)
+    found = {name: read.problem or read() for name, read in sources.iter_source(path)}
+    assert found["alias.png"] == found["linked/a.png"] == found["store/a.png"] == data
+    assert found["store/loop"].startswith("symbolic link loop")
+    assert found["gone.png"] == "broken symbolic link (its target store/missing.png is not in the archive)"

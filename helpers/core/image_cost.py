@@ -115,19 +115,24 @@ def file_problem(st: os.stat_result, max_file_bytes: int) -> str | None:
     return None
 
 
-def identified(file) -> bool:
-    """Whether Pillow identifies an open binary file from its header (a PNG, JPEG or WebP
-    signature counts: why such a file fails is told from the whole file). Leaves it at 0."""
+def header(file) -> tuple[bool, int]:
+    """What an open binary file's header says, before it is read whole: whether Pillow
+    identifies it (a PNG, JPEG or WebP signature counts: why such a file fails is told from the
+    whole file) and the :func:`decode_cost` of its pixels (0 when unknown). Leaves it at 0."""
     head = file.read(16)
     file.seek(0)
-    if head.startswith((b"\x89PNG", b"\xff\xd8\xff")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return True
+    signed = head.startswith((b"\x89PNG", b"\xff\xd8\xff")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
     try:
-        Image.open(file).close()
+        with Image.open(file) as img:
+            return True, decode_cost(img.width, img.height, img.mode)
     except UnidentifiedImageError:
-        return False
+        return signed, 0
     except Exception:  # noqa: BLE001 - identified but refused: decoding says why
-        return True
+        return True, 0
     finally:
         file.seek(0)
-    return True
+
+
+def identified(file) -> bool:
+    """Whether Pillow identifies an open binary file from its header (:func:`header`)."""
+    return header(file)[0]

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -54,6 +55,7 @@ from .image_cost import (  # noqa: F401
     cost_problem,
     decode_cost,
     file_problem,
+    header,
     identified,
 )
 from .paths import printable
@@ -257,12 +259,18 @@ def _open(data: bytes) -> Image.Image:
         raise _Refused(f"corrupt or truncated image ({_describe(err)})") from None
 
 
+#: Set in a thread while :func:`decode_file` holds the budget for its file's bytes and pixels.
+_BUDGET_HELD = threading.local()
+
+
 def _decode(data: bytes, size: int, jpeg_quality: int | None) -> tuple[np.ndarray, ImageInfo]:
     """:func:`decode`'s stages; each failure is raised as :class:`_Refused` with its reason."""
     with _open(data) as img:
         problem = cost_problem(img, data, MAX_PIXELS)
         if problem:
             raise _Refused(problem, final=True)
+        if getattr(_BUDGET_HELD, "active", False):  # decode_file holds it for the whole file
+            return _pixels(img, size, jpeg_quality)
         with DECODE_BUDGET.hold(decode_cost(img.width, img.height, img.mode)):
             return _pixels(img, size, jpeg_quality)
 
@@ -331,7 +339,10 @@ def decode_file(path, size: int, jpeg_quality: int | None = None) -> tuple[np.nd
     """:func:`decode` for a file on disk; an unreadable, missing, empty, special or oversized
     file is a :class:`BadImageError` too, and a file over ``SNIFF_BYTES`` that Pillow does not
     identify from its header is refused without being read whole (a video in a folder of
-    photos costs a header). The name in messages is escaped (:func:`helpers.core.paths.printable`)."""
+    photos costs a header). The file's bytes and its pixels are held under one
+    :data:`DECODE_BUDGET` while it is read and decoded (estimated from its header), so threads
+    reading large files at once wait for each other. The name in messages is escaped
+    (:func:`helpers.core.paths.printable`)."""
 
     name = printable(path)
     try:
@@ -340,9 +351,15 @@ def decode_file(path, size: int, jpeg_quality: int | None = None) -> tuple[np.nd
         if problem:
             raise BadImageError(f"{name}: {problem}")
         with open(path, "rb") as file:
-            if st.st_size > SNIFF_BYTES and not identified(file):
+            known, cost = header(file)
+            if st.st_size > SNIFF_BYTES and not known:
                 raise BadImageError(f"{name}: not an image file (Pillow cannot identify it)")
-            data = file.read()
+            with DECODE_BUDGET.hold(st.st_size + cost):
+                data = file.read()
+                _BUDGET_HELD.active = True
+                try:
+                    return decode(data, size, name, jpeg_quality)
+                finally:
+                    _BUDGET_HELD.active = False
     except OSError as err:
         raise BadImageError(f"{name}: cannot read file ({err.strerror})") from None
-    return decode(data, size, name, jpeg_quality)

@@ -118,32 +118,42 @@ def _clean(name: str) -> str:
     return posixpath.normpath(name.lstrip("/")).removeprefix("./")
 
 
-def tar_entries(members: list[tarfile.TarInfo]) -> list[tuple[str, tarfile.TarInfo | str]]:
-    """``(path, regular member holding its bytes, or the reason it cannot be read)`` of what
-    ``tar -x`` would create from ``members``, sorted by path; folders are not entries. A hard
-    link or a symbolic link to a file is read from the member it names."""
-    files = {_clean(m.name): m for m in members if m.isfile()}
-    out: list[tuple[str, tarfile.TarInfo | str]] = list(files.items())
-    for m in members:
-        if m.islnk():
-            target = files.get(_clean(m.linkname))
-            out.append((_clean(m.name), target or f"hard link to {m.linkname}, which is not in the archive"))
-    files = {name: member for name, member in out if not isinstance(member, str)}
-    folders = {_clean(m.name) for m in members if m.isdir()}
-    folders |= {str(p) for m in members for p in PurePosixPath(_clean(m.name)).parents}
-    out += [(_clean(m.name), f"not a regular file (a {'FIFO' if m.isfifo() else 'device'})")
-            for m in members if m.isfifo() or m.isdev()]
-    for link in (m for m in members if m.issym()):
-        name = _clean(link.name)
-        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), link.linkname))
+def resolve_links(pairs: list[tuple[str, object]], links: dict[str, str]) -> list[tuple[str, object]]:
+    """``(path, member or reason)`` of an archive's files and symbolic links, as unpacking it
+    would give them: ``pairs`` are ``(clean path, member)`` of its files (a name stored twice
+    stays twice, as before), ``links`` map a link's path to its target as stored. A link to a file reads that file; a link to a folder gives the folder's
+    files under the link's path; a link to a folder above it is a loop; others are broken."""
+    files = dict(pairs)
+    out: list[tuple[str, object]] = list(pairs)
+    folders = {str(p) for name in (*files, *links) for p in PurePosixPath(name).parents}
+    for name, stored in links.items():
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), stored))
         if target in files:
             out.append((name, files[target]))
-        elif target in folders and (name == target or name.startswith(target + "/") or target == "."):
+        elif target in folders and (target == "." or name.startswith(target + "/")):
             out.append((name, (f"symbolic link loop: it points back to {target}/, a folder above "
                               "it, which is read once")))
         elif target in folders:
             out += [(name + rel[len(target):], member) for rel, member in files.items()
                     if rel.startswith(target + "/")]
         else:
-            out.append((name, f"broken symbolic link (its target {link.linkname} is not in the archive)"))
+            out.append((name, f"broken symbolic link (its target {stored} is not in the archive)"))
     return sorted(out, key=lambda item: item[0])
+
+
+def tar_entries(members: list[tarfile.TarInfo]) -> list[tuple[str, tarfile.TarInfo | str]]:
+    """``(path, regular member holding its bytes, or the reason it cannot be read)`` of what
+    ``tar -x`` would create from ``members``, sorted by path; folders are not entries. A hard
+    link reads the member it names; symbolic links as :func:`resolve_links` follows them."""
+    files = {_clean(m.name): m for m in members if m.isfile()}
+    specials = [(_clean(m.name), f"not a regular file (a {'FIFO' if m.isfifo() else 'device'})")
+                for m in members if m.isfifo() or m.isdev()]
+    for m in members:
+        if m.islnk():
+            target = files.get(_clean(m.linkname))
+            if target is None:
+                specials.append((_clean(m.name), f"hard link to {m.linkname}, which is not in the archive"))
+            else:
+                files[_clean(m.name)] = target
+    links = {_clean(m.name): m.linkname for m in members if m.issym()}
+    return sorted(resolve_links(list(files.items()), links) + specials, key=lambda item: item[0])

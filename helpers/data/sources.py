@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import stat
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from ..core.images import IMAGE_SUFFIXES, MAX_FILE_BYTES, BadImageError
 from ..core.repro import fingerprint_bytes
 from .datasets import CLASS_NAMES, DatasetSpec, DataUnavailableError, get_spec
 from .demo import MakeFakes, build_demo
-from .entries import Entry, hidden, sampled_digest, tar_entries, walk_folder
+from .entries import Entry, hidden, resolve_links, sampled_digest, tar_entries, walk_folder
 
 #: A Kaggle download holding fewer than this share of the published image files is refused.
 MIN_DOWNLOADED_SHARE = 0.99
@@ -74,11 +75,10 @@ def iter_source(source: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
             yield entry.rel, _Reader(entry.problem, lambda e=entry: _read_entry(e))
     elif zipfile.is_zipfile(source):
         with _listing(source), zipfile.ZipFile(source) as archive:
-            members = sorted(((zip_member_name(m), m) for m in archive.infolist()),
-                             key=lambda item: item[0])
-            for name, member in members:
-                if not _skip_member(name) and not name.endswith("/"):
-                    yield name, (lambda m=member: _read_limited(m.file_size, lambda: archive.read(m)))
+            for name, member in _zip_entries(archive):
+                if not _skip_member(name):
+                    yield name, _Reader(member if isinstance(member, str) else None,
+                                        lambda m=member: _read_zip(archive, m))
     elif source.is_file() and tarfile.is_tarfile(source):
         with _listing(source), tarfile.open(source) as archive:
             for name, member in tar_entries(archive.getmembers()):
@@ -107,6 +107,27 @@ def _read_entry(entry: Entry) -> bytes:
     if entry.problem:
         raise BadImageError(entry.problem)
     return _read_limited(entry.path.stat().st_size, entry.path.read_bytes)
+
+
+def _zip_link(member: zipfile.ZipInfo) -> bool:
+    """A symbolic link stored by a Unix zip tool (``zip -y``): its data is the target's path."""
+    return member.create_system == 3 and stat.S_ISLNK(member.external_attr >> 16)
+
+
+def _zip_entries(archive: zipfile.ZipFile) -> list[tuple[str, zipfile.ZipInfo | str]]:
+    """``(path, member or reason)`` of what unzip creates, sorted: folders are not entries,
+    symbolic links are followed inside the archive (:func:`helpers.data.entries.resolve_links`)."""
+    members = [(zip_member_name(m), m) for m in archive.infolist()]
+    files = [(name, m) for name, m in members if not name.endswith("/") and not _zip_link(m)]
+    links = {name: archive.read(m)[:4096].decode("utf-8", "surrogateescape")
+             for name, m in members if _zip_link(m)}
+    return resolve_links(files, links)
+
+
+def _read_zip(archive: zipfile.ZipFile, member: zipfile.ZipInfo | str) -> bytes:
+    if isinstance(member, str):
+        raise BadImageError(member)
+    return _read_limited(member.file_size, lambda: archive.read(member))
 
 
 def _read_tar(archive: tarfile.TarFile, member: tarfile.TarInfo | str) -> bytes:
