@@ -240,3 +240,33 @@ def test_files_with_malformed_metadata_and_odd_names_are_classified(results_tree
     assert len([m for m in at.metric if m.label == "P(AI-generated)"]) == 3
     assert "malformed metadata, decoded without it" in texts(at.warning)
     assert r"my \*best\* \[shot\] \$1.png" in texts(at.subheader)
+
+
+def test_a_nan_detector_says_it_is_broken_and_a_thin_strip_is_refused(results_tree, uploads):
+    """No verdict from a broken model (one BatchNorm variance NaN, what an overflowing float16
+    run leaves), and the upload limit follows predict's rules (a 1x300,000 strip of 1 kB)."""
+    from tests.test_image_cost import strip
+    from tests.test_predict import nan_checkpoint
+
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    upload(at, [("strip.png", strip(300_000)), ("photo.jpg", uploads["photo.jpg"])])
+    assert not at.exception, at.exception
+    errors = texts(at.error)
+    assert "strip.png: too thin to classify (300000x1" in errors and "Crop or re-save it" in errors
+    assert len([m for m in at.metric if m.label == "P(AI-generated)"]) == 1
+
+    checkpoint = results_tree["checkpoint"]
+    saved = checkpoint.read_bytes()
+    try:
+        nan_checkpoint(checkpoint, checkpoint)
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+        upload(at, [("photo.jpg", uploads["photo.jpg"])])
+    finally:
+        checkpoint.write_bytes(saved)
+    assert not at.exception, at.exception
+    errors = texts(at.error)
+    assert "This detector is broken: it gives NaN instead of a probability" in errors
+    assert "photo.jpg: no verdict: the detector returned nan" in errors
+    assert "Choose another checkpoint" in errors
+    assert not [m for m in at.metric if m.label == "P(AI-generated)"]
+    assert not [m for m in at.markdown if str(m.value).startswith("**Verdict:")]

@@ -171,15 +171,24 @@ def test_identical_pixels_across_splits_are_removed_from_evaluation(project_dirs
     src = tiny_cifake / "train" / "FAKE" / "fake000.png"
     shutil.copy(src, tiny_cifake / "test" / "FAKE" / "copy_of_train.png")
     shutil.copy(src, tiny_cifake / "test" / "REAL" / "mislabelled_copy.png")
+    shutil.copy(tiny_cifake / "train" / "REAL" / "real001.png", tiny_cifake / "test" / "REAL" / "leak.png")
     cache = prepare("cifake", tiny_cifake, progress=False)
     removed = set(cache.files[cache.split == DROPPED])
-    assert {"test/FAKE/copy_of_train.png", "test/REAL/mislabelled_copy.png"} <= removed
-    report = cache.report()
-    reasons = report.set_index("file").loc["test/REAL/mislabelled_copy.png", "reason"]
-    assert "identical" in reasons and "OTHER label" in reasons
+    assert {"test/REAL/leak.png", "test/FAKE/copy_of_train.png", "test/REAL/mislabelled_copy.png",
+            "train/FAKE/fake000.png"} == removed
+    reasons = cache.report().set_index("file")["reason"]
+    assert reasons["test/REAL/leak.png"] == ("removed from test: pixels identical to train file "
+                                             "train/REAL/real001.png")
+    # the same pixels under both labels: a contradiction, removed from every split, named
+    for name, part in (("test/REAL/mislabelled_copy.png", "test"), ("train/FAKE/fake000.png", "train")):
+        assert reasons[name].startswith(f"removed from {part}: contradiction, pixels identical "
+                                        "under both labels: ")
+        assert "test/REAL/mislabelled_copy.png (REAL)" in reasons[name]
     test_hashes = {img.tobytes() for img in cache.part("test")[0]}
     assert not test_hashes & {img.tobytes() for img in cache.part("train")[0]}
-    assert cache.meta["n_removed_leakage"] == 2
+    assert cache.meta["n_removed_leakage"] == 4 and cache.meta["n_contradictions"] == 3
+    protocols = cache.test_protocols()  # the clean protocol holds none of them
+    assert not set(cache.files[protocols["clean"]]) & removed
 
 
 # ---------------------------------------------------------------- bad files

@@ -428,3 +428,21 @@ def test_describe_colour_check_follows_the_numbers(right_where_misled, finding):
     p[right_where_misled:60] = 1 - p[right_where_misled:60]  # detector wrong on some of them
     table = colour_check(SimpleNamespace(name="m", y_true=y, p_fake=p, threshold=0.5), colour_p, n_bootstrap=500)
     assert finding in describe_colour_check(table)
+
+
+def test_a_detector_that_outputs_nan_fails_the_evaluation(detector):
+    """Notebook 05 scores through evaluate_detector: a NaN model (one BatchNorm variance NaN,
+    as an overflowing float16 run leaves it) stops the evaluation with the reason, never
+    scoring it as a detector that calls everything REAL."""
+    import torch
+
+    from helpers.evaluation.compare import BrokenDetectorError, evaluate_detector
+
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    labels, files = np.array([0, 1] * 4), [f"{i}.png" for i in range(8)]
+    assert len(evaluate_detector(detector, images, labels, files, n_bootstrap=10).p_fake) == 8
+    with torch.no_grad():
+        bn = next(m for m in detector.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        bn.running_var[0] = float("nan")
+    with pytest.raises(BrokenDetectorError, match=r"fast \(.*fast\.pt\): 8 of 8 test images get a NaN"):
+        evaluate_detector(detector, images, labels, files, n_bootstrap=10)

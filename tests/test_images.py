@@ -117,7 +117,7 @@ def test_damaged_pixel_data_is_not_mistaken_for_metadata():
 
 
 def test_a_mode_that_cannot_be_converted_is_the_files_reason(monkeypatch):
-    def refuse(img):
+    def refuse(img, kind=None):
         raise ValueError(f"conversion from {img.mode} to RGB not supported")
 
     monkeypatch.setattr(images, "to_rgb", refuse)
@@ -150,7 +150,7 @@ def test_special_and_unreadable_files_are_reasons_not_crashes(tmp_path):
     import os
 
     os.mkfifo(tmp_path / "pipe.jpg")  # opening it would block for ever
-    with pytest.raises(BadImageError, match="pipe.jpg: not a regular file"):
+    with pytest.raises(BadImageError, match="pipe.jpg: not a regular file \\(a FIFO\\)"):
         images.decode_file(tmp_path / "pipe.jpg", 32)
     with pytest.raises(BadImageError, match="missing.jpg: cannot read file"):
         images.decode_file(tmp_path / "missing.jpg", 32)
@@ -319,3 +319,21 @@ def test_a_jpeg_that_pillow_calls_mpo_is_a_jpeg():
     plain_array, plain = decode(encode(img, "JPEG", quality=80), 32)
     assert info.format == "JPEG" and info.jpeg_quality == 80
     assert info.qtables_id == plain.qtables_id and np.array_equal(array, plain_array)
+
+
+def test_32_bit_integer_images_are_scaled_by_their_types_range_with_a_note():
+    """A 32-bit integer TIFF (Pillow's mode I) was clipped at 65535: almost every pixel white.
+    Now 0..2**31-1 maps to 0..255 like 16-bit images (negative values 0), and a note says so;
+    16-bit files Pillow opens as mode I (PGM) keep the 16-bit scale, without a note."""
+    values = np.tile(np.array([-5, 0, 1 << 23, 1 << 30, (1 << 31) - 1], np.int32), (32, 7))[:, :32]
+    data = encode(Image.fromarray(values, "I"), "TIFF")
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.mode == "I" and images.integer_type(opened) == (32, True)
+    array, info = decode(data, 32)
+    assert array[0, :5, 0].tolist() == [0, 0, 1, 128, 255]
+    assert info.notes and info.notes[0].startswith("32-bit signed integer pixels scaled by the type's range")
+    pgm = grey16(np.full((32, 32), 32768), "PPM")
+    with Image.open(io.BytesIO(pgm)) as opened:
+        assert opened.mode == "I" and images.integer_type(opened) == (16, False)
+    array, info = decode(pgm, 32)
+    assert (array == 128).all() and info.notes == ()

@@ -66,17 +66,18 @@ def test_predict_files_folder_and_corrupt(results_tree, images, tmp_path, capsys
     table = pd.read_csv(out)
     assert list(table.columns) == predict.COLUMNS
     names = [p.rsplit("/", 1)[-1] for p in table["file"]]
-    assert names == ["photo.jpg", "alpha.png", "gray.png", "corrupt.jpg", "big.bmp", "small.webp"]
+    assert names == ["photo.jpg", "alpha.png", "gray.png", "corrupt.jpg", "big.bmp", "small.webp",
+                     "notes.txt"]  # every entry of the folder accounted for
     good = _ok(table)
     assert len(good) == 5 and good["p_fake"].between(0, 1).all()
     threshold = Detector.load(results_tree["checkpoint"]).threshold  # chosen on validation
     assert (good["label"] == np.where(good["p_fake"] >= threshold, "FAKE", "REAL")).all()
-    bad = table[table["error"].notna()]
-    assert bad["file"].str.endswith("corrupt.jpg").all() and len(bad) == 1
-    assert bad["p_fake"].isna().all()
+    bad = table[table["error"].notna()].set_index("file")["error"]
+    assert [f.rsplit("/", 1)[-1] for f in bad.index] == ["corrupt.jpg", "notes.txt"]
+    assert table.loc[table["error"].notna(), "p_fake"].isna().all()
     printed = capsys.readouterr().out
-    assert "1 of 6 could not be classified" in printed and "corrupt.jpg: corrupt" in printed
-    assert "photo.jpg" in printed and "notes.txt" not in printed
+    assert "2 of 7 could not be classified" in printed and "corrupt.jpg: corrupt" in printed
+    assert "notes.txt: not an image file (suffix .txt; Pillow cannot identify it)" in printed
 
 
 @pytest.mark.slow
@@ -91,7 +92,7 @@ def test_predict_default_model_and_exit_codes(results_tree, images, tmp_path, ca
                          "--dataset", "cifake", "--device", "cpu"])
     printed = capsys.readouterr().out
     assert code == predict.EXIT_SOME_FAILED
-    assert "nope.png: no such file or folder" in printed and "holds no image files" in printed
+    assert "nope.png: no such file or folder" in printed and "empty: folder holds no files" in printed
     # no model for the dataset, a missing checkpoint, a foreign checkpoint, bad usage: exit 2
     assert predict.main([*good, "--dataset", "demo"]) == predict.EXIT_USAGE
     assert predict.main([*good, "--model", str(tmp_path / "missing.pt")]) == predict.EXIT_USAGE
@@ -139,7 +140,9 @@ def test_expand_paths(images, tmp_path):
     files, problems = predict.expand_paths([images / "album", images / "photo.jpg",
                                             tmp_path / "missing.gif"])
     assert [f.name for f in files] == ["big.bmp", "small.webp", "photo.jpg"]
-    assert problems == [(str(tmp_path / "missing.gif"), "no such file or folder")]
+    assert problems == [(str(images / "album" / "notes.txt"),
+                         "not an image file (suffix .txt; Pillow cannot identify it)"),
+                        (str(tmp_path / "missing.gif"), "no such file or folder")]
 
 
 def test_help_states_the_preprocessing_rule(capsys):
@@ -238,7 +241,125 @@ def test_a_folder_of_good_files_and_every_bad_kind(results_tree, images, tmp_pat
     assert reasons["truncated.jpg"].startswith("corrupt or truncated image")
     assert reasons["notes.png"].startswith("not an image file")
     assert reasons["wide.png"].startswith("too large to decode safely (15000x12100")
-    assert reasons["pipe.jpg"] == "not a regular file" and len(reasons) == 4
+    assert reasons["pipe.jpg"] == "not a regular file (a FIFO)" and len(reasons) == 4
     printed = capsys.readouterr().out
     assert "4 of 10 could not be classified" in printed and "caf\\xe9.jpg" in printed
     assert "note: malformed metadata" in printed
+
+
+def _wild_folder(root, photo: bytes):
+    """Files from the wild, second round: good files in every suffix Pillow decodes, a 32-bit
+    TIFF, a linked subfolder; and every kind of entry that is not an image."""
+    import os
+
+    from tests.test_image_cost import many_scans, strip
+    from tests.test_images import encode, picture
+
+    folder, outside = root / "wild", root / "elsewhere"
+    folder.mkdir()
+    outside.mkdir()
+    (folder / "good.jpg").write_bytes(photo)
+    for suffix, fmt in ((".jfif", "JPEG"), (".jpe", "JPEG"), (".avif", "AVIF"), (".jp2", "JPEG2000")):
+        (folder / f"phone{suffix}").write_bytes(encode(picture(), fmt))
+    (folder / "int32.tif").write_bytes(encode(Image.fromarray(
+        np.full((32, 32), 1 << 30, np.int32), "I"), "TIFF"))
+    (outside / "linked.png").write_bytes(encode(picture(), "PNG"))
+    os.symlink(outside, folder / "album")  # a linked subfolder: followed
+    os.symlink(".", folder / "loop")  # points back to the folder itself
+    (folder / "strip.png").write_bytes(strip(300_000))
+    (folder / "scans.jpg").write_bytes(many_scans(150))
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "folder.jpg").mkdir()
+    os.symlink("gone.png", folder / "dangling.png")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.mark.slow
+def test_a_folder_of_every_second_round_kind(results_tree, images, tmp_path, capsys):
+    folder = _wild_folder(tmp_path, (images / "photo.jpg").read_bytes())
+    out = tmp_path / "table.csv"
+    code = predict.main([str(folder), "--csv", str(out), "--model", str(results_tree["checkpoint"]),
+                         "--device", "cpu"])
+    assert code == predict.EXIT_SOME_FAILED
+    table = pd.read_csv(out).set_index("file")
+    table.index = [f[len(str(folder)) + 1:] for f in table.index]
+    good = ["good.jpg", "phone.jfif", "phone.jpe", "phone.avif", "phone.jp2", "int32.tif",
+            "album/linked.png"]
+    assert table.loc[good, "error"].isna().all() and table.loc[good, "p_fake"].between(0, 1).all()
+    assert table.loc["int32.tif", "note"].startswith("32-bit signed integer pixels scaled")
+    reasons = table["error"].dropna().to_dict()
+    assert reasons.pop("strip.png").startswith("too thin to classify (300000x1")
+    assert reasons.pop("scans.jpg").startswith("too costly to decode safely (a JPEG of 1")
+    assert reasons.pop("loop").startswith("symbolic link loop: it points back to the top folder")
+    assert reasons == {"empty.jpg": "empty file (0 bytes)",
+                       "folder.jpg": "a folder named like an image file, holding no files",
+                       "dangling.png": "broken symbolic link (its target gone.png does not exist)",
+                       "pipe.jpg": "not a regular file (a FIFO)",
+                       "notes.txt": "not an image file (suffix .txt; Pillow cannot identify it)"}
+    assert "8 of 15 could not be classified" in capsys.readouterr().out
+
+
+_PREDICT_PEAK = """
+import resource, subprocess, sys
+subprocess.run([sys.executable, "-m", "helpers.tools.predict", *sys.argv[1:], "--device", "cpu"],
+               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_predict_on_the_wild_folder_stays_within_a_small_images_memory(results_tree, images, tmp_path):
+    """The stated bound: a folder of every kind costs what one small photo costs, plus 150 MB
+    (the strip alone cost 1.5 GB more before; peak RSS of fresh processes)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    folder = _wild_folder(tmp_path, (images / "photo.jpg").read_bytes())
+    (folder / "pipe.jpg").unlink()  # nothing would write to it
+
+    def peak(*paths) -> int:
+        out = subprocess.run([sys.executable, "-c", _PREDICT_PEAK, *map(str, paths), "--model",
+                              str(results_tree["checkpoint"])], capture_output=True, text=True,
+                             check=True, cwd=ROOT)
+        return int(out.stdout.split()[-1])
+
+    assert peak(folder) < peak(images / "photo.jpg") + 150 * 1024
+
+
+def test_a_score_that_is_not_finite_is_an_error_never_a_verdict():
+    table = predict._table(["a.png", "b.png", "c.png", "d.png"], np.array([0.7, np.nan, np.inf, np.nan]),
+                           [None, None, None, "corrupt"], 0.5)
+    assert table["label"].tolist()[:1] == ["FAKE"] and table["label"].iloc[1:].isna().all()
+    assert table["error"].iloc[1].startswith("no verdict: the detector returned nan instead of a "
+                                             "probability (a broken model")
+    assert table["error"].iloc[2].startswith("no verdict: the detector returned inf")
+    assert table["error"].iloc[3] == "corrupt" and table["p_fake"].iloc[1:].isna().all()
+
+
+def nan_checkpoint(checkpoint, out):
+    """What an overflowing float16 run leaves: one BatchNorm running variance set to NaN (the
+    bad-inputs example 24)."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    key = next(k for k in ckpt["state_dict"] if k.endswith("running_var"))
+    ckpt["state_dict"][key] = ckpt["state_dict"][key].clone()
+    ckpt["state_dict"][key][0] = float("nan")
+    torch.save(ckpt, out)
+    return out
+
+
+@pytest.mark.slow
+def test_a_nan_detector_gives_no_verdict_and_exit_1(results_tree, images, tmp_path, capsys):
+    broken = nan_checkpoint(results_tree["checkpoint"], tmp_path / "nan.pt")
+    out = tmp_path / "table.csv"
+    code = predict.main([str(images / "photo.jpg"), str(images / "gray.png"), "--model", str(broken),
+                         "--csv", str(out), "--device", "cpu"])
+    assert code == predict.EXIT_SOME_FAILED
+    table = pd.read_csv(out)
+    assert table["label"].isna().all() and table["p_fake"].isna().all()
+    assert table["error"].str.startswith("no verdict: the detector returned nan").all()
+    printed = capsys.readouterr().out
+    assert "REAL" not in printed and "2 of 2 could not be classified" in printed

@@ -277,3 +277,18 @@ def test_ddp_sets_each_gpu_before_nccl_and_waits_for_the_cache_past_nccls_timeou
     calls.clear()
     cli.init_distributed("cpu")  # gloo for training too, no GPU touched
     assert calls[0] == ("init", {"backend": "gloo", "device_id": None})
+
+
+def test_a_model_whose_validation_outputs_are_nan_is_never_saved(tiny_cache, tmp_path, monkeypatch):
+    """What an overflowing float16 run leaves: NaN outputs. No epoch is saved as the detector,
+    the run fails with the reason, and no resume point of it is kept."""
+    from helpers.training import loop
+
+    original = loop.predict_logits
+    monkeypatch.setattr(loop, "predict_logits",
+                        lambda *a, **k: original(*a, **k) * float("nan"))
+    with pytest.raises(loop.NonFiniteModelError, match="validation outputs were NaN or infinite, "
+                                                       "so no detector was saved"):
+        fit(tiny_cache, quick(epochs=2), out_dir=tmp_path / "nan", progress=False)
+    assert not (tmp_path / "nan" / "fast.pt").exists()
+    assert not (tmp_path / "nan" / "fast.last.pt").exists()

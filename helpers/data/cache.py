@@ -14,7 +14,6 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from ..core import paths
@@ -23,8 +22,9 @@ from ..core.repro import environment_fingerprint, fingerprint_bytes, write_json
 from .datasets import CLASS_NAMES, DROPPED, SPLITS, DatasetError, DatasetSpec, get_spec
 from .demo import MakeFakes
 from .sources import classify_path, iter_source, layout_root, locate, source_fingerprint
+from .split import assign_split, check_counts, minimum_text, remove_leakage, split_counts
 
-CACHE_VERSION = 3  # bump whenever the decoding rule or the cache layout changes
+CACHE_VERSION = 4  # bump whenever the decoding rule or the cache layout changes
 
 
 @dataclass
@@ -164,6 +164,9 @@ def _decode_all(spec: DatasetSpec, raw: Path, size: int, progress: bool) -> _Dec
                           disable=not progress, mininterval=1.0):
         name = paths.printable(rel)
         label, split = classify_path(rel, spec)
+        if getattr(read, "problem", None):  # a link loop, a dangling link, a FIFO: its reason
+            skipped.append((name, read.problem))
+            continue
         if label is None:
             skipped.append((name, "not inside a class folder (REAL/FAKE, real/ai-...)"))
             continue
@@ -281,86 +284,6 @@ def check_classes(spec: DatasetSpec, raw: Path, records: pd.DataFrame,
         "DATA_SOURCE at a copy in the dataset's own layout.")
 
 
-def split_counts(labels: np.ndarray, split: np.ndarray) -> dict[str, dict[str, int]]:
-    """Images per split and class, ``{split: {class: n}}`` (removed duplicates not counted)."""
-    return {s: {c: int(((split == i) & (labels == k)).sum()) for k, c in enumerate(CLASS_NAMES)}
-            for i, s in enumerate(SPLITS)}
-
-
-def check_counts(counts: dict[str, dict[str, int]], where: str,
-                 splits: tuple[str, ...] = SPLITS) -> None:
-    """Raise :class:`DatasetError` when one of ``splits`` lacks a class: a detector trained,
-    selected or tested on one class says nothing."""
-    empty = [f"{s} has no {c} image" for s in splits for c in CLASS_NAMES
-             if not counts.get(s, {}).get(c)]
-    if empty:
-        table = "; ".join(f"{s} " + " / ".join(f"{counts.get(s, {}).get(c, 0):,} {c}"
-                                               for c in CLASS_NAMES) for s in SPLITS)
-        raise DatasetError(
-            f"{where}: {', '.join(empty)} ({table}). With train/ and test/ folders each must "
-            "hold both classes; without them every class needs at least 3 images (one per "
-            "split). Nothing was trained or saved.")
-
-
-def _stratified(pool: np.ndarray, labels: np.ndarray, size: float, seed: int):
-    """sklearn's stratified split of ``pool``; a fraction too small to hold one image of
-    each class becomes exactly one of each (tiny datasets), other splits are unchanged."""
-
-    classes = len(np.unique(labels[pool]))
-    test_size = classes if np.ceil(size * len(pool)) < classes else size
-    return train_test_split(pool, test_size=test_size, random_state=seed, stratify=labels[pool])
-
-
-def assign_split(labels: np.ndarray, official: np.ndarray | None, seed: int,
-                 val_fraction: float, test_fraction: float) -> np.ndarray:
-    """Split codes (0 train, 1 val, 2 test), stratified by label and deterministic in ``seed``.
-
-    With an official split, its test part is kept and validation is carved from its train
-    part; otherwise train/val/test are drawn from everything. Every split gets at least one
-    image of each class when there are enough; raises ValueError when there are not.
-    """
-    split = np.zeros(len(labels), dtype=np.int8)
-    index = np.arange(len(labels))
-    if official is not None:
-        split[official == "test"] = 2
-        pool = index[official != "test"]
-    else:
-        pool, test = _stratified(index, labels, test_fraction, seed)
-        split[test] = 2
-    val_size = val_fraction / (1 - (0 if official is not None else test_fraction))
-    _, val = _stratified(pool, labels, val_size, seed)
-    split[val] = 1
-    return split
-
-
-def remove_leakage(images: np.ndarray, labels: np.ndarray, split: np.ndarray,
-                   files: np.ndarray) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """Drop val/test images whose decoded pixels also occur in an earlier split.
-
-    Returns the new split codes and ``(file, reason)`` rows for the report. Duplicates inside
-    one split and identical pixels under both labels are reported too (and kept in train).
-    """
-    hashes = np.array([fingerprint_bytes(img) for img in images])
-    split = split.copy()
-    rows: list[tuple[str, str]] = []
-    first_seen: dict[str, int] = {}
-    # visit train, then val, then test: an evaluation image is kept only if new
-    for i in np.lexsort((np.arange(len(split)), split)):
-        h = hashes[i]
-        if h not in first_seen:
-            first_seen[h] = i
-            continue
-        j = first_seen[h]
-        clash = " (with the OTHER label)" if labels[i] != labels[j] else ""
-        if split[i] > split[j]:
-            rows.append((files[i], (f"removed from {SPLITS[split[i]]}: pixels identical to "
-                                    f"{SPLITS[split[j]]} file {files[j]}{clash}")))
-            split[i] = DROPPED
-        else:
-            rows.append((files[i], f"duplicate within {SPLITS[split[i]]} of {files[j]}{clash}"))
-    return split, rows
-
-
 def build_cache(spec: DatasetSpec, raw: Path, target: Path, image_size: int, seed: int,
                 val_fraction: float, test_fraction: float, source_fp: str,
                 progress: bool = True) -> ImageCache:
@@ -382,11 +305,14 @@ def build_cache(spec: DatasetSpec, raw: Path, target: Path, image_size: int, see
         split = assign_split(labels, official, seed, val_fraction, test_fraction)
     except ValueError as err:  # sklearn: too few images of a class to stratify
         counts = {"all": {c: int((labels == k).sum()) for k, c in enumerate(CLASS_NAMES)}}
+        rule = minimum_text(bool(has_official)).capitalize()
         raise DatasetError(f"{paths.printable(raw)}: too few images to split into train, val "
-                           f"and test ({counts['all']}; {err}). Every class needs at least 3 "
-                           "images. Nothing was trained or saved.") from None
+                           f"and test ({counts['all']}; {err}). {rule}. Nothing was trained "
+                           "or saved.") from None
+    check_counts(split_counts(labels, split), paths.printable(raw), official=bool(has_official))
     split, leak_rows = remove_leakage(images, labels, split, files)
-    check_counts(split_counts(labels, split), paths.printable(raw))
+    check_counts(split_counts(labels, split), paths.printable(raw), official=bool(has_official),
+                 removed=int((split == DROPPED).sum()))
     records["split"] = [SPLITS[s] if s >= 0 else "removed" for s in split]
 
     report = pd.DataFrame(
@@ -404,6 +330,7 @@ def build_cache(spec: DatasetSpec, raw: Path, target: Path, image_size: int, see
         "official_split": bool(has_official), "cache_version": CACHE_VERSION,
         "n_images": len(labels), "n_skipped": len(skipped),
         "n_removed_leakage": int((split == DROPPED).sum()),
+        "n_contradictions": sum(1 for _, r in leak_rows if ": contradiction," in r),
         "counts": split_counts(labels, split),
         "data_fingerprint": fingerprint_bytes(images, labels, split),
         "build_seconds": round(time.perf_counter() - start, 2),

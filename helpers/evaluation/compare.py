@@ -96,6 +96,22 @@ class ModelResult:
         return float(self.metrics["threshold"])
 
 
+class BrokenDetectorError(ValueError):
+    """A detector whose probabilities are NaN or infinite: no metric of it means anything."""
+
+
+def check_finite(detector: Detector, p_fake: np.ndarray, what: str = "test images") -> None:
+    """Raise :class:`BrokenDetectorError` unless every probability is finite: NaN >= threshold
+    is False, so a broken model would otherwise be scored as calling everything REAL."""
+    bad = int((~np.isfinite(np.asarray(p_fake, dtype=np.float64))).sum())
+    if bad:
+        raise BrokenDetectorError(
+            f"{detector.name} ({_display_path(detector.path) if detector.path else 'in memory'}): "
+            f"{bad:,} of {len(p_fake):,} {what} get a NaN or infinite probability. The model is "
+            "broken (a float16 run that overflowed leaves such weights) and is not evaluated: "
+            "train it again, or delete the checkpoint so that the others are evaluated.")
+
+
 def evaluate_detector(detector: Detector, images: np.ndarray, labels: np.ndarray,
                       files: Sequence[str], device: str = "cpu", batch_size: int | None = None,
                       threshold: float | None = None, n_bootstrap: int = 1000,
@@ -112,6 +128,7 @@ def evaluate_detector(detector: Detector, images: np.ndarray, labels: np.ndarray
     start = time.perf_counter()
     p_fake = detector.predict_proba(images, device, batch_size)
     seconds = time.perf_counter() - start
+    check_finite(detector, p_fake)
     row: dict[str, Any] = {"model": detector.name, "architecture": detector.architecture}
     threshold = detector.decision_threshold(threshold)
     row.update(classification_metrics(labels, p_fake, threshold, n_bootstrap, seed))

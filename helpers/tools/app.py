@@ -33,8 +33,11 @@ from helpers.explain.figures import overlay
 from helpers.tools import predict
 
 #: Largest file accepted, per file (Streamlit's uploader refuses bigger ones; so does the app).
+#: Within it, every upload meets ``predict``'s rules: the same decoder and the same limits on
+#: pixels, aspect ratio and JPEG scans (:mod:`helpers.core.image_cost`).
 MAX_UPLOAD_MB = 25
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp"]
+#: Every suffix Pillow decodes, as ``predict`` takes in a folder (.jfif, .avif, .jp2, ...).
+UPLOAD_TYPES = sorted(s.lstrip(".") for s in image_rule.IMAGE_SUFFIXES)
 #: Side in pixels of the enlarged model-input and overlay images (shown at their column's width).
 SHOW_PX = 224
 LABEL_TEXT = {"FAKE": "AI-generated (FAKE)", "REAL": "real photo (REAL)"}
@@ -183,6 +186,10 @@ def markdown_text(text: str) -> str:
 
 def advice(error: str) -> str:
     """What to do about a file the decoder refused (its message says why)."""
+    if error.startswith("no verdict"):
+        return "Choose another checkpoint in the sidebar, or train this one again."
+    if "too thin" in error or "too costly" in error:
+        return "Crop or re-save it as an ordinary JPEG or PNG."
     if "not an image" in error:
         return "Upload a JPEG, PNG or WebP image."
     if "too large" in error:
@@ -252,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
                                        "EigenCAM shows the layer's main activation pattern")
 
     uploads = st.file_uploader(
-        "Images (JPEG, PNG or WebP, any size)", type=UPLOAD_TYPES, accept_multiple_files=True,
+        "Images (JPEG, PNG, WebP or any format Pillow reads)", type=UPLOAD_TYPES, accept_multiple_files=True,
         max_upload_size=MAX_UPLOAD_MB, key="uploads",
         help=f"Up to {MAX_UPLOAD_MB} MB per file. Each image is scaled so its shorter side is "
              f"{detector.image_size} px and centre-cropped, exactly as in training.")
@@ -268,6 +275,10 @@ def main(argv: list[str] | None = None) -> None:
                                          device=str(device), notes=notes)
     for name, reason in refused:
         st.error(markdown_text(f"{name}: {reason}"))
+    if any(isinstance(e, str) and e.startswith("no verdict") for e in table["error"]):
+        st.error(markdown_text(f"This detector is broken: it gives NaN instead of a probability "
+                               f"({path.name}; a float16 run that overflowed leaves such a model). "
+                               "It gives no verdict on any image."))
     for row in table[table["error"].notna()].itertuples():
         st.error(markdown_text(f"{row.file}: {row.error}. {advice(row.error)}"))
 

@@ -3,13 +3,15 @@
     python -m helpers.tools.predict PATH... [--model CHECKPOINT] [--dataset NAME] [--csv OUT]
     make predict IMAGES="photo.jpg folder/" DATASET=demo
 
-PATHs are image files or folders (searched recursively for common image suffixes). Every
+PATHs are image files or folders (searched recursively, symbolic links followed; every entry
+that is not classified is listed with its reason). Every
 image goes through exactly the preprocessing of training, :func:`helpers.core.images.decode`
 (EXIF orientation, RGB conversion, the dataset's JPEG harmonisation if it has one, shorter
 side to the model's size and a centre crop).
 All images are decoded first (in threads), then classified in batches by one model load.
 
-Files that cannot be read are listed with the reason and do not stop the run; a file whose
+Files that cannot be read, and images the detector scores NaN (a broken model: no verdict), are
+listed with the reason and do not stop the run; a file whose
 malformed metadata was left out is classified, with a note saying so. File names are shown
 escaped where they are not valid text (:func:`helpers.core.paths.printable`). Exit code:
 0 all images classified, 1 some failed, 2 usage error or no usable model.
@@ -34,10 +36,12 @@ import pandas as pd
 from ..core import images as image_rule
 from ..core.accel import pick_device
 from ..core.detector import Detector, best_path
+from ..core.image_cost import identified
 from ..core.images import IMAGE_SUFFIXES, BadImageError
 from ..core.paths import printable
 from ..core.repro import atomic_path
 from ..data.datasets import CLASS_NAMES, DATASETS
+from ..data.entries import walk_folder
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 COLUMNS = ["file", "p_fake", "label", "error", "note"]
@@ -45,24 +49,56 @@ COLUMNS = ["file", "p_fake", "label", "error", "note"]
 CHUNK_IMAGES = 4096
 
 
-def expand_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files to classify and ``(input, reason)`` for inputs that give none.
+def _image_like(path: Path) -> bool:
+    """A folder's file is classified when its suffix is one Pillow decodes
+    (:data:`helpers.core.images.IMAGE_SUFFIXES`) or Pillow identifies its header."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as file:
+            return identified(file)
+    except OSError:
+        return True  # decode_file says why it cannot be read
 
-    A file is taken whatever its suffix (the decoder decides); a folder contributes every
-    file below it whose suffix is one of :data:`helpers.core.images.IMAGE_SUFFIXES`, sorted.
+
+def _folder(path: Path, shown: str) -> tuple[list[Path], list[tuple[str, str]]]:
+    files, problems = [], []
+    for entry in walk_folder(path):
+        where = path / entry.rel
+        if entry.problem:
+            problems.append((printable(where), entry.problem))
+        elif _image_like(where):
+            files.append(where)
+        else:
+            problems.append((printable(where), (f"not an image file (suffix {where.suffix or 'none'}; "
+                                               "Pillow cannot identify it)")))
+    if not files and not problems:
+        problems.append((shown, "folder holds no files"))
+    return files, problems
+
+
+def expand_paths(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files to classify and ``(entry, reason)`` for every entry that gives none.
+
+    A file named on the command line is taken whatever its suffix (the decoder decides). A
+    folder is walked as the data step walks one (:func:`helpers.data.entries.walk_folder`:
+    links followed as torchvision's ``ImageFolder`` follows them, loops reported): it
+    contributes every file Pillow can decode (by suffix, else by header), sorted, and every
+    other entry with its reason (a file Pillow cannot identify, an empty file, a folder named
+    like an image that holds nothing, a dangling link, a FIFO, a link loop). Only names
+    starting with ``.`` are passed over, as in the data step.
     """
     files: list[Path] = []
     problems: list[tuple[str, str]] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            if not found:
-                reason = f"folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
-                problems.append((printable(item), reason))
-            files.extend(found)
+            found, trouble = _folder(path, printable(item))
+            files += found
+            problems += trouble
+        elif path.is_symlink() and not path.exists():
+            problems.append((printable(item), (f"broken symbolic link (its target "
+                                              f"{printable(os.readlink(path))} does not exist)")))
         elif path.exists():
             files.append(path)
         else:
@@ -123,8 +159,19 @@ def _scores(arrays: Sequence[np.ndarray | None], detector: Detector, device: str
     return p_fake
 
 
+def no_verdict(value: float) -> str:
+    """The error of an image the detector scored NaN or infinite: a broken model, no verdict."""
+    return (f"no verdict: the detector returned {value} instead of a probability (a broken model, "
+            "e.g. one left by a float16 run that overflowed); retrain it or use another checkpoint")
+
+
 def _table(names: Sequence[str], p_fake: np.ndarray, errors: Sequence[str | None],
            threshold: float, notes: Sequence[str | None] | None = None) -> pd.DataFrame:
+    """One row per image; an image without an error whose score is not finite gets the error
+    :func:`no_verdict` (never a label: NaN >= threshold would read as REAL)."""
+    p_fake = np.asarray(p_fake, dtype=np.float64)
+    errors = [e if e or np.isfinite(p) else no_verdict(p) for p, e in zip(p_fake, errors)]
+    p_fake = np.where(np.isfinite(p_fake), p_fake, np.nan)
     labels = [None if e else CLASS_NAMES[int(p >= threshold)] for p, e in zip(p_fake, errors)]
     notes = list(notes) if notes is not None else [None] * len(names)
     return pd.DataFrame({"file": [printable(n) for n in names], "p_fake": p_fake,

@@ -96,7 +96,7 @@ def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
     logits = _logits(model, images, mean, std, config)
     loss = F.binary_cross_entropy_with_logits(logits, labels).item()
     acc = ((logits > 0).float() == labels).float().mean().item()
-    return {"val_loss": loss, "val_acc": acc}
+    return {"val_loss": loss, "val_acc": acc, "val_nonfinite": int((~torch.isfinite(logits)).sum())}
 
 
 def _resolve_cpu_amp(config: TrainConfig, size: int, device: torch.device, batch: int,
@@ -352,7 +352,9 @@ def _keep(run: _Run, done: _Progress, row: dict) -> None:
     metrics = {"val_loss": row["val_loss"], "val_acc": row["val_acc"]}
     done.rows.append(row)
     done.epoch = row["epoch"]
-    if done.best is None or validation_rank(metrics) > validation_rank(done.best):
+    if not _finite_outputs(run, row):  # never saved as the detector
+        done.bad_epochs += 1
+    elif done.best is None or validation_rank(metrics) > validation_rank(done.best):
         done.best, done.bad_epochs = {**metrics, "epoch": row["epoch"]}, 0
         done.best_state = _cpu_state(run.learner.net)
         if run.rank == 0:
@@ -399,6 +401,7 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
         if on_epoch:
             on_epoch(epoch + 1, row)
     bar.close()
+    _refuse_without_a_finite_epoch(run, done)
     if run.world > 1:
         dist.barrier()  # every process is done with last.pt before it goes
     history = pd.DataFrame(done.rows)
@@ -422,8 +425,45 @@ def _finish(run: _Run, history: pd.DataFrame) -> None:
         return
     logits = _logits(run.learner.net, run.x_val, run.batches.mean, run.batches.std, run.config)
     p_fake = torch.sigmoid(logits).double().cpu().numpy()
+    if not np.isfinite(p_fake).all():  # the best epoch's weights, restored, must still be finite
+        raise NonFiniteModelError(f"{run.ckpt_path}: the restored best model gives non-finite "
+                                  "validation outputs; its threshold was not chosen")
     detector = Detector.load(run.ckpt_path)
     detector.threshold, detector.threshold_val_acc = choose_threshold(run.y_val.cpu().numpy(), p_fake)
     detector.threshold_chosen = True
     detector.run_seconds, detector.epochs_run = float(history["seconds"].sum()), len(history)
     detector.save(run.ckpt_path)
+
+
+# --------------------------------------------------------------- no detector from a broken model
+class NonFiniteModelError(RuntimeError):
+    """Training produced no model whose validation outputs are all finite (e.g. a float16 run
+    that overflowed): nothing is saved as a detector."""
+
+
+def _finite_outputs(run: _Run, row: dict) -> bool:
+    """Whether an epoch's validation logits were all finite; says so when not."""
+    bad = int(row.get("val_nonfinite", 0))
+    if bad and run.announce:
+        print(f"epoch {row['epoch']}: {bad} of {len(run.y_val)} validation outputs are NaN or "
+              "infinite; this epoch is not saved as the detector")
+    return bad == 0
+
+
+def _refuse_without_a_finite_epoch(run: _Run, done: _Progress) -> None:
+    """Raise :class:`NonFiniteModelError` when no epoch had finite validation outputs; the
+    resume point of such a run goes too (resuming it would only continue the overflow)."""
+    if done.best is not None:
+        return
+    if run.rank == 0:
+        run.last_path.unlink(missing_ok=True)
+    raise NonFiniteModelError(
+        f"{_run_name(run)}: every epoch's validation outputs were NaN or infinite, so no "
+        f"detector was saved ({run.ckpt_path} not written). A float16/bfloat16 run that "
+        "overflowed leaves such a model: train again in float32 (amp=False, cpu_amp=False) or "
+        "with a lower learning rate.")
+
+
+def _run_name(run: _Run) -> str:
+    return f"{run.config.model} on {run.config.dataset}"
+
