@@ -16,18 +16,20 @@ from helpers.data.cache import prepare
 from helpers.gan.augment import diff_augment, parse_policy
 from helpers.gan.export import export_dir, export_images, load_exported, verify_export
 from helpers.gan.networks import RECIPES, Discriminator, FastGenerator, GANConfig, Generator, recipe_config
-from helpers.gan.train import (
+from helpers.gan.plan import (
     CPU_MINUTES,
     DEMO_EPOCHS,
     DEMO_SECONDS,
-    GAN,
     GPU_STEPS,
-    STAT_KEYS,
     STEP_OVERHEAD,
-    EpochMonitor,
     default_recipe,
-    load_checkpoint,
     plan_run,
+)
+from helpers.gan.train import (
+    GAN,
+    STAT_KEYS,
+    EpochMonitor,
+    load_checkpoint,
     real_training_images,
     save_checkpoint,
     to_unit_range,
@@ -41,10 +43,10 @@ CPU = torch.device("cpu")
 def probed_speed(monkeypatch, record: dict) -> list:
     """The plan's CPU speed probe answering ``record`` (images/s) without timing anything:
     the plan's arithmetic, not this machine's speed, is under test. Returns the probed configs."""
-    import helpers.gan.train as gan_train
+    import helpers.gan.plan as gan_plan
 
     probed = []
-    monkeypatch.setattr(gan_train, "gan_speed_probe", lambda config: probed.append(config) or dict(record))
+    monkeypatch.setattr(gan_plan, "gan_speed_probe", lambda config: probed.append(config) or dict(record))
     return probed
 TABLES_A = {0: list(range(2, 66)), 1: [9] * 64}  # no IJG quality makes these: copied, not estimated
 TABLES_B = {0: [3] * 64, 1: list(range(70, 6, -1))}
@@ -424,7 +426,7 @@ def test_the_demo_trains_its_gan_for_at_most_demo_seconds(project_dirs, tmp_path
 
 def test_the_gan_speed_probe_times_each_native_precision_and_leaves_the_random_stream(monkeypatch):
     from helpers.core import accel
-    from helpers.gan.train import measure_gan_speed
+    from helpers.gan.plan import measure_gan_speed
 
     config = recipe_config("dcgan", ngf=8, ndf=8, batch_size=4)
     for native, timed in ((True, {"fp32", "bf16"}), (False, {"fp32"})):
@@ -438,14 +440,14 @@ def test_the_gan_speed_probe_times_each_native_precision_and_leaves_the_random_s
 
 
 def test_the_gan_speed_probe_is_measured_once_per_configuration(project_dirs, monkeypatch):
-    import helpers.gan.train as gan_train
+    import helpers.gan.plan as gan_plan
 
     calls = []
-    monkeypatch.setattr(gan_train, "measure_gan_speed", lambda config: calls.append(config) or {"fp32": 9.0})
+    monkeypatch.setattr(gan_plan, "measure_gan_speed", lambda config: calls.append(config) or {"fp32": 9.0})
     config = recipe_config("dcgan", ngf=8, ndf=8, batch_size=4)
-    assert gan_train.gan_speed_probe(config) == {"fp32": 9.0, "cached": False}
-    assert gan_train.gan_speed_probe(config) == {"fp32": 9.0, "cached": True} and len(calls) == 1
-    gan_train.gan_speed_probe(recipe_config("dcgan", ngf=8, ndf=8, batch_size=8))  # another batch
+    assert gan_plan.gan_speed_probe(config) == {"fp32": 9.0, "cached": False}
+    assert gan_plan.gan_speed_probe(config) == {"fp32": 9.0, "cached": True} and len(calls) == 1
+    gan_plan.gan_speed_probe(recipe_config("dcgan", ngf=8, ndf=8, batch_size=8))  # another batch
     assert len(calls) == 2
 
 

@@ -4,7 +4,7 @@ The airbench recipe: decode once, keep the uint8 images on the device, convert a
 there, use channels_last and mixed precision. On the CPU the detector runs in bfloat16
 autocast where a short probe measures it faster than fp32 on the machine at hand
 (:func:`choose_cpu_amp`), and in fp32 elsewhere; the GAN's plan measures its own step the same
-way (:func:`helpers.gan.train.gan_speed_probe`).
+way (:func:`helpers.gan.plan.gan_speed_probe`).
 
 Precision, one rule for every device (:func:`amp_dtype`): *training* runs in bfloat16 autocast
 on CUDA GPUs of compute capability 8.0 or more, in float16 autocast with a ``GradScaler``
