@@ -11,7 +11,6 @@ import argparse
 import html
 import json
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +101,8 @@ def dataset_index(dataset: str) -> Path:
         body.append("<p class='demo'><b>DEMO</b>: synthetic data built offline so the pipeline "
                     "runs anywhere. These numbers are not a benchmark.</p>")
     body.append(f"<p>Reproduce: <code>{html.escape(STEP_COMMANDS.get(dataset, 'make all DATASET=' + dataset))}</code>"
-                f" · data fingerprint <code>{html.escape(str(report.get('data_fingerprint', '?')))}</code>"
-                f" · built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>")
+                f" · data fingerprint <code>{html.escape(str(report.get('data_fingerprint', '?')))}</code></p>")
+    # no build time: the page is a function of the files it shows, so a rerun leaves git clean
     if report.get("counts"):
         counts = pd.DataFrame(report["counts"]).T
         body.append("<h2>Data</h2>" + counts.to_html(border=0))

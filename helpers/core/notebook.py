@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -60,8 +59,6 @@ def setup(dataset: str, seed: int = 0, deterministic: bool | None = None, device
     import seaborn as sns
 
     use_storage(storage)
-    # without ipywidgets tqdm falls back to text bars, which is what papermill's log shows anyway
-    warnings.filterwarnings("ignore", message="IProgress not found")
     set_cpu_threads()
     env = check_versions()
     if deterministic is None:
