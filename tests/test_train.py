@@ -94,6 +94,27 @@ def test_a_model_asked_for_by_name_inherits_nothing_of_the_default_model():
     assert seed == TrainConfig(dataset="demo", model="seed_cnn", image_size=32, device="cpu")
 
 
+def test_the_command_line_is_generated_from_trainconfig_and_refuses_unknown_flags(capsys):
+    from dataclasses import fields
+
+    from helpers.training import __main__ as cli
+    from helpers.training.config import field_help
+
+    parser = cli._parser()
+    flags = {a.dest for a in parser._actions}
+    assert {f.name for f in fields(TrainConfig)} <= flags  # every field, none re-listed by hand
+    assert all(field_help().values())  # every field says what it is
+    args = parser.parse_args(["--dataset", "cifake", "--model", "fast", "--epochs", "3", "--no-amp",
+                              "--lr", "0.2", "--cutout", "4", "--deterministic"])
+    config = cli.config_of(args)
+    assert config == replace(default_config("cifake", model="fast"), epochs=3, amp=False, lr=0.2, cutout=4,
+                             deterministic=True)
+    assert cli.config_of(parser.parse_args([])) == default_config("demo")  # unset: the dataset's default
+    with pytest.raises(SystemExit) as refused:
+        parser.parse_args(["--widht", "3"])
+    assert refused.value.code == 2 and "--widht" in capsys.readouterr().err
+
+
 def test_default_configs_exist_for_every_dataset():
     for name in DATASETS:
         config = default_config(name)

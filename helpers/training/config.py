@@ -18,17 +18,17 @@ from ..data.datasets import get_spec
 class TrainConfig:
     """Everything that decides a training run (saved in the checkpoint)."""
 
-    dataset: str = "demo"
+    dataset: str = "demo"  # a name of helpers.data.datasets.DATASETS
     model: str = "fast"  # a name of helpers.core.models.MODELS
     width: int | None = None  # first-stage channels of `fast` (None: 64), of `two_scale`'s global view
     patch: int | None = None  # `fast`: stem patch side (None: the input brought to ~32x32)
     pretrained: bool = False  # resnet18: ImageNet weights from the torch hub cache
     input_size: int | None = None  # lite0, lite0_probe: side the backbone sees (None: >= 64 px)
     image_size: int | None = None  # None: the cache's; must match the cache otherwise
-    epochs: int = 10
+    epochs: int = 10  # passes over the training split (the saved one is the best on validation)
     batch_size: int = 128  # global: split across processes under torchrun
     lr: float = 0.05  # peak learning rate of SGD with Nesterov momentum
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD momentum (Nesterov)
     weight_decay: float = 5e-4  # on conv/linear weights, not on biases and batch norm
     warmup: float = 0.2  # fraction of the steps warming up linearly; then linear decay to 0
     label_smoothing: float = 0.1  # targets 0/1 become ls/2 and 1 - ls/2
@@ -37,12 +37,12 @@ class TrainConfig:
     cutout: int = 0  # side in pixels of a mid-grey square put at a random place in every
     # training image (Cutout); 0: off. It resamples nothing, so the other pixels keep their traces
     patience: int | None = None  # stop after this many epochs without a better validation
-    seed: int = 0
+    seed: int = 0  # training seed (and the split seed unless --split-seed)
     device: str = "auto"  # auto: cuda, then mps, then cpu
     amp: bool = True  # mixed precision on CUDA: bfloat16 from sm_80, else float16 + GradScaler
     cpu_amp: bool | None = None  # bfloat16 autocast on the CPU; None: measured per machine and
     # model (accel.choose_cpu_amp): 1.6x faster on one AVX512-BF16 CPU, slower on another
-    channels_last: bool = True
+    channels_last: bool = True  # memory format of the model and batches
     compile: bool = False  # torch.compile the model (CUDA; slow to start)
     threads: int | None = None  # CPU threads (None: every core)
     eval_batch_size: int | None = None  # validation; None: accel.inference_batch_size (CPU 64, GPU 512)
@@ -117,6 +117,26 @@ def default_config(dataset: str, **overrides) -> TrainConfig:
     if model != settings.get("model"):
         settings = {"image_size": spec.image_size, **MODEL_SETTINGS.get(dataset, {}).get(model, {})}
     return TrainConfig(dataset=dataset, **{**settings, **overrides})
+
+
+def field_help() -> dict[str, str]:
+    """Each TrainConfig field's help: its comment in this file's class body (the trailing
+    comment and the comment lines under it), so the command line (and any other generated
+    form) says what the class says. Fields without a comment get ``""``."""
+    import inspect
+
+    helps: dict[str, str] = {}
+    current = None
+    for line in inspect.getsource(TrainConfig).splitlines():
+        code, _, comment = line.strip().partition("#")
+        name = code.split(":", 1)[0].strip() if ":" in code and "=" in code else None
+        if name and name.isidentifier():
+            current, helps[current] = name, comment.strip()
+        elif current and not code and comment:
+            helps[current] += " " + comment.strip()
+        else:
+            current = None if code else current
+    return {f.name: helps.get(f.name, "") for f in fields(TrainConfig)}
 
 
 @dataclass
