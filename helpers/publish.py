@@ -4,11 +4,9 @@ Run by ``make index`` on ``results/<dataset>`` after every step (and by hand on 
 folder: ``results/benchmarks``); rerunning it changes nothing (each rewrite recognises its own
 output), so it can be re-applied to whatever is committed later. It rewrites, in place:
 
-* **figures** (``*.png``): re-encoded with a 256-colour palette (PNG8, as pngquant does; line
-  plots have a few hundred colours, so they look the same); photo grids (over
-  :data:`PHOTO_COLOURS` distinct colours: sample grids, Grad-CAM overlays) are also resampled
-  from the 150 dpi they are saved at to the 100 dpi they are shown at (``figure.dpi``). A
-  palette image is taken as already done.
+* **figures** (``*.png``): as :func:`helpers.core.notebook.save_fig` now saves them
+  (:func:`helpers.core.notebook.published_png`): a 256-colour palette, photo grids at the
+  100 dpi they are shown at; for figures saved otherwise or before.
 * **executed notebooks** (``notebooks/*.html``): an embedded image that is a saved figure
   (same picture, matched on a small greyscale thumbnail, :func:`match_figure`) becomes a
   relative reference to that file instead of a second base64 copy, so the page stays readable
@@ -35,11 +33,9 @@ import numpy as np
 from PIL import Image
 
 from .core import paths
+from .core.notebook import SHOWN_DPI, png_bytes, published_png, shrink_image
 from .core.repro import atomic_path
 
-#: Distinct colours above which a figure counts as a photo grid (plots have ~1,000).
-PHOTO_COLOURS = 20_000
-SAVED_DPI, SHOWN_DPI = 150, 100  # notebook.setup: savefig.dpi and figure.dpi
 #: Largest mean absolute difference (0-255, 32x32 greyscale thumbnails) at which an embedded
 #: image is taken for a saved figure; the same figure at two dpis differs by ~1-3.
 MATCH_TOLERANCE = 6.0
@@ -63,37 +59,15 @@ _ROOT_HINT = re.compile(_START + r"(/[\w.@+-]+(?:/[\w.@+-]+)*?)/(?:results|data/
 
 # --------------------------------------------------------------------------- figures
 
-def shrink_image(image: Image.Image) -> Image.Image | None:
-    """``image`` as it is published: a 256-colour palette image, resampled from 150 to 100 dpi
-    when it is a photo grid; None when it is already a palette image (published)."""
-    if image.mode == "P":
-        return None
-    rgb = image.convert("RGB")
-    colours = rgb.getcolors(PHOTO_COLOURS)  # None when there are more
-    if colours is None:
-        size = (round(rgb.width * SHOWN_DPI / SAVED_DPI), round(rgb.height * SHOWN_DPI / SAVED_DPI))
-        rgb = rgb.resize(size, Image.LANCZOS)
-    return rgb.quantize(256, method=Image.Quantize.FASTOCTREE)
-
-
-def _png_bytes(image: Image.Image, dpi: float) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True, dpi=(dpi, dpi))
-    return buffer.getvalue()
-
-
 def shrink_png(path: Path) -> bool:
-    """Re-encode the figure at ``path`` in place (:func:`shrink_image`); True if it changed."""
-    with Image.open(path) as image:
-        image.load()
-        dpi = (image.info.get("dpi") or (SAVED_DPI,))[0]
-        small = shrink_image(image)
-        if small is None:
-            return False
-        resized = small.width != image.width
-    data = _png_bytes(small, SHOWN_DPI if resized else dpi)
+    """Re-encode the figure at ``path`` in place (:func:`helpers.core.notebook.published_png`);
+    True if it changed."""
+    data = path.read_bytes()
+    new = published_png(data)
+    if new == data:
+        return False
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        tmp.write_bytes(new)
     return True
 
 
@@ -192,7 +166,7 @@ def _embedded(html_path: Path, figures: dict, match: re.Match) -> str:
         small = shrink_image(image)
     if small is None:
         return match.group(0)
-    encoded = base64.b64encode(_png_bytes(small, SHOWN_DPI)).decode()
+    encoded = base64.b64encode(png_bytes(small, SHOWN_DPI)).decode()
     return f'<img alt="{alt}" class="" src="data:image/png;base64,{encoded}"'
 
 

@@ -402,7 +402,7 @@ def gan_speed_probe(config: GANConfig) -> dict:
         load = accel.load_per_core()
         return {**measure_gan_speed(config), "load_per_core": load}
 
-    return accel.cached_probe(key, paths.DATA / "processed" / "cpu_precision.json", measure)
+    return accel.cached_probe(key, paths.probe_cache(), measure)
 
 
 def use_cpu_bf16(probe: dict, resolution: int, asked: bool | None) -> bool:

@@ -109,7 +109,7 @@ def _resolve_cpu_amp(config: TrainConfig, size: int, device: torch.device, batch
         return config, None
     key = {"model": config.model, **config.model_options}
     use, probe = choose_cpu_amp(lambda: build_model(config.model, size, **config.model_options), key,
-                                size, batch, paths.DATA / "processed" / "cpu_precision.json")
+                                size, batch, paths.probe_cache())
     if announce:
         rates = (f"bfloat16 {probe['bf16']:,.0f} vs fp32 {probe['fp32']:,.0f} training images/s"
                  f"{' (measured earlier on this machine)' if probe.get('cached') else ''}"
