@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+import subprocess
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -16,6 +17,9 @@ from PIL import Image
 
 from helpers import publish, report
 from helpers.core import paths
+
+#: results/ as git holds it, in bytes (issue #33: 59 MB before helpers.publish, ~15 MB asked).
+RESULTS_BUDGET = 15_000_000
 
 
 def test_machine_paths_become_project_relative():
@@ -103,3 +107,14 @@ def test_the_index_is_the_same_bytes_when_built_twice(project_dirs):
     second = report.dataset_index("demo").read_bytes(), report.top_index().read_bytes()
     assert first == second
     assert b"UTC" not in first[0]
+
+
+def test_committed_results_fit_a_clone():
+    files = subprocess.run(["git", "ls-files", "-z", "results"], cwd=paths.ROOT, capture_output=True,
+                           check=False).stdout.split(b"\0")
+    files = [paths.ROOT / f.decode() for f in files if f]
+    if not files:
+        pytest.skip("not a git checkout")
+    size = sum(f.stat().st_size for f in files if f.exists())
+    assert size < RESULTS_BUDGET, (f"results/ holds {size / 1e6:.1f} MB in git (budget "
+                                   f"{RESULTS_BUDGET / 1e6:.0f} MB): run `python -m helpers.publish results/<dataset>`")
