@@ -16,8 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..core import models
 from ..core.accel import pick_device
-from ..core.models import MODELS
 from ..data.cache import prepare
 from ..gan.demo import demo_fakes
 from .config import TrainConfig, default_config, field_help
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         kind, flag = _field_type(f.name), "--" + f.name.replace("_", "-")
         text = helps[f.name] or f"TrainConfig.{f.name}"
         if f.name == "model":
-            text += f" (one of {', '.join(sorted(MODELS))}; default: the dataset's)"
+            text += f" (one of {', '.join(sorted(models.MODELS))}; default: the dataset's)"
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -123,8 +124,6 @@ def field_help() -> dict[str, str]:
     """Each TrainConfig field's help: its comment in this file's class body (the trailing
     comment and the comment lines under it), so the command line (and any other generated
     form) says what the class says. Fields without a comment get ``""``."""
-    import inspect
-
     helps: dict[str, str] = {}
     current = None
     for line in inspect.getsource(TrainConfig).splitlines():
