@@ -157,7 +157,10 @@ reference-models: $(call out_of,data) ## train REFERENCE_MODELS (name:epochs ...
 	        --seed $(SEED) --model $${m%%:*} $$epochs --quiet || exit 1; \
 	done
 
+# helpers.publish first: figures at the size shown, executed notebooks that reference them, no
+# machine paths (it recognises its own output, so rerunning it changes nothing)
 index: $(PRESENT) ## results/<dataset>/index.html and results/index.html
+	$(PY) -m helpers.publish $(RESULTS)
 	$(PY) -m helpers.report $(DATASET) --no-readme
 
 readme: index ## the README's results table, from every dataset's metrics file

@@ -13,6 +13,7 @@ Each step of ``notebooks/`` has one subpackage, the two user tools one more, ove
 ``explain``    06: Grad-CAM maps and their faithfulness
 ``tools``      ``predict`` (command line) and ``app`` (Streamlit)
 ``report``     the results index and the README's results table (``make index``)
+``publish``    committed results a clone can afford and that don't churn (``make index``)
 =============  =====================================================================
 
 Each step's package keeps computation, text and figures in separate modules. Imports go
@@ -20,5 +21,11 @@ downwards (core <- data <- the steps <- tools), with three named exceptions betw
 demo's generator and the exported GAN images from ``gan``, the maps the app shows from
 ``explain``); ``tests/test_layout.py`` checks them and that there is no cycle.
 """
+
+import warnings
+
+# tqdm.auto warns on import where ipywidgets is absent and falls back to text bars, which is
+# what papermill's log shows anyway: the warning would only stand in red in every report
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 __version__ = "0.1.0"

@@ -11,14 +11,13 @@ import argparse
 import html
 import json
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .core import paths
-from .core.detector import validation_rank
+from .core.detector import best_by_validation
 from .core.repro import atomic_path
 from .data.datasets import DATASETS
 
@@ -102,8 +101,8 @@ def dataset_index(dataset: str) -> Path:
         body.append("<p class='demo'><b>DEMO</b>: synthetic data built offline so the pipeline "
                     "runs anywhere. These numbers are not a benchmark.</p>")
     body.append(f"<p>Reproduce: <code>{html.escape(STEP_COMMANDS.get(dataset, 'make all DATASET=' + dataset))}</code>"
-                f" · data fingerprint <code>{html.escape(str(report.get('data_fingerprint', '?')))}</code>"
-                f" · built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>")
+                f" · data fingerprint <code>{html.escape(str(report.get('data_fingerprint', '?')))}</code></p>")
+    # no build time: the page is a function of the files it shows, so a rerun leaves git clean
     if report.get("counts"):
         counts = pd.DataFrame(report["counts"]).T
         body.append("<h2>Data</h2>" + counts.to_html(border=0))
@@ -119,23 +118,31 @@ def dataset_index(dataset: str) -> Path:
     return _write(root / "index.html", page)
 
 
-def best_rows() -> list[tuple[str, pd.Series]]:
-    """The model of every dataset chosen on *validation* data, as notebook 05 chooses it
-    (:func:`helpers.core.detector.validation_rank`: accuracy, then the lower loss); never on
-    the test split. Older metrics files without validation columns fall back to accuracy."""
+def best_rows() -> list[tuple[str, pd.Series, bool]]:
+    """Per dataset, the model chosen on *validation* data, as notebook 05 chooses it
+    (:func:`helpers.core.detector.best_by_validation`: accuracy, then the lower loss), as
+    ``(dataset, row, True)``; never on the test split. A metrics file without validation figures
+    (an older one) is listed, every model as ``(dataset, row, False)``, never ranked."""
     rows = []
     folders = sorted(p for p in paths.RESULTS.iterdir() if p.name in DATASETS) if paths.RESULTS.exists() else []
     for folder in folders:
         metrics = load_metrics(folder.name)
-        if metrics is not None and not metrics.empty and "accuracy" in metrics:
-            if "val_accuracy" not in metrics:
-                best = metrics.sort_values("accuracy", ascending=False).iloc[0]
-            else:
-                ranks = [validation_rank({"val_acc": r.val_accuracy, "val_loss": r.get("val_loss", np.inf)})
-                         for _, r in metrics.iterrows()]
-                best = metrics.iloc[max(range(len(ranks)), key=ranks.__getitem__)]
-            rows.append((folder.name, best))
+        if metrics is None or metrics.empty or "accuracy" not in metrics:
+            continue
+        records = [row for _, row in metrics.iterrows()]
+        best = best_by_validation(records, _validation_figures)
+        rows += [(folder.name, best, True)] if best is not None else [(folder.name, r, False) for r in records]
     return rows
+
+
+def _validation_figures(row: pd.Series) -> dict:
+    """A metrics row's validation figures under the names of :func:`validation_rank`."""
+    return {"val_acc": row.get("val_accuracy", np.nan), "val_loss": row.get("val_loss", np.inf)}
+
+
+def _dataset_label(dataset: str, ranked: bool) -> str:
+    label = f"{dataset} (DEMO)" if DATASETS.get(dataset) and DATASETS[dataset].is_demo else dataset
+    return label if ranked else f"{label} (not ranked: no validation figures)"
 
 
 def top_index() -> Path:
@@ -146,7 +153,7 @@ def top_index() -> Path:
     table = ""
     rows = best_rows()
     if rows:
-        table = "<h2>Best model per dataset</h2>" + _best_table(rows)
+        table = "<h2>Best model per dataset (chosen on validation)</h2>" + _best_table(rows)
     page = (f"<!doctype html><meta charset='utf-8'><title>Results</title>{STYLE}"
             f"<h1>AI-generated image detection: results</h1>{table}<h2>Datasets</h2><ul>{''.join(items)}</ul>")
     return _write(paths.RESULTS / "index.html", page)
@@ -155,8 +162,9 @@ def top_index() -> Path:
 def _best_table(rows) -> str:
     columns = [c for c in METRIC_COLUMNS if c in rows[0][1].index]
     head = "<th>dataset</th>" + "".join(f"<th>{c}</th>" for c in columns)
-    body = "".join(f"<tr><td><a href='{d}/index.html'>{d}</a></td>"
-                   + "".join(f"<td>{_fmt(c, r[c])}</td>" for c in columns) + "</tr>" for d, r in rows)
+    body = "".join(f"<tr><td><a href='{d}/index.html'>{html.escape(_dataset_label(d, ranked))}</a></td>"
+                   + "".join(f"<td>{_fmt(c, r.get(c))}</td>" for c in columns) + "</tr>"
+                   for d, r, ranked in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -164,12 +172,12 @@ def readme_table() -> str:
     """Markdown table of the best model per dataset, from the metrics files."""
     lines = ["| dataset | model | test accuracy (95 % CI) | AUC | test images | reproduce |",
              "|---|---|---|---|---|---|"]
-    for dataset, row in best_rows():
+    for dataset, row, ranked in best_rows():
         ci = (f" ({100 * row['ci_low']:.2f}–{100 * row['ci_high']:.2f})"
               if "ci_low" in row and pd.notna(row["ci_low"]) else "")
         auc = f"{row['auc']:.4f}" if "auc" in row and pd.notna(row["auc"]) else "–"
         n = f"{int(row['n_test']):,}" if "n_test" in row and pd.notna(row["n_test"]) else "–"
-        name = f"{dataset} (DEMO)" if DATASETS.get(dataset) and DATASETS[dataset].is_demo else dataset
+        name = _dataset_label(dataset, ranked)
         lines.append(f"| {name} | {row['model']} | {100 * row['accuracy']:.2f} %{ci} | {auc} | {n} | "
                      f"`{STEP_COMMANDS.get(dataset, 'make all DATASET=' + dataset)}` |")
     return "\n".join(lines)

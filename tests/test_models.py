@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from helpers.core import models
 
@@ -153,3 +154,48 @@ def test_cifake_paper_is_the_papers_function():
     assert sorted(model.state_dict()) == sorted(
         ["block1.0.weight", "block1.0.bias", "block2.1.weight", "block2.1.bias",
          "head.3.weight", "head.3.bias", "head.5.weight", "head.5.bias"])
+
+
+def test_the_registry_checks_options_and_the_grad_cam_contract_when_a_model_is_built():
+    with pytest.raises(TypeError, match=r"does not take the options \['widht'\].*takes \['patch', 'width'\]"):
+        models.build_model("fast", 32, widht=8)
+    with pytest.raises(TypeError, match="width=8.0 is not int"):
+        models.build_model("fast", 32, width=8.0)
+    assert models.MODELS["lite0_probe"].frozen and models.MODELS["lite0"].pretrained
+    assert not models.MODELS["fast"].pretrained and models.input_normalisation("fast") is None
+    assert set(models.PRETRAINED_NORMALISATION) == {"lite0", "lite0_probe"}
+
+
+def test_adding_a_model_is_one_decorated_function(monkeypatch):
+    """Issue #33: adding an architecture took 8-10 hand-edited files. Now: its class and
+    ``@register`` in core/models.py; a measured setting in training/config.py and its study in
+    docs/ when it has one. The CLI, the option checks and the Grad-CAM contract follow."""
+    from helpers.training import __main__ as cli
+    from helpers.training.config import default_config
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+
+    class Tiny(nn.Module):
+        def __init__(self, width: int):
+            super().__init__()
+            self.conv = nn.Conv2d(3, width, 3, padding=1)
+            self.cam_candidates = [self.conv]
+
+        def forward(self, x):
+            return self.conv(x).mean((1, 2, 3))[:, None]
+
+    models.register("tiny", options={"width": int})(lambda image_size, width=None: Tiny(width or 4))
+    net = models.build_model("tiny", 16, width=3)
+    assert net(torch.zeros(2, 3, 16, 16)).shape == (2, 1)
+    assert "tiny" in cli._parser().format_help()  # the command line lists it
+    assert default_config("demo", model="tiny", width=3, device="cpu").model_options == {"width": 3}
+
+    class Blind(nn.Module):  # forgot its Grad-CAM layers: refused when built, not in notebook 06
+        def forward(self, x):
+            return x.mean((1, 2, 3))[:, None]
+
+    models.register("blind")(lambda image_size: Blind())
+    with pytest.raises(ValueError, match="lists no Grad-CAM layers"):
+        models.build_model("blind", 16)
+    with pytest.raises(ValueError, match="registered twice"):
+        models.register("tiny")(lambda image_size: Tiny(4))

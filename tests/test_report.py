@@ -20,10 +20,32 @@ def test_the_best_row_is_chosen_on_validation_accuracy_then_loss(project_dirs):
         {"model": "a", "accuracy": 0.99, "val_accuracy": 0.97, "val_loss": 0.10, "n_test": 10},
         {"model": "b", "accuracy": 0.95, "val_accuracy": 0.98, "val_loss": 0.20, "n_test": 10},
         {"model": "c", "accuracy": 0.96, "val_accuracy": 0.98, "val_loss": 0.15, "n_test": 10}])
-    _metrics(results, "sneakers", [{"model": "old", "accuracy": 0.9, "n_test": 5}])  # no validation columns
-    best = dict(report.best_rows())
-    assert best["cifake"]["model"] == "c"  # never "a", the best on test
-    assert best["sneakers"]["model"] == "old"
+    rows = report.best_rows()
+    assert [(d, r["model"], ranked) for d, r, ranked in rows] == [("cifake", "c", True)]  # never "a", best on test
+
+
+def test_older_files_without_validation_figures_are_listed_never_ranked_by_test(project_dirs):
+    _, results = project_dirs
+    _metrics(results, "sneakers", [{"model": "worse", "accuracy": 0.8, "n_test": 5},
+                                   {"model": "better_on_test", "accuracy": 0.9, "n_test": 5}])
+    rows = report.best_rows()
+    assert [(r["model"], ranked) for _, r, ranked in rows] == [("worse", False), ("better_on_test", False)]
+    table = report.readme_table()
+    assert table.count("sneakers (not ranked: no validation figures)") == 2
+
+
+def test_one_rule_chooses_the_best_detector():
+    """best_by_validation is the one rule: validation accuracy, then loss; records without
+    validation figures are never candidates; ties go to the first listed."""
+    from helpers.core.detector import best_by_validation
+
+    records = [{"name": "test_best", "test_acc": 1.0},
+               {"name": "a", "val_acc": 0.9, "val_loss": 0.3},
+               {"name": "b", "val_acc": 0.9, "val_loss": 0.2},
+               {"name": "b2", "val_acc": 0.9, "val_loss": 0.2},
+               {"name": "nan", "val_acc": float("nan")}]
+    assert best_by_validation(records, lambda r: r)["name"] == "b"
+    assert best_by_validation(records[:1] + records[-1:], lambda r: r) is None
 
 
 def test_the_readme_table_is_replaced_and_nothing_else(project_dirs, tmp_path):

@@ -57,6 +57,64 @@ def test_on_a_gpu_the_default_trains_longer_and_the_demo_does_not(monkeypatch):
     assert default_config("cifake", model="fast").epochs == 40  # another model: its own setting
 
 
+#: The configurations the committed results were trained with (before issue #33's rule), as
+#: the fields that differ from TrainConfig's defaults: they must not move.
+COMMITTED_CONFIGS = {
+    ("demo", "fast"): dict(width=32, image_size=32, epochs=6),
+    ("demo", "lite0_probe"): dict(model="lite0_probe", image_size=32, epochs=6),
+    ("cifake", "seed_cnn"): dict(model="seed_cnn", image_size=32, epochs=40, batch_size=512, lr=0.1),
+    ("cifake", "fast"): dict(width=64, patch=2, image_size=32, epochs=40, batch_size=512, lr=0.1),
+    ("cifake", "cifake_paper"): dict(model="cifake_paper", image_size=32, epochs=40, batch_size=512, lr=0.1),
+    ("cifake", "resnet18"): dict(model="resnet18", image_size=32, epochs=40, batch_size=512, lr=0.1),
+    ("cifake", "lite0"): dict(model="lite0", image_size=32, epochs=4, lr=0.01),
+    ("cifake", "lite0_probe"): dict(model="lite0_probe", image_size=32, epochs=40, lr=0.1),
+    ("sneakers", "two_scale"): dict(model="two_scale", width=32, image_size=240, epochs=50, batch_size=64,
+                                    translate=8, cutout=120),
+    ("sneakers", "lite0"): dict(model="lite0", input_size=128, image_size=240, epochs=15, batch_size=32,
+                                lr=0.01, translate=8, cutout=120),
+    ("sneakers", "lite0_probe"): dict(model="lite0_probe", image_size=240, epochs=50, batch_size=64,
+                                      translate=8, cutout=120),
+}
+
+
+@pytest.mark.parametrize(("dataset", "model"), sorted(COMMITTED_CONFIGS))
+def test_the_committed_results_configurations_do_not_move(dataset, model):
+    expected = TrainConfig(dataset=dataset, device="cpu", **COMMITTED_CONFIGS[dataset, model])
+    assert default_config(dataset, model=model, device="cpu") == expected
+
+
+def test_a_model_asked_for_by_name_inherits_nothing_of_the_default_model():
+    """Issue #33: `fast` on CIFAKE took seed_cnn's epochs and batch; now a model takes
+    TrainConfig's defaults, the dataset's image size and its own MODEL_SETTINGS entry."""
+    plain = TrainConfig()
+    fast = default_config("sneakers", model="fast", device="cpu")  # no setting of its own there
+    assert fast == TrainConfig(dataset="sneakers", model="fast", image_size=240, device="cpu")
+    assert (fast.epochs, fast.batch_size, fast.cutout, fast.width) == (plain.epochs, plain.batch_size, 0, None)
+    seed = default_config("demo", model="seed_cnn", device="cpu")
+    assert seed == TrainConfig(dataset="demo", model="seed_cnn", image_size=32, device="cpu")
+
+
+def test_the_command_line_is_generated_from_trainconfig_and_refuses_unknown_flags(capsys):
+    from dataclasses import fields
+
+    from helpers.training import __main__ as cli
+    from helpers.training.config import field_help
+
+    parser = cli._parser()
+    flags = {a.dest for a in parser._actions}
+    assert {f.name for f in fields(TrainConfig)} <= flags  # every field, none re-listed by hand
+    assert all(field_help().values())  # every field says what it is
+    args = parser.parse_args(["--dataset", "cifake", "--model", "fast", "--epochs", "3", "--no-amp",
+                              "--lr", "0.2", "--cutout", "4", "--deterministic"])
+    config = cli.config_of(args)
+    assert config == replace(default_config("cifake", model="fast"), epochs=3, amp=False, lr=0.2, cutout=4,
+                             deterministic=True)
+    assert cli.config_of(parser.parse_args([])) == default_config("demo")  # unset: the dataset's default
+    with pytest.raises(SystemExit) as refused:
+        parser.parse_args(["--widht", "3"])
+    assert refused.value.code == 2 and "--widht" in capsys.readouterr().err
+
+
 def test_default_configs_exist_for_every_dataset():
     for name in DATASETS:
         config = default_config(name)

@@ -17,10 +17,10 @@ from __future__ import annotations
 import pickle
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ from . import paths
 from .accel import images_to_device, inference_autocast, inference_batch_size, to_float
 from .models import build_model
 from .repro import atomic_path
+
+T = TypeVar("T")
 
 #: Marks a file written by :meth:`Detector.save` (checked when loading).
 CHECKPOINT_FORMAT = "aidetect-detector"
@@ -57,6 +59,30 @@ def validation_rank(metrics: Mapping[str, float]) -> tuple[float, float]:
     the alternatives on the shoes (docs/shoes-detector-study.md): half an error apart.
     """
     return float(metrics.get("val_acc", 0.0)), -float(metrics.get("val_loss", np.inf))
+
+
+def has_validation(metrics: Mapping[str, float] | None) -> bool:
+    """Whether ``metrics`` carry a finite validation accuracy (``val_acc``), the figure the
+    validation rule ranks by; older records without one are listed, never ranked."""
+    value = (metrics or {}).get("val_acc")
+    try:
+        return value is not None and bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False
+
+
+def best_by_validation(candidates: Iterable[T], metrics: Callable[[T], Mapping[str, float] | None]) -> T | None:
+    """The one place that chooses "the best detector": of ``candidates``, the one ranked first
+    by :func:`validation_rank` among those whose ``metrics(candidate)`` has validation figures
+    (:func:`has_validation`); ties go to the first listed. None when none has them: never a
+    fallback on test figures (the project's rule: choices on validation, never on test).
+
+    Used by :func:`best_path` (a dataset's checkpoints), notebook 05's
+    :func:`helpers.evaluation.compare.best_result`, the cross-dataset specialists and the
+    results index (:mod:`helpers.report`).
+    """
+    ranked = [c for c in candidates if has_validation(metrics(c))]
+    return max(ranked, key=lambda c: validation_rank(metrics(c))) if ranked else None
 
 
 @dataclass
@@ -295,13 +321,14 @@ def is_checkpoint(path: str | Path) -> bool:
 
 
 def best_path(dataset: str) -> Path:
-    """The detector of ``dataset`` ranked first by :func:`validation_rank` (then the newest).
+    """The detector of ``dataset`` chosen by :func:`best_by_validation` (ties: the newest; the
+    newest when no checkpoint has validation figures).
 
     Raises FileNotFoundError, with the command that trains one, when there is none. A corrupt
     file is skipped with a warning, never silently.
     """
-    found = []
-    for path in detector_paths(dataset):
+    found = []  # (path, metrics), newest first so that ties go to the newest
+    for path in sorted(detector_paths(dataset), key=lambda p: (p.stat().st_mtime, p.name), reverse=True):
         try:
             ckpt = _read(path)
         except ValueError as err:  # not a candidate, but never skipped silently
@@ -310,11 +337,12 @@ def best_path(dataset: str) -> Path:
                           stacklevel=2)
             continue
         if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
-            found.append((validation_rank(ckpt.get("metrics", {})), path.stat().st_mtime, path))
+            found.append((path, ckpt.get("metrics") or {}))
     if not found:
         raise FileNotFoundError(
             f"no trained detector in {paths.RESULTS / dataset / 'models'}; run {train_hint(dataset)}")
-    return max(found)[-1]
+    best = best_by_validation(found, lambda item: item[1])
+    return (best or found[0])[0]  # none with validation figures: the newest, never one chosen on test
 
 
 def resolve(dataset: str, model: str | Path | None = None) -> Path:

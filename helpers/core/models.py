@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -235,6 +236,55 @@ def load_pretrained(model: nn.Module, arch: str = "resnet18") -> nn.Module:
 
 # --------------------------------------------------------------------------- the registry
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a detector architecture declares, once (:func:`register`), and
+    :func:`build_model` checks: its factory ``build(image_size, **options)`` giving (N, 1)
+    logits, the ``options`` it takes with their types, the fixed ``normalisation`` (mean, std
+    of 0-1 pixels) its pretrained weights expect (None: trained from scratch on the data's
+    own channel statistics), whether its features are ``frozen`` (a linear probe), and the
+    Grad-CAM layers every built model must list in ``cam_candidates`` (notebook 06)."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    options: dict[str, type] = field(default_factory=dict)
+    normalisation: tuple[list[float], list[float]] | None = None
+    frozen: bool = False
+
+    @property
+    def pretrained(self) -> bool:
+        """Starts from ImageNet weights (the cross-dataset matrix counts it as a generalist)."""
+        return self.normalisation is not None
+
+
+#: The registry: model name -> :class:`ModelSpec`, filled by :func:`register`.
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(name: str, options: dict[str, type] | None = None,
+             normalisation: tuple[list[float], list[float]] | None = None, frozen: bool = False):
+    """Decorator: ``@register("fast", options={"width": int})`` on a factory
+    ``(image_size, **options) -> nn.Module`` adds it to :data:`MODELS`; the one place a new
+    architecture is declared (the CLI, notebook 03's table and the checks read it from here)."""
+    def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        MODELS[name] = ModelSpec(name, build, dict(options or {}), normalisation, frozen)
+        return build
+    return decorate
+
+
+@register("seed_cnn")
+def _seed_cnn(image_size: int) -> nn.Module:
+    return SeedCNN()
+
+
+@register("cifake_paper")
+def _cifake_paper(image_size: int) -> nn.Module:
+    return CIFAKEPaperCNN()
+
+
+@register("resnet18", options={"pretrained": bool})
 def _resnet18(image_size: int, pretrained: bool = False) -> nn.Module:
     import torchvision
 
@@ -248,67 +298,72 @@ def _resnet18(image_size: int, pretrained: bool = False) -> nn.Module:
     return model
 
 
+@register("fast", options={"width": int, "patch": int})
 def _fast(image_size: int, width: int | None = None, patch: int | None = None) -> nn.Module:
     base = width or 64
     return FastNet(image_size, widths=(base, base * 2, base * 4), patch=patch)
 
 
+@register("two_scale", options={"width": int, "local_width": int})
 def _two_scale(image_size: int, width: int | None = None, local_width: int | None = None) -> nn.Module:
     return TwoScaleNet(image_size, global_width=width or 32, local_width=local_width or 16)
 
 
+@register("lite0", options={"input_size": int}, normalisation=(LITE0_MEAN, LITE0_STD))
 def _lite0(image_size: int, input_size: int | None = None) -> nn.Module:
     return Lite0Detector(image_size, input_size=input_size)
 
 
+@register("lite0_probe", options={"input_size": int}, normalisation=(LITE0_MEAN, LITE0_STD), frozen=True)
 def _lite0_probe(image_size: int, input_size: int | None = None) -> nn.Module:
     return Lite0Detector(image_size, input_size=input_size, frozen=True)
 
 
-def _no_options(factory: Callable[[], nn.Module]) -> Callable[..., nn.Module]:
-    return lambda image_size: factory()
-
-
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "seed_cnn": _no_options(SeedCNN),
-    "cifake_paper": _no_options(CIFAKEPaperCNN),
-    "resnet18": _resnet18,
-    "fast": _fast,
-    "two_scale": _two_scale,
-    "lite0": _lite0,
-    "lite0_probe": _lite0_probe,
-}
-
-#: Models trained from ImageNet weights, with the normalisation those weights expect.
+#: Models trained from ImageNet weights, with the normalisation those weights expect (read
+#: from the registry).
 PRETRAINED_NORMALISATION: dict[str, tuple[list[float], list[float]]] = {
-    "lite0": (LITE0_MEAN, LITE0_STD), "lite0_probe": (LITE0_MEAN, LITE0_STD)}
+    name: spec.normalisation for name, spec in MODELS.items() if spec.normalisation is not None}
 
 
 def input_normalisation(name: str) -> tuple[list[float], list[float]] | None:
     """The fixed (mean, std) of 0-1 pixels model ``name`` expects, or None when it is trained
     on the dataset's own channel statistics (every model trained from scratch)."""
-    return PRETRAINED_NORMALISATION.get(name)
+    spec = MODELS.get(name)
+    return spec.normalisation if spec else None
 
 
 def build_model(name: str, image_size: int, **options) -> nn.Module:
     """The model ``name`` for ``image_size`` x ``image_size`` inputs, giving (N, 1) logits.
 
-    Options: ``pretrained=True`` for ``resnet18`` (ImageNet weights from the torch hub
-    cache, never downloaded); ``input_size`` for ``lite0``/``lite0_probe`` (the side the
-    backbone sees; default the image size, at least 64 by an integer upscale); ``width`` for ``fast`` (first-stage channels, default 64) and
-    ``patch`` (side of its stem's patches; default: whatever brings the input to ~32x32);
-    ``width`` and ``local_width`` for ``two_scale`` (its two views, default 32 and 16).
-    Raises KeyError for an unknown name, TypeError for options the model does not take.
+    Options as the model's :class:`ModelSpec` declares them: ``pretrained=True`` for
+    ``resnet18`` (ImageNet weights from the torch hub cache, never downloaded); ``input_size``
+    for ``lite0``/``lite0_probe`` (the side the backbone sees; default the image size, at
+    least 64 by an integer upscale); ``width`` for ``fast`` (first-stage channels, default 64)
+    and ``patch`` (side of its stem's patches; default: whatever brings the input to ~32x32);
+    ``width`` and ``local_width`` for ``two_scale`` (its two views, default 32 and 16). None
+    and False options are left out. Raises KeyError for an unknown name, TypeError for an
+    option the model does not declare or of the wrong type, ValueError when the built model
+    breaks the contract (no ``cam_candidates``), so a broken new model fails here, not in
+    notebook 06.
     """
     try:
-        factory = MODELS[name]
+        spec = MODELS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
     options = {k: v for k, v in options.items() if v is not None and v is not False}
-    try:
-        model = factory(image_size, **options)
-    except TypeError:
-        raise TypeError(f"model {name!r} does not take the options {sorted(options)}") from None
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise TypeError(f"model {name!r} does not take the options {unknown}; it takes "
+                        f"{sorted(spec.options) or 'none'} (helpers/core/models.py, its @register)")
+    for key, value in options.items():
+        kind = spec.options[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise TypeError(f"model {name!r}: option {key}={value!r} is not {kind.__name__}")
+    model = spec.build(image_size, **options)
+    candidates = getattr(model, "cam_candidates", None)
+    if not candidates or not all(isinstance(c, nn.Module) for c in candidates):
+        raise ValueError(f"model {name!r} lists no Grad-CAM layers: set `self.cam_candidates` "
+                         f"(a list of its stages, shallow to deep) in its class (helpers/core/models.py)")
     model.image_size = image_size
     return model
 

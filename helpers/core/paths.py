@@ -32,6 +32,12 @@ def processed_dir(dataset: str) -> Path:
     return DATA / "processed" / dataset
 
 
+def probe_cache() -> Path:
+    """Where this machine's speed probes are kept (:func:`helpers.core.accel.cached_probe`):
+    ``data/processed/cpu_precision.json``, derived and safe to delete."""
+    return DATA / "processed" / "cpu_precision.json"
+
+
 def results_dir(dataset: str, *parts: str) -> Path:
     """``results/<dataset>/<parts...>``, created on demand."""
     path = RESULTS.joinpath(dataset, *parts)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..core import paths
 from ..core.accel import inference_batch_size
-from ..core.detector import DEFAULT_THRESHOLD, Detector, validation_rank
+from ..core.detector import DEFAULT_THRESHOLD, Detector, best_by_validation
 from ..core.models import count_parameters
 from ..core.repro import environment_fingerprint, write_csv, write_json
 from ..core.stats import Interval, difference_ci, proportion_ci
@@ -256,9 +256,14 @@ def cross_generator_frame(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 
 def best_result(results: Sequence[ModelResult]) -> ModelResult:
-    """The model chosen on *validation* data by :func:`helpers.core.detector.validation_rank`
-    (the rule that picks a dataset's best checkpoint), never on the test split."""
-    return max(results, key=lambda r: validation_rank(r.detector.metrics or {}))
+    """The model chosen on *validation* data by :func:`helpers.core.detector.best_by_validation`
+    (the rule that picks a dataset's best checkpoint), never on the test split. Raises
+    ValueError when no model has validation figures."""
+    best = best_by_validation(results, lambda r: r.detector.metrics)
+    if best is None:
+        raise ValueError("no detector has validation figures (val_acc) to choose by; retrain one "
+                         "with `make train` — the best model is never chosen on test")
+    return best
 
 
 def write_performance(dataset: str, results: Sequence[ModelResult], cache, config: dict,

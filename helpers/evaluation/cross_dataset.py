@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.detector import Detector, load_all, train_hint, validation_rank
+from ..core.detector import Detector, best_by_validation, load_all, train_hint
 from ..core.images import BadImageError, decode
 from ..core.models import input_normalisation
 from ..core.stats import ranking_ci
@@ -121,8 +121,10 @@ def dataset_detectors(datasets: Sequence[str] | None = None, device: str = "cpu"
             skipped.append((dataset, f"no trained detector (run {train_hint(dataset)})"))
             continue
         scratch = [d for d in found if not is_pretrained(d)]
-        chosen = ([max(scratch, key=lambda d: validation_rank(d.metrics))] if scratch else []) + \
-            [d for d in found if is_pretrained(d)]
+        specialist = best_by_validation(scratch, lambda d: d.metrics)
+        if scratch and specialist is None:
+            skipped.append((dataset, "no detector trained from scratch has validation figures"))
+        chosen = ([specialist] if specialist else []) + [d for d in found if is_pretrained(d)]
         for detector in chosen:
             detector.title = f"{dataset}/{detector.name}"
             cache = find_cache(dataset, detector.image_size, seed)

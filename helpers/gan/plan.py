@@ -22,7 +22,8 @@ def _describe_probe(probe: dict) -> str:
         return "not needed (fixed length, or a GPU)"
     bf16 = f"bfloat16 {probe['bf16']:,.0f}, " if "bf16" in probe else "no native bfloat16; "
     return (f"{bf16}fp32 {probe['fp32']:,.0f} training images/s"
-            f"{' (measured earlier on this machine)' if probe.get('cached') else ''}")
+            f"{' (measured earlier on this machine)' if probe.get('cached') else ''}"
+            f"{'; not kept for later runs: ' + probe['unsteady'] if probe.get('unsteady') else ''}")
 
 
 @dataclass
@@ -117,7 +118,8 @@ def measure_gan_speed(config: GANConfig, steps: int = 2) -> dict[str, float]:
 
 def gan_speed_probe(config: GANConfig) -> dict:
     """:func:`measure_gan_speed` for ``config``, measured once per machine kind and cached in
-    ``data/processed/cpu_precision.json`` (:func:`helpers.core.accel.cached_probe`).
+    ``data/processed/cpu_precision.json`` (:func:`helpers.core.accel.cached_probe`; a reading
+    taken with the machine loaded is used for this run and measured again next time).
 
     Why measured: the study's 2-core machines differed by 1.8x on the same step (a fastgan
     64-px step took 1.04 s on an EPYC with AVX-512 and 1.84 s on one with AVX2 only), so a fixed
@@ -126,8 +128,11 @@ def gan_speed_probe(config: GANConfig) -> dict:
     key = {"gan": config.generator, "discriminator": config.discriminator, "ngf": config.ngf,
            "ndf": config.ndf, "feature_size": config.feature_size, "resolution": config.resolution,
            "batch_size": config.batch_size}
-    return accel.cached_probe(key, paths.DATA / "processed" / "cpu_precision.json",
-                              lambda: measure_gan_speed(config))
+    def measure() -> dict:  # with the load it ran under, so a busy machine's reading is not kept
+        load = accel.load_per_core()
+        return {**measure_gan_speed(config), "load_per_core": load}
+
+    return accel.cached_probe(key, paths.probe_cache(), measure)
 
 
 def use_cpu_bf16(probe: dict, resolution: int, asked: bool | None) -> bool:

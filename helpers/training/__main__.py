@@ -9,60 +9,66 @@ from __future__ import annotations
 
 import argparse
 import os
+import typing
+from dataclasses import fields
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from ..core import models
 from ..core.accel import pick_device
 from ..data.cache import prepare
 from ..gan.demo import demo_fakes
-from .config import default_config
+from .config import TrainConfig, default_config, field_help
 from .loop import fit
+
+#: Options of a run that are not TrainConfig fields (where the data is, where the model goes).
+RUN_OPTIONS = ("data_source", "split_seed", "resume", "out_dir", "quiet")
+
+
+def _field_type(name: str):
+    """The argparse type of a TrainConfig field: ``int | None`` -> int, ``bool`` -> a flag."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    return kinds[0]
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The command line, generated from :class:`TrainConfig`: one flag per field (``--batch-size``;
+    booleans as ``--amp/--no-amp``), its type from the annotation and its help from the field's
+    comment, all defaulting to None so :func:`default_config` fills in the dataset's measured
+    default; an unknown flag is refused (argparse exits with status 2)."""
     p = argparse.ArgumentParser(
         prog="aidetect-train",
         description="Train a detector (same loop as notebook 03). Unset options take the "
                     "dataset's default configuration (helpers.training.config.DEFAULTS). Works under "
                     "`torchrun --nproc_per_node=N` (DistributedDataParallel).")
-    p.add_argument("--dataset", default="demo")
+    helps = field_help()
+    for f in fields(TrainConfig):
+        kind, flag = _field_type(f.name), "--" + f.name.replace("_", "-")
+        text = helps[f.name] or f"TrainConfig.{f.name}"
+        if f.name == "model":
+            text += f" (one of {', '.join(sorted(models.MODELS))}; default: the dataset's)"
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            p.add_argument(flag, type=kind, default=None, help=f"{text} [default: the dataset's, else {f.default}]")
     p.add_argument("--data-source", default=None, help="local folder or archive of the dataset")
-    p.add_argument("--model", default=None,
-                   help="fast, two_scale, resnet18, seed_cnn, cifake_paper, lite0 or lite0_probe")
-    p.add_argument("--width", type=int, default=None, help="first-stage channels of `fast` (of the global view of `two_scale`)")
-    p.add_argument("--patch", type=int, default=None, help="stem patch side of `fast` (2 on 32x32: 16x16 maps)")
-    p.add_argument("--input-size", type=int, default=None,
-                   help="lite0, lite0_probe: side in px the pretrained backbone sees (default: the image "
-                        "size, at least 64)")
-    p.add_argument("--pretrained", action="store_true", default=None,
-                   help="resnet18: ImageNet weights (must already be in the torch hub cache)")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--label-smoothing", type=float, default=None)
-    p.add_argument("--translate", type=int, default=None)
-    p.add_argument("--cutout", type=int, default=None, help="side of a random mid-grey square per training image")
-    p.add_argument("--cpu-amp", dest="cpu_amp", action="store_true", default=None,
-                   help="bfloat16 autocast on the CPU (default: measured, whichever is faster here)")
-    p.add_argument("--no-cpu-amp", dest="cpu_amp", action="store_false",
-                   help="fp32 on the CPU, whatever the probe would choose")
-    p.add_argument("--patience", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0, help="training seed, and split seed unless --split-seed")
     p.add_argument("--split-seed", type=int, default=None,
                    help="seed of the train/val/test split (default: --seed); vary --seed alone to "
                         "measure seed noise on one split")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-amp", dest="amp", action="store_false", default=None)
-    p.add_argument("--compile", action="store_true", default=None)
     p.add_argument("--no-resume", dest="resume", action="store_false")
     p.add_argument("--out-dir", default=None, help="default: results/<dataset>/models/")
     p.add_argument("--quiet", action="store_true")
     return p
+
+
+def config_of(args: argparse.Namespace, **extra) -> TrainConfig:
+    """The TrainConfig that parsed ``args`` ask for: the dataset's default with the flags given."""
+    settings = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
+    settings.update({k: v for k, v in extra.items() if v is not None})
+    return default_config(settings.pop("dataset") or "demo", **settings)
 
 
 #: How long the other processes wait for rank 0 to build the dataset's cache (decoding CIFAKE's
@@ -94,25 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world > 1
-    cache_group = init_distributed(args.device) if distributed else None
+    cache_group = init_distributed(args.device or "auto") if distributed else None
     rank = int(os.environ.get("RANK", "0"))
     threads = args.threads
     if distributed and threads is None:
         threads = max(1, (os.cpu_count() or 1) // world)
-    config = default_config(
-        args.dataset, model=args.model, width=args.width, patch=args.patch, pretrained=args.pretrained,
-        input_size=args.input_size,
-        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, translate=args.translate, patience=args.patience,
-        cutout=args.cutout, cpu_amp=args.cpu_amp,
-        seed=args.seed, device=args.device, threads=threads, amp=args.amp,
-        compile=args.compile)
+    config = config_of(args, threads=threads)
+    dataset = config.dataset
     try:
         if rank != 0:
             dist.barrier(group=cache_group)  # rank 0 builds the cache first
-        split_seed = args.seed if args.split_seed is None else args.split_seed
-        cache = prepare(args.dataset, args.data_source, config.image_size, split_seed,
+        split_seed = config.seed if args.split_seed is None else args.split_seed
+        cache = prepare(dataset, args.data_source, config.image_size, split_seed,
                         progress=rank == 0 and not args.quiet, make_fakes=demo_fakes)
         if distributed and rank == 0:
             dist.barrier(group=cache_group)

@@ -109,12 +109,15 @@ def _resolve_cpu_amp(config: TrainConfig, size: int, device: torch.device, batch
         return config, None
     key = {"model": config.model, **config.model_options}
     use, probe = choose_cpu_amp(lambda: build_model(config.model, size, **config.model_options), key,
-                                size, batch, paths.DATA / "processed" / "cpu_precision.json")
+                                size, batch, paths.probe_cache())
     if announce:
         rates = (f"bfloat16 {probe['bf16']:,.0f} vs fp32 {probe['fp32']:,.0f} training images/s"
                  f"{' (measured earlier on this machine)' if probe.get('cached') else ''}"
                  if "fp32" in probe else probe["reason"])
-        print(f"CPU precision: {'bfloat16 autocast' if use else 'fp32'} ({rates})")
+        print(f"CPU precision: {'bfloat16 autocast' if use else 'fp32'} ({rates}); set cpu_amp "
+              f"(notebook 03: CPU_AMP) to True or False to choose")
+        if probe.get("unsteady"):
+            print(f"  not kept for later runs: {probe['unsteady']}; measured again next time")
     return replace(config, cpu_amp=use), probe
 
 
