@@ -16,6 +16,7 @@ import numpy as np
 
 from ..core.detector import Detector
 from ..core.domain import DEFAULT_FEATURES, FEATURES, fit_domain_check
+from ..data.cache import find_cache
 
 
 def shorter_sides(cache) -> np.ndarray:
@@ -51,8 +52,6 @@ def add_domain_check(detector: Detector, cache, features: str = DEFAULT_FEATURES
 
 def main(argv: list[str] | None = None) -> int:
     """Add (or refit) the domain check of saved checkpoints, on their dataset's cache."""
-    from ..data.cache import find_cache
-
     parser = argparse.ArgumentParser(prog="python -m helpers.training.domain", description=main.__doc__)
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--features", default=DEFAULT_FEATURES, choices=FEATURES)
