@@ -106,6 +106,17 @@ def study(dataset: str, others: list[str], n: int, seed: int) -> list[dict]:
             continue
         images, _, s = read_with_sides(source, detector.image_size, quality)
         sets[(name, split)] = (Features(detector, images), s)
+    own_images = sets[(dataset, "test")][0].images[:500]
+    if detector.domain is not None:  # what the saved check costs at inference, next to the verdict
+        started = time.perf_counter()
+        detector.predict_proba(own_images)
+        verdict = time.perf_counter() - started
+        started = time.perf_counter()
+        detector.in_domain(own_images)
+        check = time.perf_counter() - started
+        print(f"{dataset}: saved check {detector.domain.features}, fitted in "
+              f"{detector.domain.notes.get('fit_seconds')} s; per image {1e3 * verdict / len(own_images):.2f} ms "
+              f"verdict, {1e3 * check / len(own_images):.2f} ms domain check ({len(own_images)} images)", flush=True)
     rows = []
     for candidate in CANDIDATES:
         started = time.perf_counter()

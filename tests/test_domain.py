@@ -64,7 +64,6 @@ def test_resize_rule():
     assert not DomainCheck("stats", [], 1.0).resized_out([4000]).any()  # no range recorded: no rule
 
 
-@pytest.mark.slow
 def test_check_passes_its_training_images_and_flags_foreign_ones(trained):
     cache = trained["cache"]
     detector = Detector.load(trained["checkpoint"])
@@ -85,7 +84,6 @@ def test_check_passes_its_training_images_and_flags_foreign_ones(trained):
     assert detector.in_domain(train_images[:1], [4000.0])[1].tolist() == [False]
 
 
-@pytest.mark.slow
 def test_check_round_trips_through_the_checkpoint(trained, tmp_path):
     detector = Detector.load(trained["checkpoint"])
     images = trained["cache"].part("val")[0]
@@ -94,7 +92,6 @@ def test_check_round_trips_through_the_checkpoint(trained, tmp_path):
     np.testing.assert_array_equal(copy.in_domain(images)[0], detector.in_domain(images)[0])
 
 
-@pytest.mark.slow
 def test_older_checkpoint_without_check_loads_and_says_so(trained, tmp_path, capsys):
     ckpt = torch.load(trained["checkpoint"], weights_only=True)
     del ckpt["domain"]
@@ -112,7 +109,6 @@ def test_older_checkpoint_without_check_loads_and_says_so(trained, tmp_path, cap
     assert "domain check: missing" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_predict_csv_has_the_domain_columns(trained, tmp_path, capsys):
     from PIL import Image
 
