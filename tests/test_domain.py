@@ -132,3 +132,36 @@ def test_predict_csv_has_the_domain_columns(trained, tmp_path, capsys):
     assert table.loc[table["file"].str.contains("/train/REAL/"), "in_domain"].astype(bool).mean() >= 0.8
     err = capsys.readouterr().err
     assert "domain check: " in err and "outside what this detector was trained on" in err
+
+
+def test_notebook_table_describe_and_plot(trained):
+    import io
+
+    from PIL import Image
+
+    from helpers.evaluation import domain as domain_eval
+    from helpers.evaluation.cross_dataset import Source
+
+    def source(name, files):
+        return Source(name, [str(f) for f in files], np.array([int("fake" in f.name) for f in files]),
+                      [f.read_bytes() for f in files])
+
+    own = source("cifake test", sorted((trained["source"] / "test").rglob("*.png")))
+    rng = np.random.default_rng(2)
+    blobs = []
+    for i in range(6):
+        buffer = io.BytesIO()
+        Image.fromarray(textured(rng, 32, i % 2 == 1)).save(buffer, "PNG")
+        blobs.append(buffer.getvalue())
+    other = Source("noise test", [f"n{i}.png" for i in range(6)], np.arange(6) % 2, blobs)
+    detector = Detector.load(trained["checkpoint"])
+    detector.title = "cifake/fast"
+    table = domain_eval.table([detector], [own, other], n_bootstrap=50)
+    assert list(table["source"]) == ["cifake test", "noise test"] and table["own_test"].tolist() == [True, False]
+    row = table.set_index("source").loc["noise test"]
+    assert row.flagged == 1.0 and row.auroc > 0.9 and np.isnan(row.accuracy_in_domain)
+    assert np.isnan(table.set_index("source").loc["cifake test", "auroc"])
+    text = domain_eval.describe(table)
+    assert "**cifake/fast**" in text and "noise test 100% flagged outside" in text
+    fig = domain_eval.plot(table)
+    assert len(fig.axes) == 2
