@@ -14,6 +14,9 @@ at its size). Candidates:
 * each also with the resize rule (``+resize``) on the test splits.
 
     AIDETECT_DATA=... AIDETECT_RESULTS=... python benchmarks/domain_study.py --datasets demo sneakers cifake
+
+``--saved``: instead, each detector's *saved* check on every dataset's test split, as notebook
+05 reports it (:func:`helpers.evaluation.domain.table`, with CIs), and its figure.
 """
 
 from __future__ import annotations
@@ -137,14 +140,36 @@ def study(dataset: str, others: list[str], n: int, seed: int) -> list[dict]:
     return rows
 
 
+def saved(datasets: list[str], n: int, seed: int, out: str) -> None:
+    """Notebook 05's domain table of the saved checks on every dataset's test split."""
+    from helpers.evaluation import domain as domain_eval
+    from helpers.evaluation.cross_dataset import test_source
+
+    detectors = []
+    for dataset in datasets:
+        detector = Detector.load(best_path(dataset))
+        detector.title = f"{dataset}/{detector.name}"
+        detectors.append(detector)
+    sources = [test_source(d, seed, n) for d in datasets]
+    table = domain_eval.table(detectors, [s for s in sources if not isinstance(s, str)])
+    table.to_csv(out, index=False)
+    domain_eval.plot(table).savefig(out.replace(".csv", ".png"), dpi=110)
+    print(domain_eval.describe(table))
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        print(table.round(3).to_string(index=False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["demo", "sneakers", "cifake"])
     parser.add_argument("--images", type=int, default=1000, help="per source and split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/domain_study.csv")
+    parser.add_argument("--saved", action="store_true", help="the saved checks, as notebook 05 reports them")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    if args.saved:
+        return saved(args.datasets, args.images, args.seed, args.out)
     rows = []
     for dataset in args.datasets:
         rows += study(dataset, [d for d in args.datasets if d != dataset], args.images, args.seed)

@@ -67,7 +67,7 @@ def test_resize_rule():
 def test_check_passes_its_training_images_and_flags_foreign_ones(trained):
     cache = trained["cache"]
     detector = Detector.load(trained["checkpoint"])
-    assert detector.domain is not None and detector.domain.features == "lite0+stats"
+    assert detector.domain is not None and detector.domain.features == "lite0"
     assert detector.domain.side_range == (32.0, 32.0)
     train_images, _ = cache.part("train")
     _, inside = detector.in_domain(train_images, np.full(len(train_images), 32.0))

