@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from helpers.core.detector import Detector, best_path
-from helpers.core.domain import COVERAGE, FEATURE_FUNCTIONS, RESIZE_TOLERANCE, KnnScore, _sample
+from helpers.core.domain import COVERAGE, FEATURE_FUNCTIONS, RESIZE_TOLERANCE, KnnScore, sample_indices
 from helpers.core.stats import ranking_ci
 from helpers.data.cache import find_cache
 from helpers.data.datasets import get_spec
@@ -94,8 +94,8 @@ def study(dataset: str, others: list[str], n: int, seed: int) -> list[dict]:
     cache = find_cache(dataset, detector.image_size, seed)
     quality = get_spec(dataset).harmonise_jpeg
     train, val = cache.indices("train"), cache.indices("val")
-    train = train[_sample(len(train), 2048, seed, cache.labels[train])]
-    val = val[_sample(len(val), 2000, seed + 1)]
+    train = train[sample_indices(len(train), 2048, seed, cache.labels[train])]
+    val = val[sample_indices(len(val), 2000, seed + 1)]
     sides = shorter_sides(cache)[cache.indices("train")]
     low, high = np.nanmin(sides), np.nanmax(sides)
     bank, val_f = Features(detector, cache.images[train]), Features(detector, cache.images[val])

@@ -240,7 +240,7 @@ class DomainCheck:
                    int(state.get("n_val", 0)), dict(state.get("notes", {})))
 
 
-def _sample(n: int, size: int, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
+def sample_indices(n: int, size: int, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
     """Sorted indices of at most ``size`` of ``n`` items, seeded, balanced over ``labels``."""
     if n <= size:
         return np.arange(n)
@@ -262,14 +262,14 @@ def fit_domain_check(train: np.ndarray, val: np.ndarray, features: str = DEFAULT
     """Fit a :class:`DomainCheck` on uint8 (N, S, S, 3) training images ``train`` (a bank of at
     most ``bank_size``, class-balanced over ``train_labels``) with its threshold at the
     ``coverage`` quantile of the validation images ``val`` (at most ``val_size``).
-    ``train_sides``: the shorter sides (px) of the training files, for the resize rule (None:
-    no rule). Raises ValueError for an unknown ``features`` or empty splits."""
+    ``train_sides``: the shorter sides (px) of every training file (not only the bank's), for
+    the resize rule (None: no rule). Raises ValueError for an unknown ``features`` or empty splits."""
     if features not in FEATURES:
         raise ValueError(f"unknown domain features {features!r}; choose one of {FEATURES}")
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"a domain check needs training and validation images (got {len(train)} and {len(val)})")
-    bank_idx = _sample(len(train), bank_size, seed, train_labels)
-    val_idx = _sample(len(val), val_size, seed + 1)
+    bank_idx = sample_indices(len(train), bank_size, seed, train_labels)
+    val_idx = sample_indices(len(val), val_size, seed + 1)
     scores = []
     for name in features.split("+"):
         function = FEATURE_FUNCTIONS[name]

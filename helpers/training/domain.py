@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.detector import Detector
-from ..core.domain import DEFAULT_FEATURES, FEATURES, fit_domain_check
+from ..core.domain import BANK_SIZE, DEFAULT_FEATURES, FEATURES, VAL_SIZE, fit_domain_check, sample_indices
 from ..data.cache import find_cache
 
 
@@ -42,9 +42,13 @@ def add_domain_check(detector: Detector, cache, features: str = DEFAULT_FEATURES
                          "on the detector's own cache")
     started = time.perf_counter()
     train, val = cache.indices("train"), cache.indices("val")
-    sides = shorter_sides(cache)
+    train_sides = shorter_sides(cache)[train]  # every training file: the resize rule's range
+    # the same seeded samples fit_domain_check would draw, taken first: never a copy of a
+    # whole split (CIFAKE's train split is 276 MB)
+    train = train[sample_indices(len(train), options.get("bank_size", BANK_SIZE), seed, cache.labels[train])]
+    val = val[sample_indices(len(val), options.get("val_size", VAL_SIZE), seed + 1)]
     detector.domain = fit_domain_check(cache.images[train], cache.images[val], features,
-                                       train_labels=cache.labels[train], train_sides=sides[train],
+                                       train_labels=cache.labels[train], train_sides=train_sides,
                                        seed=seed, **options)
     detector.domain.notes["fit_seconds"] = round(time.perf_counter() - started, 2)
     return detector
