@@ -28,6 +28,7 @@ from torch import nn
 
 from . import paths
 from .accel import images_to_device, inference_autocast, inference_batch_size, to_float
+from .domain import DomainCheck
 from .models import build_model
 from .repro import atomic_path
 
@@ -114,6 +115,7 @@ class Detector:
     threshold_chosen: bool = True  # False: an older checkpoint without a saved threshold
     path: Path | None = None
     title: str | None = None  # how tables name it; None: the file's stem
+    domain: DomainCheck | None = None  # None: an older checkpoint saved without a domain check
 
     @property
     def name(self) -> str:
@@ -142,6 +144,27 @@ class Detector:
     def val_accuracy(self) -> float:
         return float(self.metrics.get("val_acc", float("nan")))
 
+    @property
+    def domain_status(self) -> str:
+        """How the domain check stands, in words (an older checkpoint has none)."""
+        if self.domain is None:
+            return ("missing: this checkpoint was saved without a domain check (retrain it, or "
+                    "add one with helpers.training.domain.add_domain_check)")
+        return (f"{self.domain.features} k-NN distance, threshold chosen on validation so that "
+                f"{self.domain.coverage:.0%} of in-domain images pass")
+
+    def in_domain(self, images: np.ndarray, sides=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(score, in_domain)`` of uint8 (N, S, S, 3) model inputs, float64 and object (N,)
+        arrays; ``sides``: the shorter side in px of each source file (None: unknown). Without a
+        domain check (older checkpoints) the scores are NaN and ``in_domain`` None (unknown)."""
+        images = self.check_images(images)
+        if self.domain is None:
+            return np.full(len(images), np.nan), np.full(len(images), None, dtype=object)
+        if len(images) == 0:
+            return np.zeros(0), np.zeros(0, dtype=object)
+        score, inside = self.domain.check(images, sides)
+        return score, inside.astype(object)
+
     # ------------------------------------------------------------------ files
     def checkpoint(self) -> dict[str, Any]:
         """The dict saved on disk (the weights on the CPU)."""
@@ -156,6 +179,8 @@ class Detector:
             ckpt.update(run_seconds=self.run_seconds, epochs_run=self.epochs_run)
         if self.threshold_chosen and self.threshold_val_acc is not None:
             ckpt.update(threshold=self.threshold, threshold_val_acc=self.threshold_val_acc)
+        if self.domain is not None:
+            ckpt["domain"] = self.domain.state()
         return ckpt
 
     def save(self, path: str | Path) -> Path:
@@ -198,7 +223,8 @@ class Detector:
                    run_seconds=ckpt.get("run_seconds"), epochs_run=ckpt.get("epochs_run"),
                    threshold=float(ckpt.get("threshold", DEFAULT_THRESHOLD)),
                    threshold_val_acc=ckpt.get("threshold_val_acc"),
-                   threshold_chosen="threshold" in ckpt, path=path).to(device)
+                   threshold_chosen="threshold" in ckpt, path=path,
+                   domain=DomainCheck.from_state(ckpt["domain"]) if ckpt.get("domain") else None).to(device)
 
     @property
     def device(self) -> torch.device:

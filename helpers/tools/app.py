@@ -138,6 +138,19 @@ def unseen_scores(detector: Detector) -> pd.DataFrame | None:
     return None
 
 
+def _elsewhere(named, table: pd.DataFrame, detector: Detector, device: str) -> list:
+    """Per image outside ``detector``'s domain, the other datasets whose detector would see it
+    inside (:func:`helpers.tools.predict.domains_elsewhere`); None for the others."""
+    outside = [i for i, v in enumerate(table["in_domain"]) if v is False]
+    out: list = [None] * len(table)
+    if outside:
+        loader = lambda p: load_detector(str(p), p.stat().st_mtime, device)
+        for i, found in zip(outside, predict.domains_elsewhere([named[i] for i in outside],
+                                                                detector.dataset, loader)):
+            out[i] = found
+    return out
+
+
 def describe_model(detector: Detector) -> None:
     """Sidebar: which model and data produced the answers, and how accurate it was."""
     spec = DATASETS.get(detector.dataset)
@@ -157,6 +170,7 @@ def describe_model(detector: Detector) -> None:
         cells = "; ".join(f"{markdown_text(r.source)} {r.auc:.2f}" for r in unseen.dropna(subset=["auc"]).itertuples())
         lines.append(f"**On sources it never saw:** mean AUC {unseen['auc'].mean():.2f} "
                      f"(0.5 = chance; {cells})")
+    lines.append(f"**Domain check:** {detector.domain_status}")
     st.sidebar.markdown("  \n".join(lines))
     if spec is not None and spec.is_demo:
         st.sidebar.warning("DEMO detector: trained on a small synthetic set (photo crops vs a small "
@@ -236,6 +250,18 @@ def show_result(name: str, data: bytes, row, view: np.ndarray, heat: np.ndarray 
         verdict.markdown(f"**Verdict: {LABEL_TEXT[row.label]}**")
         verdict.caption(f"FAKE when P >= {threshold:.1%} (the detector's threshold, chosen on "
                         "its validation images)")
+        if getattr(row, "in_domain", None) is False:  # the domain check (helpers.core.domain)
+            verdict.warning(f"**{predict.OUTSIDE}.** {elsewhere_text(getattr(row, 'elsewhere', None))}")
+
+
+def elsewhere_text(datasets) -> str:
+    """Which other detectors would see an image as in their domain, in words."""
+    if not isinstance(datasets, list):
+        return ""
+    if not datasets:
+        return "No other trained detector sees it as in its domain either."
+    names = ", ".join(DATASETS[d].title if d in DATASETS else d for d in datasets)
+    return f"In the domain of the detector trained on: {names} (choose it in the sidebar)."
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -269,10 +295,11 @@ def main(argv: list[str] | None = None) -> None:
 
     named, refused = split_oversized(uploads)
     with st.spinner(f"Classifying {len(named)} image(s) ..."):
-        arrays, errors, notes = predict.decode_images(named, detector)  # decoded once: scores, CAMs
+        arrays, errors, notes, sides = predict.decode_images(named, detector, with_sides=True)  # decoded once
         device = next(detector.model.parameters()).device
         table = predict.classify_decoded([n for n, _ in named], arrays, errors, detector,
-                                         device=str(device), notes=notes)
+                                         device=str(device), notes=notes, sides=sides)
+        table["elsewhere"] = _elsewhere(named, table, detector, args.device)
     for name, reason in refused:
         st.error(markdown_text(f"{name}: {reason}"))
     if any(isinstance(e, str) and e.startswith("no verdict") for e in table["error"]):

@@ -44,7 +44,9 @@ from ..data.datasets import CLASS_NAMES, DATASETS
 from ..data.entries import walk_folder
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-COLUMNS = ["file", "p_fake", "label", "error", "note"]
+COLUMNS = ["file", "p_fake", "label", "error", "note", "in_domain", "domain_score"]
+#: What a verdict outside the detector's domain is worth (the app shows it next to it).
+OUTSIDE = "outside what this detector was trained on — not reliable"
 #: Files decoded before each round of forward passes (bounds memory for large folders).
 CHUNK_IMAGES = 4096
 
@@ -122,12 +124,18 @@ def _decode_all(names: Sequence[str], decoders: Sequence[Decoder], workers: int 
                 ) -> tuple[list[np.ndarray | None], list[str | None], list[str | None]]:
     """Run the decoders in a thread pool (Pillow releases the GIL while decoding): arrays (None
     where decoding failed), errors and notes, one per decoder."""
+    return _decode_with_sides(names, decoders, workers)[:3]
+
+
+def _decode_with_sides(names: Sequence[str], decoders: Sequence[Decoder], workers: int | None):
+    """:func:`_decode_all` and, fourth, each file's shorter side in px (NaN where it failed),
+    which the domain check's resize rule reads."""
     def run(i: int):
         try:
             array, info = decoders[i]()
-            return array, None, _note(info)
+            return array, None, _note(info), float(min(info.width, info.height))
         except BadImageError as err:
-            return None, _reason(err, names[i]), None
+            return None, _reason(err, names[i]), None, float("nan")
 
     workers = workers or min(8, os.cpu_count() or 1)
     if workers <= 1 or len(decoders) <= 1:
@@ -135,17 +143,29 @@ def _decode_all(names: Sequence[str], decoders: Sequence[Decoder], workers: int 
     else:
         with ThreadPoolExecutor(workers) as pool:
             out = list(pool.map(run, range(len(decoders))))
-    return [a for a, _, _ in out], [e for _, e, _ in out], [n for _, _, n in out]
+    return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out], [o[3] for o in out]
 
 
 def classify_decoded(names: Sequence[str], arrays: Sequence[np.ndarray | None],
                      errors: Sequence[str | None], detector: Detector, device: str = "cpu",
                      batch_size: int | None = None, threshold: float | None = None,
-                     notes: Sequence[str | None] | None = None) -> pd.DataFrame:
+                     notes: Sequence[str | None] | None = None, sides=None) -> pd.DataFrame:
     """The result table for already decoded images (None where decoding failed, with its error;
-    ``notes`` from :func:`decode_images`). ``threshold`` None: the detector's own."""
+    ``notes`` and ``sides`` from :func:`decode_images`). ``threshold`` None: the detector's own."""
     p_fake = _scores(arrays, detector, device, batch_size)
-    return _table(names, p_fake, errors, detector.decision_threshold(threshold), notes)
+    return _table(names, p_fake, errors, detector.decision_threshold(threshold), notes,
+                  _domain(arrays, sides, detector))
+
+
+def _domain(arrays: Sequence[np.ndarray | None], sides, detector: Detector) -> tuple[np.ndarray, np.ndarray]:
+    """The domain check's (score, in_domain) per image: NaN and None where there is no image
+    or the checkpoint has no check (:meth:`Detector.in_domain`)."""
+    score, inside = np.full(len(arrays), np.nan), np.full(len(arrays), None, dtype=object)
+    ok = [i for i, a in enumerate(arrays) if a is not None]
+    if ok:
+        known = None if sides is None else np.asarray(sides, dtype=np.float64)[ok]
+        score[ok], inside[ok] = detector.in_domain(np.stack([arrays[i] for i in ok]), known)
+    return score, inside
 
 
 def _scores(arrays: Sequence[np.ndarray | None], detector: Detector, device: str,
@@ -166,30 +186,39 @@ def no_verdict(value: float) -> str:
 
 
 def _table(names: Sequence[str], p_fake: np.ndarray, errors: Sequence[str | None],
-           threshold: float, notes: Sequence[str | None] | None = None) -> pd.DataFrame:
+           threshold: float, notes: Sequence[str | None] | None = None,
+           domain: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
     """One row per image; an image without an error whose score is not finite gets the error
-    :func:`no_verdict` (never a label: NaN >= threshold would read as REAL)."""
+    :func:`no_verdict` (never a label: NaN >= threshold would read as REAL). ``domain``: the
+    domain check's (score, in_domain) per image (:func:`_domain`; None: unknown)."""
     p_fake = np.asarray(p_fake, dtype=np.float64)
     errors = [e if e or np.isfinite(p) else no_verdict(p) for p, e in zip(p_fake, errors)]
     p_fake = np.where(np.isfinite(p_fake), p_fake, np.nan)
     labels = [None if e else CLASS_NAMES[int(p >= threshold)] for p, e in zip(p_fake, errors)]
     notes = list(notes) if notes is not None else [None] * len(names)
+    score, inside = domain if domain is not None else (np.full(len(names), np.nan),
+                                                       np.full(len(names), None, dtype=object))
+    inside = [None if e or v is None else bool(v) for v, e in zip(inside, errors)]
     return pd.DataFrame({"file": [printable(n) for n in names], "p_fake": p_fake,
-                         "label": labels, "error": list(errors), "note": notes}, columns=COLUMNS)
+                         "label": labels, "error": list(errors), "note": notes,
+                         "in_domain": pd.Series(inside, dtype=object), "domain_score": score},
+                        columns=COLUMNS)
 
 
 def _classify(names: Sequence[str], decoders: Sequence[Decoder], detector: Detector,
               device: str, batch_size: int, threshold: float | None,
               workers: int | None) -> pd.DataFrame:
     chunk = max(CHUNK_IMAGES, batch_size or 0)  # bounded memory for any number of files
-    scores, errors, notes = [np.zeros(0)], [], []
+    scores, errors, notes, domain = [np.zeros(0)], [], [], [(np.zeros(0), np.zeros(0, dtype=object))]
     for start in range(0, len(names), chunk):
-        arrays, chunk_errors, chunk_notes = _decode_all(names[start:start + chunk],
-                                                        decoders[start:start + chunk], workers)
+        arrays, chunk_errors, chunk_notes, sides = _decode_with_sides(
+            names[start:start + chunk], decoders[start:start + chunk], workers)
         scores.append(_scores(arrays, detector, device, batch_size))
+        domain.append(_domain(arrays, sides, detector))
         errors += chunk_errors
         notes += chunk_notes
-    return _table(names, np.concatenate(scores), errors, detector.decision_threshold(threshold), notes)
+    return _table(names, np.concatenate(scores), errors, detector.decision_threshold(threshold), notes,
+                  (np.concatenate([d[0] for d in domain]), np.concatenate([d[1] for d in domain])))
 
 
 def classify_files(paths: Sequence[str | os.PathLike], detector: Detector, device: str = "cpu",
@@ -199,8 +228,11 @@ def classify_files(paths: Sequence[str | os.PathLike], detector: Detector, devic
 
     Returns one row per path, in order: ``file`` (escaped where not valid text), ``p_fake``
     (P(AI-generated), NaN when unreadable), ``label`` (``FAKE`` when ``p_fake >= threshold``,
-    else ``REAL``; None when unreadable), ``error`` (None, or why the file could not be read)
-    and ``note`` (None, or the malformed metadata that was left out to decode it).
+    else ``REAL``; None when unreadable), ``error`` (None, or why the file could not be read),
+    ``note`` (None, or the malformed metadata that was left out to decode it), ``in_domain``
+    (whether the image is like the detector's training data, :mod:`helpers.core.domain`;
+    None when unknown: unreadable, or a checkpoint without a domain check) and
+    ``domain_score`` (the check's score, NaN when unknown; in domain at or below its threshold).
     ``threshold`` None: the detector's own (:meth:`Detector.decision_threshold`).
     """
     size, quality = detector.image_size, preprocessing_jpeg_quality(detector)
@@ -209,25 +241,52 @@ def classify_files(paths: Sequence[str | os.PathLike], detector: Detector, devic
     return _classify(names, decoders, detector, device, batch_size, threshold, workers)
 
 
-def decode_images(named_bytes: Sequence[tuple[str, bytes]], detector: Detector, workers: int | None = None
-                  ) -> tuple[list[np.ndarray | None], list[str | None], list[str | None]]:
+def decode_images(named_bytes: Sequence[tuple[str, bytes]], detector: Detector, workers: int | None = None,
+                  with_sides: bool = False):
     """Model inputs for in-memory files by the training rule: (arrays or None, errors or None,
-    notes or None), one of each per file."""
+    notes or None), one of each per file; ``with_sides``: and fourth, each file's shorter side
+    in px (NaN where decoding failed), for :func:`classify_decoded`'s domain check."""
     size, quality = detector.image_size, preprocessing_jpeg_quality(detector)
     names = [printable(name) for name, _ in named_bytes]
     decoders = [lambda d=data, n=n: image_rule.decode(d, size, n, quality)
                 for n, (_, data) in zip(names, named_bytes)]
-    return _decode_all(names, decoders, workers)
+    decoded = _decode_with_sides(names, decoders, workers)
+    return decoded if with_sides else decoded[:3]
 
 
 def classify_images(named_bytes: Sequence[tuple[str, bytes]], detector: Detector,
                     device: str = "cpu", batch_size: int | None = None, threshold: float | None = None,
                     workers: int | None = None) -> pd.DataFrame:
     """:func:`classify_files` for in-memory files, e.g. uploads: ``[(name, bytes), ...]``."""
-    arrays, errors, notes = decode_images(named_bytes, detector, workers)
+    arrays, errors, notes, sides = decode_images(named_bytes, detector, workers, with_sides=True)
     names = [str(name) for name, _ in named_bytes]
     return classify_decoded(names, arrays, errors, detector, device, batch_size, threshold,
-                            notes)
+                            notes, sides)
+
+
+def domains_elsewhere(named_bytes: Sequence[tuple[str, bytes]], exclude: str,
+                      load: Callable[[Path], Detector] = Detector.load) -> list[list[str]]:
+    """For each in-memory file, the other datasets (not ``exclude``) whose best detector
+    (:func:`helpers.core.detector.best_path`) sees it as in its domain: decoded at that
+    detector's size, scored by its own domain check and resize rule. Datasets without a
+    detector, or whose detector has no domain check, are left out. ``load`` reads a checkpoint
+    (the app passes its cached loader)."""
+    found: list[list[str]] = [[] for _ in named_bytes]
+    for dataset in sorted(DATASETS):
+        if dataset == exclude or not named_bytes:
+            continue
+        try:
+            other = load(best_path(dataset))
+        except (FileNotFoundError, ValueError):
+            continue
+        if other.domain is None:
+            continue
+        arrays, _, _, sides = decode_images(named_bytes, other, with_sides=True)
+        _, inside = _domain(arrays, sides, other)
+        for i, value in enumerate(inside):
+            if value is True or value is np.True_:
+                found[i].append(dataset)
+    return found
 
 
 def _preprocessing_rule() -> str:
@@ -270,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset whose best detector is used when --model is not given "
                              "(default: demo)")
     parser.add_argument("--csv", metavar="OUT", help="also write the table (file, p_fake, "
-                                                     "label, error, note) to this CSV file")
+                                                     "label, error, note, in_domain, domain_score) "
+                                                     "to this CSV file")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="images per forward pass (default: 64 on a CPU, 512 on a GPU)")
     parser.add_argument("--threshold", type=float, default=None,
@@ -298,13 +358,24 @@ def print_table(table: pd.DataFrame, stream=None) -> None:
     if len(good):
         print(f"{'P(AI)':>7}  {'label':<5}  file", file=stream)
         for row in good.itertuples():
-            print(f"{row.p_fake:7.4f}  {row.label:<5}  {row.file}", file=stream)
+            outside = "  [outside the training domain]" if row.in_domain is False else ""
+            print(f"{row.p_fake:7.4f}  {row.label:<5}  {row.file}{outside}", file=stream)
             if isinstance(row.note, str):
                 print(f"{'':7}  {'':<5}  note: {row.note}", file=stream)
     if len(bad):
         print(f"\n{len(bad)} of {len(table)} could not be classified:", file=stream)
         for row in bad.itertuples():
             print(f"  {row.file}: {row.error}", file=stream)
+
+
+def domain_summary(table: pd.DataFrame, detector: Detector) -> str:
+    """One line: how many classified images were outside the detector's domain."""
+    good = table[table["error"].isna()]
+    if detector.domain is None:
+        return f"domain check: {detector.domain_status}"
+    outside = int(sum(v is False for v in good["in_domain"]))
+    return (f"domain check: {outside} of {len(good)} classified images outside what this detector "
+            f"was trained on{' (their verdicts are not reliable)' if outside else ''}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -347,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              "error": [r for _, r in problems], "note": None}, columns=COLUMNS)],
             ignore_index=True)
     print_table(table)
+    print(domain_summary(table, detector), file=sys.stderr)
     if args.csv:
 
         with atomic_path(Path(args.csv).expanduser()) as tmp:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -48,6 +49,7 @@ from ..core.repro import atomic_path, environment_fingerprint, seed_everything
 from ..data.cache import check_counts, split_counts
 from .batches import TrainingBatches
 from .config import TrainConfig, TrainResult
+from .domain import add_domain_check
 from .probe import fit_linear_head, pooled_features
 
 RESUME_FORMAT = "aidetect-resume"
@@ -411,7 +413,7 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
     run.learner.net.load_state_dict(done.best_state)
     run.learner.net.eval()
     if run.rank == 0:
-        _finish(run, history)
+        _finish(run, history, cache)
         run.last_path.unlink(missing_ok=True)
     return TrainResult(
         model=run.learner.net, history=history, metrics=done.best, checkpoint=run.ckpt_path,
@@ -420,10 +422,11 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
         config=config, resumed_epochs=start_epoch)
 
 
-def _finish(run: _Run, history: pd.DataFrame) -> None:
+def _finish(run: _Run, history: pd.DataFrame, cache) -> None:
     """Add what is known only at the end of the run to the best checkpoint: the whole run's
-    time and epochs, and the decision threshold chosen on validation
-    (:func:`helpers.core.detector.choose_threshold`, one pass per image)."""
+    time and epochs, the decision threshold chosen on validation
+    (:func:`helpers.core.detector.choose_threshold`, one pass per image) and the domain check
+    fitted on the training images (:func:`helpers.training.domain.add_domain_check`)."""
     if not run.ckpt_path.is_file():
         return
     logits = _logits(run.learner.net, run.x_val, run.batches.mean, run.batches.std, run.config)
@@ -435,6 +438,11 @@ def _finish(run: _Run, history: pd.DataFrame) -> None:
     detector.threshold, detector.threshold_val_acc = choose_threshold(run.y_val.cpu().numpy(), p_fake)
     detector.threshold_chosen = True
     detector.run_seconds, detector.epochs_run = float(history["seconds"].sum()), len(history)
+    try:
+        add_domain_check(detector, cache, seed=run.config.seed)
+    except ImportError as err:  # the pretrained wheels missing: the pixel statistics alone
+        warnings.warn(f"domain check on pixel statistics only ({err})", stacklevel=2)
+        add_domain_check(detector, cache, "stats", seed=run.config.seed)
     detector.save(run.ckpt_path)
 
 
