@@ -294,8 +294,23 @@ def is_checkpoint(path: str | Path) -> bool:
     return isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT
 
 
-def best_path(dataset: str) -> Path:
-    """The detector of ``dataset`` ranked first by :func:`validation_rank` (then the newest).
+def is_robust(config: Mapping[str, Any] | None) -> bool:
+    """Whether a detector trained with degradations (``TrainConfig.degrade``, issue #34)."""
+    return (config or {}).get("degrade", "none") not in ("none", None, "")
+
+
+def kind_note(config: Mapping[str, Any] | None) -> str:
+    """How ``predict`` and the app name a detector's training: robust (the recipe) or specialist."""
+    if is_robust(config):
+        return f"robust: trained with degradations {config['degrade']!r}"
+    return "specialist: trained on clean images only"
+
+
+def best_path(dataset: str, robust: bool = True) -> Path:
+    """The detector of ``dataset`` that ``predict`` and the app use by default: with
+    ``robust``, one trained with degradations (:func:`is_robust`) if there is any, as those
+    survive resizing, blur, cropping and recompression; then the first by
+    :func:`validation_rank`, then the newest.
 
     Raises FileNotFoundError, with the command that trains one, when there is none. A corrupt
     file is skipped with a warning, never silently.
@@ -310,7 +325,8 @@ def best_path(dataset: str) -> Path:
                           stacklevel=2)
             continue
         if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
-            found.append((validation_rank(ckpt.get("metrics", {})), path.stat().st_mtime, path))
+            found.append((robust and is_robust(ckpt.get("config")), validation_rank(ckpt.get("metrics", {})),
+                          path.stat().st_mtime, path))
     if not found:
         raise FileNotFoundError(
             f"no trained detector in {paths.RESULTS / dataset / 'models'}; run {train_hint(dataset)}")

@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="bfloat16 autocast on the CPU (default: measured, whichever is faster here)")
     p.add_argument("--no-cpu-amp", dest="cpu_amp", action="store_false",
                    help="fp32 on the CPU, whatever the probe would choose")
+    p.add_argument("--degrade", default=None, help="training-time degradations: none, cnndet, cnndet_p01, blur_rescale_crop, all, upload (helpers/training/degrade.py)")
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="training seed, and split seed unless --split-seed")
     p.add_argument("--split-seed", type=int, default=None,
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, translate=args.translate, patience=args.patience,
-        cutout=args.cutout, cpu_amp=args.cpu_amp,
+        cutout=args.cutout, degrade=args.degrade, cpu_amp=args.cpu_amp,
         seed=args.seed, device=args.device, threads=threads, amp=args.amp,
         compile=args.compile)
     try:
