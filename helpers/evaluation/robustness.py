@@ -240,6 +240,22 @@ def severity_table(detectors: Sequence[Detector], images: np.ndarray, labels: np
     return pd.DataFrame(rows)
 
 
+def clean_and_robust(detectors: Sequence[Detector]) -> list[Detector]:
+    """The detectors notebook 05's severity curves compare: the best clean one (trained
+    without degradations) and the best robust one (with), each by validation accuracy
+    (:func:`helpers.core.detector.validation_rank`); the robust one's image size decides
+    when they differ. One or none of each may exist."""
+    from ..core.detector import is_robust, validation_rank
+
+    out = []
+    for robust in (False, True):
+        group = [d for d in detectors if is_robust(d.config) == robust]
+        if group:
+            out.append(max(group, key=lambda d: validation_rank(d.metrics or {})))
+    size = out[-1].image_size if out else None
+    return [d for d in out if d.image_size == size]
+
+
 def worst_case(table: pd.DataFrame) -> pd.DataFrame:
     """Per model of a :func:`robustness_table`: clean accuracy, the worst accuracy over the
     perturbed conditions and the condition that gave it."""
