@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image, ImageFilter
 from sklearn import metrics as skm
 
-from ..core.detector import Detector
+from ..core.detector import Detector, is_robust, validation_rank
 from ..core.images import fit_square
 from ..core.stats import proportion_ci, ranking_ci
 from .metrics import predicted_labels
@@ -245,8 +245,6 @@ def clean_and_robust(detectors: Sequence[Detector]) -> list[Detector]:
     without degradations) and the best robust one (with), each by validation accuracy
     (:func:`helpers.core.detector.validation_rank`); the robust one's image size decides
     when they differ. One or none of each may exist."""
-    from ..core.detector import is_robust, validation_rank
-
     out = []
     for robust in (False, True):
         group = [d for d in detectors if is_robust(d.config) == robust]
