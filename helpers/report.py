@@ -168,17 +168,34 @@ def _best_table(rows) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def worst_case(dataset: str, model: str) -> str:
+    """The model's lowest accuracy over notebook 05's robustness protocol
+    (``results/<dataset>/robustness.csv``) and its condition, or "–" without one."""
+    path = paths.RESULTS / dataset / "robustness.csv"
+    if not path.is_file():
+        return "–"
+    table = pd.read_csv(path)
+    rows = table[(table["model"] == model) & (table["condition"] != "clean")]
+    if rows.empty:
+        return "–"
+    worst = rows.loc[rows["accuracy"].idxmin()]
+    return f"{100 * worst['accuracy']:.1f} % ({worst['condition']})"
+
+
 def readme_table() -> str:
-    """Markdown table of the best model per dataset, from the metrics files."""
-    lines = ["| dataset | model | test accuracy (95 % CI) | AUC | test images | reproduce |",
-             "|---|---|---|---|---|---|"]
+    """Markdown table of the best model per dataset, from the metrics files; the worst case is
+    the lowest accuracy under notebook 05's robustness protocol (a test subset)."""
+    lines = [("| dataset | model | test accuracy (95 % CI) | AUC | worst case, post-processed | test images "
+              "| reproduce |"),
+             "|---|---|---|---|---|---|---|"]
     for dataset, row, ranked in best_rows():
         ci = (f" ({100 * row['ci_low']:.2f}–{100 * row['ci_high']:.2f})"
               if "ci_low" in row and pd.notna(row["ci_low"]) else "")
         auc = f"{row['auc']:.4f}" if "auc" in row and pd.notna(row["auc"]) else "–"
         n = f"{int(row['n_test']):,}" if "n_test" in row and pd.notna(row["n_test"]) else "–"
         name = _dataset_label(dataset, ranked)
-        lines.append(f"| {name} | {row['model']} | {100 * row['accuracy']:.2f} %{ci} | {auc} | {n} | "
+        lines.append(f"| {name} | {row['model']} | {100 * row['accuracy']:.2f} %{ci} | {auc} | "
+                     f"{worst_case(dataset, row['model'])} | {n} | "
                      f"`{STEP_COMMANDS.get(dataset, 'make all DATASET=' + dataset)}` |")
     return "\n".join(lines)
 

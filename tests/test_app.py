@@ -159,7 +159,7 @@ def test_the_other_method_and_checkpoint_selects(results_tree, uploads):
     finally:
         foreign.unlink()
     assert at.sidebar.selectbox(key="dataset").options == ["demo"]
-    assert at.sidebar.selectbox(key="checkpoint").options == ["best: fast", "fast"]
+    assert at.sidebar.selectbox(key="checkpoint").options == ["default: fast (specialist)", "fast"]
     at.sidebar.selectbox(key="method").set_value("EigenCAM").run(timeout=TIMEOUT)
     upload(at, [("photo.jpg", uploads["photo.jpg"])])
     assert not at.exception and not at.error

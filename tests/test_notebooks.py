@@ -81,6 +81,9 @@ def test_train_gan_evaluate_gradcam_notebooks_run_in_order(project_dirs, tmp_pat
     metrics = pd.read_csv(demo / "performance_metrics.csv")
     assert sorted(metrics["model"]) == ["fast", "lite0_probe"] and metrics["ci_low"].notna().all()
     assert (demo / "confusion_matrix.png").exists() and (demo / "gradcam" / "faithfulness.csv").exists()
+    severity = pd.read_csv(demo / "robustness_severity.csv")  # the clean detector's severity curves
+    assert set(severity["family"]) == {"blur", "rescale", "jpeg", "crop", "rescale_jpeg"}
+    assert (severity["acc_low"] <= severity["accuracy"]).all() and list((demo / "evaluation").glob("severity_*.png"))
     near = pd.read_csv(demo / "near_duplicate_check.csv")
     for _, rows in near.groupby("model"):
         assert rows["images"].tolist() == ["all test images", "no near-duplicate in train",

@@ -57,5 +57,10 @@ def test_the_readme_table_is_replaced_and_nothing_else(project_dirs, tmp_path):
     assert report.update_readme(readme) is True
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
-    assert "| demo (DEMO) | fast | 50.00 % (40.00–60.00) |" in text
+    assert "| demo (DEMO) | fast | 50.00 % (40.00–60.00) | 0.5000 | – |" in text
+    pd.DataFrame([{"model": "fast", "condition": c, "accuracy": a} for c, a in
+                  (("clean", 0.5), ("JPEG q50", 0.45), ("blur sigma 1", 0.4))]).to_csv(
+        results / "demo" / "robustness.csv", index=False)
+    assert report.update_readme(readme) is True
+    assert "| 0.5000 | 40.0 % (blur sigma 1) | 8 |" in readme.read_text()
     assert report.update_readme(readme) is False  # unchanged the second time

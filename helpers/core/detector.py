@@ -346,14 +346,28 @@ def is_checkpoint(path: str | Path) -> bool:
     return isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT
 
 
-def best_path(dataset: str) -> Path:
-    """The detector of ``dataset`` chosen by :func:`best_by_validation` (ties: the newest; the
-    newest when no checkpoint has validation figures).
+def is_robust(config: Mapping[str, Any] | None) -> bool:
+    """Whether a detector trained with degradations (``TrainConfig.degrade``, issue #34)."""
+    return (config or {}).get("degrade", "none") not in ("none", None, "")
+
+
+def kind_note(config: Mapping[str, Any] | None) -> str:
+    """How ``predict`` and the app name a detector's training: robust (the recipe) or specialist."""
+    if is_robust(config):
+        return f"robust: trained with degradations {config['degrade']!r}"
+    return "specialist: trained on clean images only"
+
+
+def best_path(dataset: str, robust: bool = True) -> Path:
+    """The detector of ``dataset`` that ``predict`` and the app use by default: with ``robust``,
+    among those trained with degradations (:func:`is_robust`) if there is any, as those survive
+    resizing, blur, cropping and recompression; the one :func:`best_by_validation` chooses (ties:
+    the newest; the newest when no checkpoint has validation figures).
 
     Raises FileNotFoundError, with the command that trains one, when there is none. A corrupt
     file is skipped with a warning, never silently.
     """
-    found = []  # (path, metrics), newest first so that ties go to the newest
+    found = []  # (path, metrics, robust), newest first so that ties go to the newest
     for path in sorted(detector_paths(dataset), key=lambda p: (p.stat().st_mtime, p.name), reverse=True):
         try:
             ckpt = _read(path)
@@ -363,10 +377,11 @@ def best_path(dataset: str) -> Path:
                           stacklevel=2)
             continue
         if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
-            found.append((path, ckpt.get("metrics") or {}))
+            found.append((path, ckpt.get("metrics") or {}, robust and is_robust(ckpt.get("config"))))
     if not found:
         raise FileNotFoundError(
             f"no trained detector in {paths.RESULTS / dataset / 'models'}; run {train_hint(dataset)}")
+    found = [item for item in found if item[2]] or found  # the robust ones, when there are any
     best = best_by_validation(found, lambda item: item[1])
     return (best or found[0])[0]  # none with validation figures: the newest, never one chosen on test
 

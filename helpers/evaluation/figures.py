@@ -147,6 +147,35 @@ def plot_robustness(table: pd.DataFrame):
     return fig
 
 
+#: x-axis labels of :func:`plot_severity`, per family of ``robustness.SEVERITIES``
+SEVERITY_AXES = {"blur": "Gaussian blur sigma (px)", "rescale": "rescale factor (and back)",
+                 "jpeg": "JPEG quality", "crop": "crop (fraction of the side, resized back)",
+                 "rescale_jpeg": "rescale x q/100, then JPEG quality q"}
+
+
+def plot_severity(table: pd.DataFrame, family: str):
+    """Accuracy and AUC against severity for one family of a ``robustness.severity_table``,
+    one line per model with its 95 % bootstrap band."""
+    import matplotlib.pyplot as plt
+
+    part = table[table["family"] == family].sort_values("parameter")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, column, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "auc", "ROC AUC")):
+        low, high = ("acc_low", "acc_high") if column == "accuracy" else ("auc_low", "auc_high")
+        for model, rows in part.groupby("model", sort=False):
+            line, = ax.plot(rows["parameter"], rows[column], marker="o", ms=3, label=model)
+            ax.fill_between(rows["parameter"], rows[low], rows[high], color=line.get_color(), alpha=0.2)
+        ax.axhline(0.5, color="grey", ls=":", lw=1)
+        ax.set(ylim=(0.4, 1.01), xlabel=SEVERITY_AXES.get(family, family), ylabel=label)
+        if family == "rescale":
+            ax.set_xscale("log", base=2)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{family}: accuracy and AUC against severity (bands: 95 % bootstrap; grey: chance)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_cross_generator(frame: pd.DataFrame):
     """Flag rate with 95 % CI on real photos, the dataset's own fakes and the unseen GAN."""
     import matplotlib.pyplot as plt

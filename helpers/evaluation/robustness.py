@@ -1,5 +1,10 @@
 """Robustness: the test images JPEG-compressed, blurred, rescaled and cropped, and the
-detector's accuracy on each.
+detector's accuracy on each; the severity curves (:func:`severity_grid`, :func:`severity_table`).
+
+The same definitions as the training-time degradations of :mod:`helpers.training.degrade`
+(sigma in pixels, rescale by a factor and back, crop a fraction of the side and resize back,
+JPEG quality with 4:2:0 chroma); these are implemented with Pillow on numpy, those on tensors,
+so a detector is never scored by the very code that augmented its training.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import pandas as pd
 from PIL import Image, ImageFilter
 from sklearn import metrics as skm
 
-from ..core.detector import Detector
+from ..core.detector import Detector, is_robust, validation_rank
 from ..core.images import fit_square
+from ..core.stats import proportion_ci, ranking_ci
 from .metrics import predicted_labels
 
 
@@ -74,6 +80,11 @@ def _crop_one(fraction: float) -> Callable[[Image.Image], Image.Image]:
         return (img.crop((left, top, left + w, top + h))
                 .resize(img.size, Image.Resampling.BICUBIC))
     return crop
+
+
+def _chain_one(factor: float, quality: int) -> Callable[[Image.Image], Image.Image]:
+    rescale_one, jpeg_one = _rescale_one(factor), _jpeg_one(quality)
+    return lambda img: jpeg_one(rescale_one(img))
 
 
 def jpeg_compress(images: np.ndarray, quality: int) -> np.ndarray:
@@ -171,3 +182,87 @@ def resize_to(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1:3] == (size, size):
         return images
     return np.stack([np.asarray(fit_square(Image.fromarray(im, "RGB"), size)) for im in images])
+
+
+#: Severity grids of notebook 05's curves, per family: blur sigma (px), rescale factor, JPEG
+#: quality, crop fraction of the side, and the upload chain "rescale xq/100 then JPEG q" (by q).
+SEVERITIES: dict[str, tuple[float, ...]] = {
+    "blur": (0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+    "rescale": (0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
+    "jpeg": (10, 20, 30, 50, 75, 90, 100),
+    "crop": (0.5, 0.6, 0.75, 0.9, 1.0),
+    "rescale_jpeg": (30, 50, 75, 90, 100),
+}
+
+_MAKERS = {"blur": lambda s: _blur_one(s), "rescale": lambda f: _rescale_one(f),
+           "jpeg": lambda q: _jpeg_one(int(q)), "crop": lambda f: _crop_one(f),
+           "rescale_jpeg": lambda q: _chain_one(q / 100, int(q))}
+
+
+def _identity(family: str, value: float) -> bool:
+    return (family, value) in {("blur", 0.0), ("rescale", 1.0), ("crop", 1.0)}
+
+
+def severity_grid(severities: dict[str, Sequence[float]] | None = None) -> list[Perturbation]:
+    """One :class:`Perturbation` per (family, severity) of ``severities`` (default
+    :data:`SEVERITIES`); zero severity (blur 0, x1, crop 100 %) is the identity."""
+    out = []
+    for family, values in (SEVERITIES if severities is None else severities).items():
+        for v in values:
+            fn = (lambda img: img) if _identity(family, v) else _MAKERS[family](v)
+            out.append(Perturbation(f"{family} {v:g}", family, float(v), fn))
+    return out
+
+
+def severity_table(detectors: Sequence[Detector], images: np.ndarray, labels: np.ndarray,
+                   grid: Sequence[Perturbation] | None = None, device: str = "cpu",
+                   batch_size: int | None = None, n_bootstrap: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Accuracy and AUC with 95 % bootstrap intervals of each detector at each severity.
+
+    ``images`` (N, H, W, 3) uint8 at the detectors' size, ``labels`` (N,) 0/1. Each
+    perturbed set is made once and scored by every detector (at its own threshold).
+    Intervals: :func:`helpers.core.stats.proportion_ci` (accuracy, percentile bootstrap) and
+    :func:`helpers.core.stats.ranking_ci` (AUC, stratified), ``n_bootstrap`` resamples.
+    Columns: model, family, parameter, accuracy, acc_low, acc_high, auc, auc_low, auc_high, n_images.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    rows = []
+    for p in severity_grid() if grid is None else grid:
+        perturbed = p(images)
+        for det in detectors:
+            p_fake = det.predict_proba(perturbed, device, batch_size)
+            acc = proportion_ci(predicted_labels(p_fake, det.threshold) == labels, n_bootstrap, seed=seed)
+            auc = ranking_ci(labels, p_fake, "auc", n_bootstrap, seed=seed)
+            rows.append({"model": det.name, "family": p.family, "parameter": p.parameter,
+                         "accuracy": acc.estimate, "acc_low": acc.low, "acc_high": acc.high,
+                         "auc": auc.estimate, "auc_low": auc.low, "auc_high": auc.high,
+                         "n_images": int(labels.size)})
+    return pd.DataFrame(rows)
+
+
+def clean_and_robust(detectors: Sequence[Detector]) -> list[Detector]:
+    """The detectors notebook 05's severity curves compare: the best clean one (trained
+    without degradations) and the best robust one (with), each by validation accuracy
+    (:func:`helpers.core.detector.validation_rank`); the robust one's image size decides
+    when they differ. One or none of each may exist."""
+    out = []
+    for robust in (False, True):
+        group = [d for d in detectors if is_robust(d.config) == robust]
+        if group:
+            out.append(max(group, key=lambda d: validation_rank(d.metrics or {})))
+    size = out[-1].image_size if out else None
+    return [d for d in out if d.image_size == size]
+
+
+def worst_case(table: pd.DataFrame) -> pd.DataFrame:
+    """Per model of a :func:`robustness_table`: clean accuracy, the worst accuracy over the
+    perturbed conditions and the condition that gave it."""
+    rows = []
+    for model, part in table.groupby("model", sort=False):
+        perturbed = part[part["condition"] != "clean"]
+        worst = perturbed.loc[perturbed["accuracy"].idxmin()] if len(perturbed) else None
+        rows.append({"model": model,
+                     "clean_accuracy": float(part.loc[part["condition"] == "clean", "accuracy"].iloc[0]),
+                     "worst_accuracy": float(worst["accuracy"]) if worst is not None else np.nan,
+                     "worst_condition": worst["condition"] if worst is not None else None})
+    return pd.DataFrame(rows)

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 from helpers.core import images as image_rule
 from helpers.core import paths
 from helpers.core.accel import pick_device
-from helpers.core.detector import Detector, best_path, detector_paths, is_checkpoint
+from helpers.core.detector import Detector, best_path, detector_paths, is_checkpoint, kind_note
 from helpers.core.models import input_normalisation
 from helpers.core.paths import printable
 from helpers.data.datasets import DATASETS
@@ -57,11 +57,13 @@ def _stamp(dataset: str) -> tuple:
 
 
 @st.cache_data(show_spinner=False)
-def detectors(dataset: str, stamp: tuple) -> tuple[list[str], str | None]:
-    """Detector checkpoints of ``dataset`` (not the GAN's or other ``.pt`` files) and the best
-    one; recomputed only when the files change (``stamp``)."""
+def detectors(dataset: str, stamp: tuple) -> tuple[list[str], str | None, str]:
+    """Detector checkpoints of ``dataset`` (not the GAN's or other ``.pt`` files), the default
+    one (its robust detector, if any: :func:`best_path`) and whether it is robust or the
+    specialist; recomputed only when the files change (``stamp``)."""
     found = [path for path, _ in stamp if is_checkpoint(path)]
-    return found, (str(best_path(dataset)) if found else None)
+    best = str(best_path(dataset)) if found else None
+    return found, best, (kind_note(Detector.load(best).config).split(":")[0] if best else "")
 
 
 def datasets_with_detectors() -> list[str]:
@@ -95,18 +97,20 @@ def choose_detector(default_dataset: str) -> Path | None:
     options = sorted(set(available) | {default_dataset})
     dataset = st.sidebar.selectbox("Dataset the detector was trained on", options,
                                    index=options.index(default_dataset), key="dataset")
-    files, best = detectors(dataset, _stamp(dataset))
+    files, best, kind = detectors(dataset, _stamp(dataset))
     if not files:
         others = ", ".join(d for d in available if d != dataset)
         st.error(f"No trained detector for dataset **{dataset}** yet (none in "
                  f"`{paths.RESULTS / dataset / 'models'}`). Train one with {train_hint(dataset)}, "
                  "then reload this page." + (f" Datasets with a detector: {others}." if others else ""))
         return None
-    labels = {f"best: {Path(best).stem}": Path(best),
+    labels = {f"default: {Path(best).stem} ({kind})": Path(best),
               **{checkpoint_label(Path(f).stem): Path(f) for f in files}}
     choice = st.sidebar.selectbox("Checkpoint", list(labels), key="checkpoint",
-                                  help="'best' is the checkpoint with the best validation accuracy on "
-                                       "this dataset (the specialist); 'generalist' ones start from "
+                                  help="'default' is the dataset's robust detector (trained with "
+                                       "degradations: resizing, blur, cropping, JPEG), if there is one, "
+                                       "with the best validation accuracy; the others, specialists "
+                                       "included, stay selectable; 'generalist' ones start from "
                                        "ImageNet weights and may carry over better to other sources")
     return labels[choice]
 

@@ -12,6 +12,7 @@ import torch
 
 from ..core.accel import to_float
 from .config import TrainConfig
+from .degrade import degrade, degrade_seed, recipe
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -112,10 +113,15 @@ class TrainingBatches:
         plan = EpochPlan(*(part.to(device) for part in
                            epoch_plan(len(self.images), self.config, epoch, self.rank, self.world)))
         b = self.batch_size
+        name = self.config.degrade
+        if recipe(name):  # a CPU generator: the same draws on every device
+            gen = torch.Generator().manual_seed(degrade_seed(self.config.seed, epoch, self.rank))
         for step in range(self.steps):
             part = slice(step * b, (step + 1) * b)
             index = plan.order[part]
             pixels = augment(self.images, index, plan.flips[part], plan.shifts[part])
+            if recipe(name):  # real and fake alike, before Cutout's square (not a degradation)
+                pixels = degrade(pixels, name, gen)
             if self.config.cutout:
                 pixels = cut_out(pixels, plan.centres[part], self.config.cutout)
             x = to_float(pixels, self.mean, self.std).contiguous(memory_format=self.memory_format)

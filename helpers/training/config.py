@@ -37,6 +37,7 @@ class TrainConfig:
     translate: int = 2  # random shift of up to this many pixels (reflected borders)
     cutout: int = 0  # side in pixels of a mid-grey square put at a random place in every
     # training image (Cutout); 0: off. It resamples nothing, so the other pixels keep their traces
+    degrade: str = "none"  # training-time degradations: a recipe of helpers.training.degrade.RECIPES
     patience: int | None = None  # stop after this many epochs without a better validation
     seed: int = 0  # training seed (and the split seed unless --split-seed)
     device: str = "auto"  # auto: cuda, then mps, then cpu

@@ -49,6 +49,7 @@ from ..core.repro import atomic_path, environment_fingerprint, seed_everything
 from ..data.cache import check_counts, split_counts
 from .batches import TrainingBatches
 from .config import TrainConfig, TrainResult
+from .degrade import run_name
 from .domain import add_domain_check
 from .probe import fit_linear_head, pooled_features
 
@@ -268,11 +269,11 @@ class _Run:
 
     @property
     def ckpt_path(self) -> Path:
-        return self.out / f"{self.config.model}.pt"
+        return self.out / f"{run_name(self.config.model, self.config.degrade)}.pt"
 
     @property
     def last_path(self) -> Path:
-        return self.out / f"{self.config.model}.last.pt"
+        return self.out / f"{run_name(self.config.model, self.config.degrade)}.last.pt"
 
 
 def _start(cache, config: TrainConfig, out_dir: str | Path | None, progress: bool) -> _Run:
@@ -369,7 +370,7 @@ def _keep(run: _Run, done: _Progress, row: dict) -> None:
     else:
         done.bad_epochs += 1
     if run.rank == 0:
-        with atomic_path(run.out / f"{run.config.model}_history.csv") as tmp:
+        with atomic_path(run.out / f"{run_name(run.config.model, run.config.degrade)}_history.csv") as tmp:
             pd.DataFrame(done.rows).to_csv(tmp, index=False)
         _save_resume_point(run.last_path, asdict(run.config), run.fingerprint, run.learner, done)
 
@@ -384,7 +385,8 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
     Writes ``<model>.pt`` (a :class:`Detector`: the best epoch so far, atomically),
     ``<model>_history.csv`` and, while training, ``<model>.last.pt`` (resume point, removed at
     the end) to ``out_dir`` (default ``results/<dataset>/models/``). With ``resume`` a matching
-    ``.last.pt`` (same configuration and data) is continued. ``on_epoch(epoch, row)`` runs
+    ``.last.pt`` (same configuration and data) is continued. With ``config.degrade`` set,
+    ``<model>`` is ``<model>-<recipe>`` (:func:`helpers.training.degrade.run_name`). ``on_epoch(epoch, row)`` runs
     after each epoch's files are written. Under ``torch.distributed`` only rank 0 writes.
     Raises DatasetError for a cache with a class missing from a split, ValueError when the
     cache does not suit ``config``.
