@@ -16,9 +16,9 @@ from PIL import Image
 from tests.conftest import ROOT, shared_path
 
 
-def run(script: str, *args: str) -> str:
+def run(script: str, *args: str, timeout: int = 300) -> str:
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], check=False, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -124,7 +124,7 @@ def test_the_gpu_check_runs_every_section_in_its_cpu_smoke_mode(tmp_path):
     """The GPU check runs on a lent machine with minutes to spare: the script itself must not be
     what fails there. On the CPU every section runs at tiny settings (no GPU test is selected)."""
     out = run("gpu_check.py", "--device", "cpu", "--gan-seconds", "1", "--gan-images", "128",
-              "--epoch-images", "1000", "--out", str(tmp_path))
+              "--epoch-images", "1000", "--out", str(tmp_path), timeout=900)
     assert "every section ran" in out
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["failed"] == [] and report["demo detector"]["val_acc"] > 0.9

@@ -167,3 +167,20 @@ def test_training_records_the_precision_it_chose(project_dirs, tmp_path, monkeyp
     ckpt = torch.load(result.checkpoint, weights_only=True)
     assert ckpt["config"]["cpu_amp"] is False
     assert ckpt["environment"]["cpu_precision_probe"]["fp32"] == 2.0
+
+
+def test_the_load_a_probe_sees_leaves_out_its_own_threads(monkeypatch):
+    """A run that uses every core loads each core by itself: only other jobs' load counts."""
+    import os
+
+    import torch
+
+    from helpers.core import accel
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.1, 0.0, 0.0))  # this run alone
+    assert accel.load_per_core() == pytest.approx(0.05)
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 0.0, 0.0))  # two more jobs of 2 threads
+    assert accel.load_per_core() == pytest.approx(2.0)
+    assert "load average 2.00" in accel.probe_problem({"load_per_core": accel.load_per_core()})

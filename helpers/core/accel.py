@@ -262,17 +262,22 @@ def _steps_per_second(model: nn.Module, x: torch.Tensor, bf16: bool, steps: int)
 #: taken as steady; a busy machine (issue #33: bfloat16 read 514 and fp32 595 images/s while
 #: another job ran, a third of the quiet speed) shows as readings that disagree.
 PROBE_MAX_SPREAD = 0.15
-#: Largest 1-minute load average per CPU core before the probe at which it is taken as quiet:
-#: above one runnable task per core, another job shares the cores.
+#: Largest 1-minute load average per CPU core, beyond this process's own threads
+#: (:func:`load_per_core`), at which a probe is taken as quiet: above one other runnable task
+#: per core, another job shares the cores.
 PROBE_MAX_LOAD = 1.0
 
 
 def load_per_core() -> float | None:
-    """The 1-minute load average per CPU core (None where the OS has none, e.g. Windows)."""
+    """The 1-minute load average per CPU core left after this process's own torch threads (None
+    where the OS has none, e.g. Windows): what *other* jobs put on the cores. The load average
+    counts this process too, and a run that uses every core puts one task on each by itself, so
+    without the subtraction every probe would look loaded."""
     try:
-        return os.getloadavg()[0] / (os.cpu_count() or 1)
+        load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
+    return max(0.0, load - torch.get_num_threads()) / (os.cpu_count() or 1)
 
 
 def probe_problem(record: dict) -> str | None:
