@@ -116,9 +116,10 @@ def project_cache(folder: Path, size: int = 32) -> ImageCache:
                            meta={"dataset": "cifake", "data_fingerprint": "bench"}, path=folder)
 
 
-def synthetic_epoch_seconds(device: torch.device, n: int, epochs: int = 3) -> float:
-    """Seconds of one training epoch of the CIFAKE default config over ``n`` random 32x32
-    images, the mean of epochs 2..``epochs`` (the first pays for warm-up and autotuning)."""
+def synthetic_epoch_seconds(device: torch.device, n: int, epochs: int = 3, **overrides) -> float:
+    """Seconds of one training epoch of the CIFAKE default config (``overrides`` on top) over
+    ``n`` random 32x32 images, the mean of epochs 2..``epochs`` (the first pays for warm-up and
+    autotuning)."""
     rng = np.random.default_rng(0)
     cache = ImageCache(
         images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
@@ -127,7 +128,7 @@ def synthetic_epoch_seconds(device: torch.device, n: int, epochs: int = 3) -> fl
         labels=(np.arange(n) // 50 % 2).astype(np.uint8), split=(np.arange(n) % 50 == 0).astype(np.int8),
         files=np.array(["random"] * n), meta={"dataset": "cifake", "data_fingerprint": "synthetic"},
         path=Path("random-images"))
-    config = default_config("cifake", device=str(device), epochs=epochs)
+    config = default_config("cifake", device=str(device), epochs=epochs, **overrides)
     with tempfile.TemporaryDirectory() as out:
         result = fit(cache, config, out_dir=out, progress=False, resume=False)
     return float(result.history["train_seconds"].iloc[1:].mean())
