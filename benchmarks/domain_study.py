@@ -34,7 +34,8 @@ from helpers.core.domain import COVERAGE, FEATURE_FUNCTIONS, RESIZE_TOLERANCE, K
 from helpers.core.stats import ranking_ci
 from helpers.data.cache import find_cache
 from helpers.data.datasets import get_spec
-from helpers.evaluation.domain import read_with_sides, split_source
+from helpers.evaluation.cross_dataset import split_source
+from helpers.evaluation.domain import read_with_sides
 from helpers.training.domain import shorter_sides
 
 CANDIDATES = ("detector", "max_logit", "lite0", "stats", "lite0+stats")

@@ -63,13 +63,14 @@ class Source:
                 self.labels[keep])
 
 
-def test_source(dataset: str, seed: int = 0, max_images: int | None = 2000) -> Source | str:
-    """The clean test split of ``dataset``'s most recent cache (a stratified, seeded subset of
-    at most ``max_images``), read from its raw files; or why it is not available."""
+def split_source(dataset: str, split: str = "test", seed: int = 0, max_images: int | None = 2000) -> Source | str:
+    """The ``split`` (``train``, ``val`` or ``test``) of ``dataset``'s most recent cache, a
+    stratified, seeded subset of at most ``max_images``, read from its raw files; or why it is
+    not available. ``val`` is what a choice may look at; ``test`` is reported."""
     cache = find_cache(dataset, seed=seed)
     if cache is None:
         return f"no cache of {dataset} (run `make data DATASET={dataset}`)"
-    index = cache.indices("test")
+    index = cache.indices(split)
     index = index[stratified_subset(cache.labels[index], max_images, seed)]
     source = Path(cache.meta["source"])
     if not source.exists():
@@ -78,8 +79,13 @@ def test_source(dataset: str, seed: int = 0, max_images: int | None = 2000) -> S
     blobs = read_files(source, set(names))
     missing = [n for n in names if n not in blobs]
     if missing:
-        return f"{len(missing)} test files missing from {source}"
-    return Source(f"{dataset} test", names, cache.labels[index].astype(np.int64), [blobs[n] for n in names])
+        return f"{len(missing)} {split} files missing from {source}"
+    return Source(f"{dataset} {split}", names, cache.labels[index].astype(np.int64), [blobs[n] for n in names])
+
+
+def test_source(dataset: str, seed: int = 0, max_images: int | None = 2000) -> Source | str:
+    """The clean test split of ``dataset`` as a source (:func:`split_source`)."""
+    return split_source(dataset, "test", seed, max_images)
 
 
 def gan_source(dataset: str, seed: int = 0, max_images: int | None = 2000) -> Source | str:

@@ -13,7 +13,6 @@ that pass against all of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,30 +20,8 @@ import pandas as pd
 from ..core.detector import Detector
 from ..core.images import BadImageError, decode
 from ..core.stats import proportion_ci, ranking_ci
-from ..data.cache import find_cache
 from ..data.datasets import get_spec
-from ..data.sources import read_files
 from .cross_dataset import Source
-from .metrics import stratified_subset
-
-
-def split_source(dataset: str, split: str = "test", seed: int = 0, max_images: int | None = 2000) -> Source | str:
-    """:func:`helpers.evaluation.cross_dataset.test_source` for any split (``val`` is what a
-    choice may look at; ``test`` is reported): a stratified, seeded subset of at most
-    ``max_images`` read from the raw files, or why it is not available."""
-    cache = find_cache(dataset, seed=seed)
-    if cache is None:
-        return f"no cache of {dataset} (run `make data DATASET={dataset}`)"
-    index = cache.indices(split)
-    index = index[stratified_subset(cache.labels[index], max_images, seed)]
-    source = Path(cache.meta["source"])
-    if not source.exists():
-        return f"its raw files ({source}) are gone"
-    names = [str(f) for f in cache.files[index]]
-    blobs = read_files(source, set(names))
-    if any(n not in blobs for n in names):
-        return f"{sum(n not in blobs for n in names)} {split} files missing from {source}"
-    return Source(f"{dataset} {split}", names, cache.labels[index].astype(np.int64), [blobs[n] for n in names])
 
 
 def read_with_sides(source: Source, size: int, jpeg_quality: int | None):
