@@ -25,7 +25,7 @@ from .evaluation.text import saved_summary
 
 #: Figure folders in reading order, with the heading each gets in the index.
 FIGURE_SECTIONS = (
-    ("figures", "Data"), ("curves", "Training curves"), (".", "Evaluation"),
+    ("figures", "The data"), ("curves", "Training curves"), (".", "Evaluation"),
     ("evaluation", "Evaluation details"), ("generated_images", "GAN samples"),
     ("gradcam", "Grad-CAM"),
 )
@@ -47,14 +47,19 @@ def _table(rows, shown: list[columns.Column], first: tuple[str, list[str]] | Non
     """An HTML table of ``rows`` (metrics rows) in the ``shown`` columns, under their headings;
     ``first``: (heading, cells as HTML) of a leading column."""
     head = ([f"<th>{html.escape(first[0])}</th>"] if first else []) + [
-        f"<th>{html.escape(c.label)}</th>" for c in shown]
+        f"<th>{_keep(c.label)}</th>" for c in shown]
     body = []
     for i, row in enumerate(rows):
         cells = [f"<td class='text'>{first[1][i]}</td>"] if first else []
-        cells += [f"<td class='{'text' if c.fmt == 'text' else 'num'}'>{html.escape(c.text(row))}</td>"
+        cells += [f"<td class='{'text' if c.fmt == 'text' else 'num'}'>{_keep(c.text(row))}</td>"
                   for c in shown]
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><tr>{''.join(head)}</tr>{''.join(body)}</table>"
+
+
+def _keep(text: str) -> str:
+    """``text`` as HTML, a number kept with its unit ("95 %") when a heading wraps."""
+    return html.escape(text).replace(" %", "&nbsp;%")
 
 
 def metrics_html(metrics: pd.DataFrame) -> str:
@@ -62,66 +67,65 @@ def metrics_html(metrics: pd.DataFrame) -> str:
     return _table([row for _, row in metrics.iterrows()], columns.shown(columns.INDEX))
 
 
-#: Figure name (a regular expression; ``{}`` in the caption: its group, underscores as spaces)
+#: Figure name (a regular expression; ``{}`` in the caption: its group, a model's name)
 #: -> caption and a sentence on what it shows. The first that matches applies.
 FIGURE_NOTES = (
     (r"class_balance", "Class balance", "Images per class in each split."),
     (r"samples", "Samples", "Training images of each class, side by side."),
-    (r"spectrum", "Frequency spectrum", "Mean Fourier spectrum of each class: a generator's periodic "
-     "traces show up as peaks."),
-    (r"near_duplicates", "Near-duplicates", "Image pairs whose 16×16 colour thumbnails correlate at "
-     "0.95 or more."),
-    (r"gan_losses", "GAN losses", "The generator's and the discriminator's losses while the GAN trains "
-     "(notebook 04)."),
-    (r"gan_quality", "GAN quality", "FID and KID of the GAN's images against the real ones while it "
-     "trains; lower is closer."),
-    (r"(.+)_training", "Training: {}", "Loss and accuracy on the train and validation splits after "
-     "every epoch."),
-    (r"confusion_matrix", "Confusion matrix, best model", "Test images by true and predicted class, for "
-     "the model chosen on validation."),
-    (r"confusion_(.+)", "Confusion matrix: {}", "Test images by true and predicted class, as counts and "
-     "as shares of the true class."),
-    (r"accuracy_vs_training_time", "Accuracy against training time", "Each model's validation accuracy "
-     "after every epoch, against the time spent training."),
-    (r"calibration", "Calibration", "The share of fakes among the images given each P(FAKE); the "
-     "diagonal is perfect calibration."),
-    (r"cross_dataset", "Across datasets", "Each detector scored on every dataset's test split and GAN "
-     "images: AUC and the share flagged."),
-    (r"cross_generator", "Unseen generator", "How often each model flags the GAN's images, against the "
-     "dataset's own fakes and its real photos."),
-    (r"domain_check", "Domain check", "The share of each source that a detector's domain check accepts "
-     "as like its training data."),
-    (r"mistakes_FAKE_called_REAL_(.+)", "AI-generated called real: {}", "The generated test images the "
-     "model was surest were real."),
-    (r"mistakes_REAL_called_FAKE_(.+)", "Real called AI-generated: {}", "The real test photos the model "
-     "was surest were generated."),
-    (r"mistakes_(.+)", "Most confident mistakes: {}", "The misclassified test images the model was "
-     "surest about."),
-    (r"model_comparison", "Models compared", "Test accuracy with its 95 % interval, and accuracy against "
-     "inference speed (marker size: parameters)."),
-    (r"per_category_(.+)", "Per category: {}", "Test accuracy on each image category, real and "
-     "generated."),
-    (r"pr_curve", "Precision-recall curves", "Precision against recall of the FAKE class as the "
-     "threshold sweeps; the dot is each model's own."),
-    (r"roc_curve", "ROC curves", "True- against false-positive rate as the threshold sweeps; the dot is "
-     "each model's own."),
-    (r"robustness", "Robustness", "Test accuracy after JPEG re-compression, blur, rescaling and "
-     "cropping, without retraining."),
-    (r"severity_(.+)", "Severity: {}", "The clean and the robust detector as the post-processing grows "
-     "stronger, with 95 % bands."),
+    (r"spectrum", "Frequency spectrum",
+     "Mean Fourier spectrum of each class: a generator's periodic traces show up as peaks."),
+    (r"near_duplicates", "Near-duplicates",
+     "Image pairs whose 16×16 colour thumbnails correlate at 0.95 or more."),
+    (r"gan_losses", "GAN losses",
+     "The generator's and the discriminator's losses while the GAN trains (notebook 04)."),
+    (r"gan_quality", "GAN quality",
+     "FID and KID of the GAN's images against the real ones while it trains; lower is closer."),
+    (r"(.+)_training", "Training: {}",
+     "Loss and accuracy on the train and validation splits after every epoch."),
+    (r"confusion_matrix", "Confusion matrix, best model",
+     "Test images by true and predicted class, for the model chosen on validation."),
+    (r"confusion_(.+)", "Confusion matrix: {}",
+     "Test images by true and predicted class, as counts and as shares of the true class."),
+    (r"accuracy_vs_training_time", "Accuracy against training time",
+     "Each model's validation accuracy after every epoch, against the time spent training."),
+    (r"calibration", "Calibration",
+     "The share of fakes among the images given each P(FAKE); the diagonal is perfect calibration."),
+    (r"cross_dataset", "Across datasets",
+     "Each detector scored on every dataset's test split and GAN images: AUC and the share flagged."),
+    (r"cross_generator", "Unseen generator",
+     "How often each model flags the GAN's images, against the dataset's own fakes and its real photos."),
+    (r"domain_check", "Domain check",
+     "The share of each source that a detector's domain check accepts as like its training data."),
+    (r"mistakes_FAKE_called_REAL_(.+)", "AI-generated called real: {}",
+     "The generated test images the model was surest were real."),
+    (r"mistakes_REAL_called_FAKE_(.+)", "Real called AI-generated: {}",
+     "The real test photos the model was surest were generated."),
+    (r"mistakes_(.+)", "Most confident mistakes: {}",
+     "The misclassified test images the model was surest about."),
+    (r"model_comparison", "Models compared",
+     "Test accuracy with its 95 % interval, and accuracy against inference speed (marker size: parameters)."),
+    (r"per_category_(.+)", "Per category: {}", "Test accuracy on each image category, real and generated."),
+    (r"pr_curve", "Precision-recall curves",
+     "Precision against recall of the FAKE class as the threshold sweeps; the dot is each model's own."),
+    (r"roc_curve", "ROC curves",
+     "True- against false-positive rate as the threshold sweeps; the dot is each model's own."),
+    (r"robustness", "Robustness",
+     "Test accuracy after JPEG re-compression, blur, rescaling and cropping, without retraining."),
+    (r"severity_(.+)", "Severity: {}",
+     "The clean and the robust detector as the post-processing grows stronger, with 95 % bands."),
     (r"epoch_0*(\d+)", "GAN samples, epoch {}", "The GAN's images after this epoch of training."),
-    (r"final_samples", "GAN samples, final", "The final generator's images, those exported for the "
-     "cross-generator test."),
-    (r"class_average", "Average Grad-CAM per class", "Where the detector looks on average, on real and "
-     "on generated images."),
+    (r"final_samples", "GAN samples, final",
+     "The final generator's images, those exported for the cross-generator test."),
+    (r"class_average", "Average Grad-CAM per class",
+     "Where the detector looks on average, on real and on generated images."),
     (r"examples_TP", "Grad-CAM: generated, caught", "Maps of generated images the detector flags."),
     (r"examples_TN", "Grad-CAM: real, passed", "Maps of real photos the detector passes."),
     (r"examples_FP", "Grad-CAM: real called generated", "Maps of real photos the detector flags."),
     (r"examples_FN", "Grad-CAM: generated, missed", "Maps of generated images the detector passes."),
-    (r"faithfulness", "Faithfulness of the maps", "How the score falls as the most highlighted pixels go "
-     "first, against random removal."),
-    (r"local_evidence_(.+)", "Local evidence: {}", "The local view's score on each neighbourhood of the "
-     "image."),
+    (r"faithfulness", "Faithfulness of the maps",
+     "How the score falls as the most highlighted pixels go first, against random removal."),
+    (r"local_evidence_(.+)", "Local evidence: {}",
+     "The local view's score on each neighbourhood of the image."),
 )
 
 
@@ -130,7 +134,7 @@ def figure_note(stem: str) -> tuple[str, str]:
     for pattern, caption, sentence in FIGURE_NOTES:
         found = re.fullmatch(pattern, stem)
         if found:
-            return caption.format(*(g.replace("_", " ") for g in found.groups())), sentence
+            return caption.format(*found.groups()), sentence
     return stem.replace("_", " "), ""
 
 
@@ -189,7 +193,7 @@ def dataset_index(dataset: str) -> Path:
         body.append("<h2>Test metrics</h2>" + metrics_html(metrics))
     if report.get("counts"):
         counts = pd.DataFrame(report["counts"]).T
-        body.append("<h2>Data</h2>" + counts.to_html(border=0))
+        body.append("<h2>Images per split</h2>" + counts.to_html(border=0))
     body.append(f"<p>Reproduce: <code>{html.escape(STEP_COMMANDS.get(dataset, 'make all DATASET=' + dataset))}</code>"
                 f" · data fingerprint <code>{html.escape(str(report.get('data_fingerprint', '?')))}</code></p>")
     # no build time: the page is a function of the files it shows, so a rerun leaves git clean
@@ -233,11 +237,14 @@ def top_index() -> Path:
     """Write ``results/index.html``: one line per dataset, linking to its index."""
     items = []
     for folder in sorted(p for p in paths.RESULTS.iterdir() if p.name in DATASETS and (p / "index.html").exists()):
-        items.append(f"<li><a href='{folder.name}/index.html'>{folder.name}</a></li>")
+        items.append(f"<li><a href='{folder.name}/index.html'>{folder.name}</a>: "
+                     f"{html.escape(DATASETS[folder.name].title)}</li>")
     table = ""
     rows = best_rows()
     if rows:
-        table = "<h2>Best model per dataset (chosen on validation)</h2>" + _best_table(rows)
+        table = ("<h2>Best model per dataset</h2><p>Each dataset's detector with the highest validation "
+                 "accuracy (never chosen on test), scored on its test split. A dataset's page leads "
+                 "with its findings, then every model and the figures.</p>" + _best_table(rows))
     page = (f"<!doctype html><meta charset='utf-8'><title>Results</title>{STYLE}"
             f"<h1>AI-generated image detection: results</h1>{table}<h2>Datasets</h2><ul>{''.join(items)}</ul>")
     return _write(paths.RESULTS / "index.html", page)
