@@ -58,8 +58,10 @@ def _table(rows, shown: list[columns.Column], first: tuple[str, list[str]] | Non
 
 
 def _keep(text: str) -> str:
-    """``text`` as HTML, a number kept with its unit ("95 %") when a heading wraps."""
-    return html.escape(text).replace(" %", "&nbsp;%")
+    """``text`` as HTML where a wrapping heading keeps a number with its unit ("95 %") and a
+    parenthesis on one line ("(95 % CI)")."""
+    text = html.escape(text).replace(" %", "&nbsp;%")
+    return re.sub(r"\([^()]*\)", lambda m: m.group(0).replace(" ", "&nbsp;"), text)
 
 
 def metrics_html(metrics: pd.DataFrame) -> str:

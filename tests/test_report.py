@@ -90,5 +90,5 @@ def test_the_index_reads_well_and_rebuilds_the_same(project_dirs):
     assert "<b>fast</b> (chosen on validation accuracy) classifies 97.93% of the 19622 test images" in page
     assert "<b>ROC curves</b> True- against false-positive rate" in page
     top = report.top_index().read_text()
-    assert "<th>test accuracy (95&nbsp;% CI)</th>" in top and "97.93&nbsp;% (97.73–98.12)" in top
+    assert "<th>test accuracy (95&nbsp;%&nbsp;CI)</th>" in top and "97.93&nbsp;% (97.73–98.12)" in top
     assert report.dataset_index("cifake").read_text() == page and report.top_index().read_text() == top
