@@ -8,6 +8,7 @@ rendered notebooks); nothing is typed in by hand. Run by ``make index`` (part of
 from __future__ import annotations
 
 import argparse
+import csv
 import html
 import json
 import re
@@ -69,66 +70,11 @@ def metrics_html(metrics: pd.DataFrame) -> str:
     return _table([row for _, row in metrics.iterrows()], columns.shown(columns.INDEX))
 
 
-#: Figure name (a regular expression; ``{}`` in the caption: its group, a model's name)
-#: -> caption and a sentence on what it shows. The first that matches applies.
-FIGURE_NOTES = (
-    (r"class_balance", "Class balance", "Images per class in each split."),
-    (r"samples", "Samples", "Training images of each class, side by side."),
-    (r"spectrum", "Frequency spectrum",
-     "Mean Fourier spectrum of each class: a generator's periodic traces show up as peaks."),
-    (r"near_duplicates", "Near-duplicates",
-     "Image pairs whose 16×16 colour thumbnails correlate at 0.95 or more."),
-    (r"gan_losses", "GAN losses",
-     "The generator's and the discriminator's losses while the GAN trains (notebook 04)."),
-    (r"gan_quality", "GAN quality",
-     "FID and KID of the GAN's images against the real ones while it trains; lower is closer."),
-    (r"(.+)_training", "Training: {}",
-     "Loss and accuracy on the train and validation splits after every epoch."),
-    (r"confusion_matrix", "Confusion matrix, best model",
-     "Test images by true and predicted class, for the model chosen on validation."),
-    (r"confusion_(.+)", "Confusion matrix: {}",
-     "Test images by true and predicted class, as counts and as shares of the true class."),
-    (r"accuracy_vs_training_time", "Accuracy against training time",
-     "Each model's validation accuracy after every epoch, against the time spent training."),
-    (r"calibration", "Calibration",
-     "The share of fakes among the images given each P(FAKE); the diagonal is perfect calibration."),
-    (r"cross_dataset", "Across datasets",
-     "Each detector scored on every dataset's test split and GAN images: AUC and the share flagged."),
-    (r"cross_generator", "Unseen generator",
-     "How often each model flags the GAN's images, against the dataset's own fakes and its real photos."),
-    (r"domain_check", "Domain check",
-     "The share of each source that a detector's domain check accepts as like its training data."),
-    (r"mistakes_FAKE_called_REAL_(.+)", "AI-generated called real: {}",
-     "The generated test images the model was surest were real."),
-    (r"mistakes_REAL_called_FAKE_(.+)", "Real called AI-generated: {}",
-     "The real test photos the model was surest were generated."),
-    (r"mistakes_(.+)", "Most confident mistakes: {}",
-     "The misclassified test images the model was surest about."),
-    (r"model_comparison", "Models compared",
-     "Test accuracy with its 95 % interval, and accuracy against inference speed (marker size: parameters)."),
-    (r"per_category_(.+)", "Per category: {}", "Test accuracy on each image category, real and generated."),
-    (r"pr_curve", "Precision-recall curves",
-     "Precision against recall of the FAKE class as the threshold sweeps; the dot is each model's own."),
-    (r"roc_curve", "ROC curves",
-     "True- against false-positive rate as the threshold sweeps; the dot is each model's own."),
-    (r"robustness", "Robustness",
-     "Test accuracy after JPEG re-compression, blur, rescaling and cropping, without retraining."),
-    (r"severity_(.+)", "Severity: {}",
-     "The clean and the robust detector as the post-processing grows stronger, with 95 % bands."),
-    (r"epoch_0*(\d+)", "GAN samples, epoch {}", "The GAN's images after this epoch of training."),
-    (r"final_samples", "GAN samples, final",
-     "The final generator's images, those exported for the cross-generator test."),
-    (r"class_average", "Average Grad-CAM per class",
-     "Where the detector looks on average, on real and on generated images."),
-    (r"examples_TP", "Grad-CAM: generated, caught", "Maps of generated images the detector flags."),
-    (r"examples_TN", "Grad-CAM: real, passed", "Maps of real photos the detector passes."),
-    (r"examples_FP", "Grad-CAM: real called generated", "Maps of real photos the detector flags."),
-    (r"examples_FN", "Grad-CAM: generated, missed", "Maps of generated images the detector passes."),
-    (r"faithfulness", "Faithfulness of the maps",
-     "How the score falls as the most highlighted pixels go first, against random removal."),
-    (r"local_evidence_(.+)", "Local evidence: {}",
-     "The local view's score on each neighbourhood of the image."),
-)
+#: Figure name (a regular expression; ``{}`` in the caption: its group, a model's name) ->
+#: caption and a sentence on what it shows, from ``helpers/figure_notes.csv``; the first that
+#: matches applies.
+_NOTES = Path(__file__).with_name("figure_notes.csv").read_text(encoding="utf-8").splitlines()
+FIGURE_NOTES = tuple(tuple(row) for row in csv.reader(_NOTES[1:]))
 
 
 def figure_note(stem: str) -> tuple[str, str]:
@@ -178,6 +124,11 @@ figure img{width:100%;border:1px solid #ddd}figcaption{font-size:13px;margin-top
 code{background:#f5f5f5;padding:1px 4px}</style>"""
 
 
+def _style() -> str:
+    """:data:`STYLE` on one line, as the pages carry it."""
+    return STYLE.replace("\n", "")
+
+
 def dataset_index(dataset: str) -> Path:
     """Write ``results/<dataset>/index.html`` and return its path."""
     root = paths.results_dir(dataset)
@@ -204,7 +155,7 @@ def dataset_index(dataset: str) -> Path:
         links = "".join(f"<li><a href='notebooks/{p.name}'>{html.escape(p.stem)}</a></li>" for p in notebooks)
         body.append(f"<h2>Executed notebooks</h2><ul>{links}</ul>")
     body.append(_figures_html(root))
-    page = f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}{''.join(body)}"
+    page = f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>{_style()}{''.join(body)}"
     return _write(root / "index.html", page)
 
 
@@ -247,7 +198,7 @@ def top_index() -> Path:
         table = ("<h2>Best model per dataset</h2><p>Each dataset's detector with the highest validation "
                  "accuracy (never chosen on test), scored on its test split. A dataset's page leads "
                  "with its findings, then every model and the figures.</p>" + _best_table(rows))
-    page = (f"<!doctype html><meta charset='utf-8'><title>Results</title>{STYLE}"
+    page = (f"<!doctype html><meta charset='utf-8'><title>Results</title>{_style()}"
             f"<h1>AI-generated image detection: results</h1>{table}<h2>Datasets</h2><ul>{''.join(items)}</ul>")
     return _write(paths.RESULTS / "index.html", page)
 
