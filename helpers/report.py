@@ -105,9 +105,14 @@ def _figures_html(root: Path) -> str:
 
 
 def _findings_html(root: Path) -> str:
-    """Notebook 05's closing paragraph, from the saved metrics (:func:`saved_summary`)."""
+    """Notebook 05's closing paragraph, from the saved metrics (:func:`saved_summary`); none,
+    with a note, from a file older than the summary's fields."""
     path = root / "performance_metrics.json"
-    finding = saved_summary(json.loads(path.read_text())) if path.is_file() else None
+    try:
+        finding = saved_summary(json.loads(path.read_text())) if path.is_file() else None
+    except (KeyError, TypeError, IndexError) as error:
+        print(f"{paths.shown(path)}: no findings on the index (an older file? {error!r})")
+        finding = None
     if not finding:
         return ""
     text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(finding))
