@@ -121,7 +121,7 @@ def _findings_html(root: Path) -> str:
 
 STYLE = """<style>
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:4px 6px}
 th{background:#f3f3f3;vertical-align:bottom;text-align:center}td{text-align:right}td.num{text-align:right;white-space:nowrap}
 td.text{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;width:380px}
 figure img{width:100%;border:1px solid #ddd}figcaption{font-size:13px;margin-top:4px}

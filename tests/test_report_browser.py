@@ -1,7 +1,7 @@
 """The results index in a real browser: headless Chromium at 1300 px, driven by Playwright,
 opens results/index.html and every results/<dataset>/index.html, built in a temporary folder
-from the committed metrics, and measures them. No table may run past the window (thirteen
-columns of raw names once did, which no string test sees).
+from the committed metrics, and measures them. No table may run past the window, nor out of
+the page's column (thirteen columns of raw names once did, which no string test sees).
 
 Needs Debian's ``chromium`` and the ``playwright`` package, as tests/test_app_browser.py does;
 skipped with the reason when either is missing.
@@ -58,6 +58,7 @@ def pages(project_dirs) -> list:
 
 def test_no_index_table_is_wider_than_a_1300_px_window(pages, tmp_path):
     measure = """() => ({page: document.documentElement.scrollWidth,
+                         body: Math.ceil(document.body.getBoundingClientRect().right),
                          tables: [...document.querySelectorAll('table')].map(t => [
                              t.querySelector('th') ? t.querySelector('th').textContent : '',
                              Math.ceil(t.getBoundingClientRect().right), t.scrollWidth, t.clientWidth])})"""
@@ -78,3 +79,5 @@ def test_no_index_table_is_wider_than_a_1300_px_window(pages, tmp_path):
         for first, right, scroll, client in found["tables"]:
             assert right <= WINDOW["width"] and scroll <= client, (
                 f"{path}: the table that starts with {first!r} runs past the window: {found} (screenshots {tmp_path})")
+            assert right <= found["body"], (
+                f"{path}: the table that starts with {first!r} runs out of the page's column: {found}")
