@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(default cifake; demo when CIFAKE's GAN was not trained)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core)")
     args = parser.parse_args(argv)
     sources = dict(item.split("=", 1) for item in args.data_source)
     pairs = {g: load_pair(GENERATORS[g], seed=args.seed, sources=sources, gan_dataset=args.gan_dataset)
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, pair in pairs.items():
         counts = {s: len(pair.parts[s][1]) for s in SPLITS}
         print(f"{name:10s} {GENERATORS[name].title}: {counts}")
-    overrides = {"epochs": args.epochs} if args.epochs else {}
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v}
     table = run_study(pairs, args.models, args.seed, **overrides)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table.round(3).to_string(index=False))
