@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from helpers.core.parameters import declared_parameters
+from helpers.core.repro import json_ready
 from helpers.evaluation.session import NOTEBOOK, Evaluation, EvaluationParameters, Section
 from tests.conftest import point_paths_at, train_tiny_detector
 
@@ -91,7 +92,7 @@ def test_every_section_writes_what_notebook_05_writes(evaluation):
     assert payload["config"]["N_BOOTSTRAP"] == 50 and payload["config"]["device"] == "cpu"
     assert payload["best_model"] == "fast" and payload["per_category"] is None
     assert payload["cross_generator"] is None and len(payload["robustness"]) == 9
-    assert payload["test_protocols"] == json.loads(ev.tables["test_protocols"].to_json(orient="records"))
+    assert payload["test_protocols"] == json_ready(ev.tables["test_protocols"].to_dict(orient="records"))
     assert "DEMO" in shown["write_summary"].of("markdown")[0]
 
 

@@ -24,7 +24,7 @@ from ..data import cache as data
 from ..data import datasets
 from ..explore import stats
 from ..gan.demo import demo_fakes
-from . import metrics
+from . import compare, metrics
 from .sections import Section, Sections
 
 #: The notebook whose cell tagged ``parameters`` declares :class:`EvaluationParameters`.
@@ -75,7 +75,7 @@ class EvaluationParameters:
         return cls(**{**declared, **overrides})
 
 
-class TestSplit:
+class SplitAtSize:
     """The test split at one image size (every detector of that size is scored on it) and
     what the checks derive from it, each computed once."""
 
@@ -125,7 +125,7 @@ class Evaluation(Sections):
         print("decision threshold: " + ("each detector's own, chosen on validation" if p.THRESHOLD is None
                                        else f"P(FAKE) >= {p.THRESHOLD} for every detector (given)"))
         self.pairs: list | None = None
-        self.splits: dict[int, TestSplit] = {}
+        self.splits: dict[int, SplitAtSize] = {}
         self.skipped: list[tuple[str, str]] = []
         self.tables: dict[str, pd.DataFrame | None] = {}  # what the sections computed, by file stem
         self.cross: list[dict[str, Any]] = []
@@ -146,13 +146,11 @@ class Evaluation(Sections):
     def detectors(self) -> Section:
         """Load every detector of the dataset (training the default first when there is none),
         pair each with the cache of its size, drop those trained on other data."""
-        from .compare import match_caches
-
         p = self.params
         if self.ensure is not None:
             self.ensure(self.cache, p.SEED, p.DEVICE)  # opened alone: notebook 03's default first
         found, skipped = detector.load_all(p.DATASET, self.device, p.MODELS)
-        self.pairs, mismatched = match_caches(found, self.cache, lambda s: self.prepare(s, progress=False))
+        self.pairs, mismatched = compare.match_caches(found, self.cache, lambda s: self.prepare(s, progress=False))
         self.skipped = skipped + mismatched
         for name, reason in self.skipped:
             print(f"skipped {name}: {reason}")
@@ -160,35 +158,31 @@ class Evaluation(Sections):
             raise RuntimeError(f"no usable detector in {paths.RESULTS / p.DATASET / 'models'}: train one "
                                f"first ({detector.train_hint(p.DATASET)})")
         for det, c in self.pairs:
-            self.splits.setdefault(det.image_size, TestSplit(c, p.SEED, p.ROBUSTNESS_MAX_IMAGES))
+            self.splits.setdefault(det.image_size, SplitAtSize(c, p.SEED, p.ROBUSTNESS_MAX_IMAGES))
         names = ", ".join(f"{d.name} ({d.architecture}, {d.image_size}px)" for d, _ in self.pairs)
         return Section().add("print", f"evaluating: {names}").add("table", self.cache.counts())
 
-    def split_of(self, result) -> TestSplit:
+    def split_of(self, result) -> SplitAtSize:
         """The test split a result (or detector) was scored on."""
         return self.splits[getattr(result, "detector", result).image_size]
 
     @property
     def results(self) -> list:
         """Every usable detector's :class:`~helpers.evaluation.compare.ModelResult` on its test split."""
-        from .compare import evaluate_detector
-
         if self._results is None:
             if self.pairs is None:
                 self.detectors()
             p = self.params
-            self._results = [evaluate_detector(d, s.images, s.labels, s.files, device=self.device,
-                                               batch_size=p.BATCH_SIZE, threshold=p.THRESHOLD,
-                                               n_bootstrap=p.N_BOOTSTRAP, seed=p.SEED)
-                             for d in (d for d, _ in self.pairs) for s in [self.split_of(d)]]
+            self._results = [compare.evaluate_detector(d, s.images, s.labels, s.files, device=self.device,
+                                                       batch_size=p.BATCH_SIZE, threshold=p.THRESHOLD,
+                                                       n_bootstrap=p.N_BOOTSTRAP, seed=p.SEED)
+                             for d, _ in self.pairs for s in [self.split_of(d)]]
         return self._results
 
     @property
     def best(self):
         """The best result by validation (never by test)."""
-        from .compare import best_result
-
-        return best_result(self.results)
+        return compare.best_result(self.results)
 
     def check_args(self) -> tuple:
         """``(threshold, n_bootstrap, seed)`` as the checks of :mod:`.compare` take them."""
