@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .npr import RESIDUAL_GAIN, npr_residual
 from .pretrained import LITE0_MEAN, LITE0_STD, Lite0Detector
 
 #: Side of the images Grad-CAM's target layer is chosen for when a model does not say.
@@ -302,6 +303,21 @@ def _resnet18(image_size: int, pretrained: bool = False) -> nn.Module:
 def _fast(image_size: int, width: int | None = None, patch: int | None = None) -> nn.Module:
     base = width or 64
     return FastNet(image_size, widths=(base, base * 2, base * 4), patch=patch)
+
+
+class NPRNet(FastNet):
+    """:class:`FastNet` reading the neighbouring-pixel residual of its input (NPR, Tan et al.,
+    CVPR 2024; :mod:`helpers.core.npr`) instead of the pixels: the same blocks, so a comparison
+    with ``fast`` changes the input alone."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return super().features(npr_residual(x) * RESIDUAL_GAIN)
+
+
+@register("npr", options={"width": int})
+def _npr(image_size: int, width: int | None = None) -> nn.Module:
+    base = width or 64
+    return NPRNet(image_size, widths=(base, base * 2, base * 4), patch=1)
 
 
 @register("two_scale", options={"width": int, "local_width": int})
