@@ -13,11 +13,10 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
 from helpers.core.detector import Detector, detector_paths
-from helpers.core.repro import write_csv
+from helpers.core.repro import json_ready, write_csv
 from helpers.core.stats import difference_ci, proportion_ci
 from helpers.evaluation import columns
 from helpers.evaluation.compare import (
-    _clean,
     colour_check,
     cross_generator,
     cross_generator_frame,
@@ -240,11 +239,12 @@ def test_describe_cross_generator_follows_the_numbers():
     assert {"gan_flag_rate_low", "difference_high"} <= set(frame.columns)
 
 
-def test_clean_makes_json_ready():
-    payload = _clean({"a": np.float64("nan"), "b": np.int64(3), "c": (1.5, np.bool_(True)),
-                         "d": proportion_ci(np.ones(4))})
-    text = json.dumps(payload)
-    assert json.loads(text)["a"] is None and json.loads(text)["d"]["high"] == 1.0
+def test_json_ready_makes_strict_json():
+    payload = json_ready({"a": np.float64("nan"), "b": np.int64(3), "c": (1.5, np.bool_(True)),
+                          "d": proportion_ci(np.ones(4)), 1: [float("nan"), np.zeros(2)]})
+    loaded = json.loads(json.dumps(payload, allow_nan=False))  # strict JSON: no NaN left
+    assert loaded["a"] is None and loaded["b"] == 3 and loaded["c"] == [1.5, True]
+    assert loaded["1"] == [None, [0.0, 0.0]] and loaded["d"]["high"] == 1.0 and loaded["d"]["n"] == 4
 
 
 def test_detector_paths_skip_the_gan(project_dirs):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -117,11 +119,31 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def json_ready(value: Any) -> Any:
+    """A copy of ``value`` that strict JSON can hold: NaN becomes null, dicts get string keys,
+    tuples become lists, and numpy values, paths and dataclasses (intervals) what
+    :func:`_jsonable` makes of them."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, (np.generic, np.ndarray, Path)) or dataclasses.is_dataclass(value):
+        with contextlib.suppress(TypeError):
+            return json_ready(_jsonable(value))
+    return value
+
+
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
+    """What JSON writes for a numpy scalar or array, a path or a dataclass instance
+    (:func:`write_json`'s ``default``); TypeError for anything else."""
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

@@ -17,7 +17,7 @@ from ..core import paths
 from ..core.accel import inference_batch_size
 from ..core.detector import DEFAULT_THRESHOLD, Detector, best_by_validation
 from ..core.models import count_parameters
-from ..core.repro import environment_fingerprint, write_csv, write_json
+from ..core.repro import environment_fingerprint, json_ready, write_csv, write_json
 from ..core.stats import Interval, difference_ci, proportion_ci
 from . import columns
 from .metrics import classification_metrics, classification_table, confusion_tables, predicted_labels
@@ -69,14 +69,6 @@ def match_caches(detectors: Sequence[Detector], cache,
     return usable, skipped
 
 
-def _display_path(path: Path) -> str:
-    """``path`` relative to the project root when it lies inside it (portable results)."""
-    try:
-        return Path(path).resolve().relative_to(paths.ROOT.resolve()).as_posix()
-    except ValueError:
-        return str(path)
-
-
 @dataclass
 class ModelResult:
     """One detector's predictions on the test split and everything computed from them."""
@@ -107,7 +99,7 @@ def check_finite(detector: Detector, p_fake: np.ndarray, what: str = "test image
     bad = int((~np.isfinite(np.asarray(p_fake, dtype=np.float64))).sum())
     if bad:
         raise BrokenDetectorError(
-            f"{detector.name} ({_display_path(detector.path) if detector.path else 'in memory'}): "
+            f"{detector.name} ({paths.shown(detector.path) if detector.path else 'in memory'}): "
             f"{bad:,} of {len(p_fake):,} {what} get a NaN or infinite probability. The model is "
             "broken (a float16 run that overflowed leaves such weights) and is not evaluated: "
             "train it again, or delete the checkpoint so that the others are evaluated.")
@@ -139,7 +131,7 @@ def evaluate_detector(detector: Detector, images: np.ndarray, labels: np.ndarray
         val_accuracy=detector.val_accuracy,
         val_loss=float(detector.metrics.get("val_loss", float("nan"))),
         inference_images_per_s=len(images) / seconds if seconds > 0 else float("nan"),
-        image_size=detector.image_size, checkpoint=_display_path(detector.path),
+        image_size=detector.image_size, checkpoint=paths.shown(detector.path),
         trained_on=detector.data_fingerprint,
     )
     return ModelResult(detector, np.asarray(labels).astype(np.int64), p_fake,
@@ -299,24 +291,6 @@ def write_performance(dataset: str, results: Sequence[ModelResult], cache, confi
         "config": config, "models": models, "environment": environment_fingerprint(),
         **(extra or {}),
     }
-    json_path = write_json(folder / "performance_metrics.json", _clean(payload))
+    json_path = write_json(folder / "performance_metrics.json", json_ready(payload))
     return csv_path, json_path
 
-
-def _clean(value: Any) -> Any:
-    """JSON-ready copy: NaN becomes null, intervals become dicts, tuples become lists."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, Interval):
-        return _clean(value.__dict__)
-    if isinstance(value, (float, np.floating)):
-        return None if np.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
