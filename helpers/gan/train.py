@@ -25,7 +25,8 @@ from ..core.images import fit_square
 from ..core.repro import atomic_path, environment_fingerprint
 from .augment import diff_augment, parse_policy
 from .ema import EMA
-from .networks import GANConfig, build_discriminator, build_generator, dcgan_init
+from .config import GANConfig
+from .networks import build_discriminator, build_generator, dcgan_init
 
 STAT_KEYS = ("loss_d", "loss_g", "d_x", "d_g_z")
 

@@ -135,7 +135,7 @@ class _Learner:
 
 
 def _learner(config: TrainConfig, size: int, device: torch.device, world: int) -> _Learner:
-    net = build_model(config.model, size, pretrained=config.pretrained, **config.model_options).to(device)
+    net = build_model(config.model, size, **config.build_options).to(device)
     net.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     runner: nn.Module = net
     if world > 1:
@@ -169,7 +169,9 @@ def _resume(last_path: Path, ckpt_path: Path, config_dict: dict, fingerprint: st
     if not last_path.is_file():
         return _Progress()
     state = torch.load(last_path, map_location="cpu", weights_only=True)
-    if not (state.get("format") == RESUME_FORMAT and state["config"] == config_dict
+    saved = state.get("config", {})  # saved before a field existed: it takes the field's default
+    same = set(saved) <= set(config_dict) and asdict(TrainConfig.from_dict(saved)) == config_dict
+    if not (state.get("format") == RESUME_FORMAT and same
             and state["data_fingerprint"] == fingerprint):
         if announce:
             print(f"{last_path} is from another configuration or data: starting afresh")
