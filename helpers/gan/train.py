@@ -24,8 +24,8 @@ from ..core.accel import autocast, grad_scaler, images_to_device, load_scaler_st
 from ..core.images import fit_square
 from ..core.repro import atomic_path, environment_fingerprint
 from .augment import diff_augment, parse_policy
-from .ema import EMA
 from .config import GANConfig
+from .ema import EMA
 from .networks import build_discriminator, build_generator, dcgan_init
 
 STAT_KEYS = ("loss_d", "loss_g", "d_x", "d_g_z")
