@@ -453,18 +453,18 @@ def test_the_gan_speed_probe_times_each_native_precision_and_leaves_the_random_s
 
 def test_the_gan_speed_probe_is_measured_once_per_configuration(project_dirs, monkeypatch):
     import helpers.gan.plan as gan_plan
-    from helpers.core import accel
+    from helpers.core import precision_probe
 
     calls = []
     monkeypatch.setattr(gan_plan, "measure_gan_speed", lambda config: calls.append(config) or {"fp32": 9.0})
-    monkeypatch.setattr(accel, "load_per_core", lambda: 0.25)  # a quiet machine
+    monkeypatch.setattr(precision_probe, "load_per_core", lambda: 0.25)  # a quiet machine
     config = recipe_config("dcgan", ngf=8, ndf=8, batch_size=4)
     assert gan_plan.gan_speed_probe(config) == {"fp32": 9.0, "load_per_core": 0.25, "cached": False}
     assert gan_plan.gan_speed_probe(config) == {"fp32": 9.0, "load_per_core": 0.25, "cached": True}
     assert len(calls) == 1
     gan_plan.gan_speed_probe(recipe_config("dcgan", ngf=8, ndf=8, batch_size=8))  # another batch
     assert len(calls) == 2
-    monkeypatch.setattr(accel, "load_per_core", lambda: 1.7)  # busy: used for this run, not kept
+    monkeypatch.setattr(precision_probe, "load_per_core", lambda: 1.7)  # busy: used for this run, not kept
     busy = gan_plan.gan_speed_probe(recipe_config("dcgan", ngf=8, ndf=8, batch_size=16))
     assert "load average 1.70" in busy["unsteady"] and len(calls) == 4  # measured twice
     assert "unsteady" in gan_plan.gan_speed_probe(recipe_config("dcgan", ngf=8, ndf=8, batch_size=16))

@@ -126,7 +126,7 @@ class PlanDefaults:
     #: at 64 px, 1.04 s against 0.95 probed on an AVX-512 EPYC, 1.84 s against 1.42 on an AVX2 one
     step_overhead: float
     #: resolutions at which a CPU run takes bfloat16 autocast by default, where this CPU has it
-    #: natively and the probe measures it at least accel.BF16_MIN_SPEED_UP faster: 64 px, where the
+    #: natively and the probe measures it at least precision_probe.BF16_MIN_SPEED_UP faster: 64 px, where the
     #: study measured 1.45x the steps in 5 minutes at the same KID per step. 32-px runs stay fp32
     #: unless asked (1.2x faster in a micro-benchmark; their quality under bfloat16 not measured)
     cpu_bf16_resolutions: tuple[int, ...]

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 import pandas as pd
 import torch
 
-from ..core import accel, paths
+from ..core import accel, paths, precision_probe
 from .config import PLAN, Budget, GANConfig, recipe_config
 from .train import GAN, default_resolution
 
@@ -92,7 +92,7 @@ def measure_gan_speed(config: GANConfig, steps: int = 2) -> dict[str, float]:
 
 def gan_speed_probe(config: GANConfig) -> dict:
     """:func:`measure_gan_speed` for ``config``, measured once per machine kind and cached in
-    ``data/processed/cpu_precision.json`` (:func:`helpers.core.accel.cached_probe`; a reading
+    ``data/processed/cpu_precision.json`` (:func:`helpers.core.precision_probe.cached_probe`; a reading
     taken with the machine loaded is used for this run and measured again next time).
 
     Why measured: the study's 2-core machines differed by 1.8x on the same step (a fastgan
@@ -103,20 +103,20 @@ def gan_speed_probe(config: GANConfig) -> dict:
            "ndf": config.ndf, "feature_size": config.feature_size, "resolution": config.resolution,
            "batch_size": config.batch_size}
     def measure() -> dict:  # with the load it ran under, so a busy machine's reading is not kept
-        load = accel.load_per_core()
+        load = precision_probe.load_per_core()
         return {**measure_gan_speed(config), "load_per_core": load}
 
-    return accel.cached_probe(key, paths.probe_cache(), measure)
+    return precision_probe.cached_probe(key, paths.probe_cache(), measure)
 
 
 def use_cpu_bf16(probe: dict, resolution: int, asked: bool | None) -> bool:
     """bfloat16 autocast for a CPU run: never without native bfloat16 (no ``"bf16"`` in the
     probe); if ``asked`` is None, at ``PLAN.cpu_bf16_resolutions`` where it is at least
-    :data:`helpers.core.accel.BF16_MIN_SPEED_UP` times faster; else as asked."""
+    :data:`helpers.core.precision_probe.BF16_MIN_SPEED_UP` times faster; else as asked."""
     if "bf16" not in probe:
         return False
     if asked is None:
-        return resolution in PLAN.cpu_bf16_resolutions and accel.bf16_pays(probe)
+        return resolution in PLAN.cpu_bf16_resolutions and precision_probe.bf16_pays(probe)
     return asked
 
 

@@ -40,7 +40,7 @@ class RunSettings:
     device: str = "auto"  # auto: cuda, then mps, then cpu
     amp: bool = True  # mixed precision on CUDA: bfloat16 from sm_80, else float16 + GradScaler
     cpu_amp: bool | None = None  # bfloat16 autocast on the CPU; None: measured per machine and
-    # model (accel.choose_cpu_amp): 1.6x faster on one AVX512-BF16 CPU, slower on another
+    # model (precision_probe.choose_cpu_amp): 1.6x faster on one AVX512-BF16 CPU, slower on another
     channels_last: bool = True  # memory format of the model and batches
     compile: bool = False  # torch.compile the model (CUDA; slow to start)
     threads: int | None = None  # CPU threads (None: every core)
