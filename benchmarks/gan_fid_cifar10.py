@@ -42,7 +42,8 @@ from helpers.core.repro import environment_fingerprint, seed_everything, write_j
 from helpers.data.sources import iter_source
 from helpers.gan import quality
 from helpers.gan.config import RECIPES, recipe_config
-from helpers.gan.train import GAN, image_grid, save_checkpoint, save_png, train_gan
+from helpers.gan.monitor import image_grid, save_checkpoint, save_png
+from helpers.gan.train import GAN, train_gan
 
 DEFAULT_ZIP = ROOT.parent / "shared" / "data" / "cifar10-test-jpg.zip"
 TARGET_FID = 45.0

@@ -43,7 +43,8 @@ from helpers.core.accel import cpu_has_bf16, cpu_name, pick_device, set_cpu_thre
 from helpers.core.repro import environment_fingerprint, seed_everything, write_json
 from helpers.gan import quality
 from helpers.gan.config import RECIPES, recipe_config
-from helpers.gan.train import EpochMonitor, image_grid, save_png, train_gan
+from helpers.gan.monitor import EpochMonitor, image_grid, save_png
+from helpers.gan.train import train_gan
 
 SHARED = ROOT.parent / "shared" / "data"
 SOURCES = {"sneakers": SHARED / "sneakers", "cifar10": SHARED / "cifar10-test-jpg.zip"}

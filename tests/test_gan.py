@@ -16,18 +16,10 @@ from helpers.data.cache import prepare
 from helpers.gan.augment import diff_augment, parse_policy
 from helpers.gan.config import PLAN, RECIPES, GANConfig, recipe_config
 from helpers.gan.export import export_dir, export_images, load_exported, verify_export
+from helpers.gan.monitor import EpochMonitor, load_checkpoint, save_checkpoint
 from helpers.gan.networks import Discriminator, FastGenerator, Generator
 from helpers.gan.plan import plan_run
-from helpers.gan.train import (
-    GAN,
-    STAT_KEYS,
-    EpochMonitor,
-    load_checkpoint,
-    real_training_images,
-    save_checkpoint,
-    to_unit_range,
-    train_gan,
-)
+from helpers.gan.train import GAN, STAT_KEYS, real_training_images, to_unit_range, train_gan
 from tests.conftest import ROOT, textured, write_dataset
 
 CPU = torch.device("cpu")
