@@ -70,7 +70,7 @@ nb_of = $(word 2,$(subst :, ,$(filter $(1):%,$(STEPS))))
 out_of = $(if $(wildcard notebooks/$(call nb_of,$(1)).ipynb),$(RUN)/$(call nb_of,$(1)).ipynb,)
 PRESENT := $(foreach s,$(STEPS),$(call out_of,$(word 1,$(subst :, ,$(s)))))
 
-.PHONY: all env lock test test-fast data explore train gan evaluate gradcam reference-models index readme predict app \
+.PHONY: all env lock test test-fast data explore train gan evaluate gradcam reference-models generalist index readme predict app \
         bench gpu-check lint clean-results help
 .DELETE_ON_ERROR:
 
@@ -156,6 +156,9 @@ reference-models: $(call out_of,data) ## train REFERENCE_MODELS (name:epochs ...
 	    $(PY) -m helpers.training --dataset $(DATASET) $(if $(SOURCE),--data-source $(SOURCE),) \
 	        --seed $(SEED) --model $${m%%:*} $$epochs --quiet || exit 1; \
 	done
+
+generalist: $(ENV) ## a detector trained on every generator, and the leave-one-generator-out study (docs/generalist-study.md); needs the 32-px caches of cifake, sneakers and demo and CIFAKE's exported GAN images (GENERALIST_ARGS="--data-source sneakers=PATH ...")
+	$(PY) -m helpers.training.generalist $(GENERALIST_ARGS)
 
 # helpers.publish first: figures at the size shown, executed notebooks that reference them, no
 # machine paths (it recognises its own output, so rerunning it changes nothing)

@@ -8,6 +8,7 @@ rendered notebooks); nothing is typed in by hand. Run by ``make index`` (part of
 from __future__ import annotations
 
 import argparse
+import csv
 import html
 import json
 import re
@@ -20,15 +21,15 @@ from .core import paths
 from .core.detector import best_by_validation
 from .core.repro import atomic_path
 from .data.datasets import DATASETS
+from .evaluation import columns
+from .evaluation.text import saved_summary
 
 #: Figure folders in reading order, with the heading each gets in the index.
 FIGURE_SECTIONS = (
-    ("figures", "Data"), ("curves", "Training curves"), (".", "Evaluation"),
+    ("figures", "The data"), ("curves", "Training curves"), (".", "Evaluation"),
     ("evaluation", "Evaluation details"), ("generated_images", "GAN samples"),
     ("gradcam", "Grad-CAM"),
 )
-METRIC_COLUMNS = ("model", "accuracy", "ci_low", "ci_high", "auc", "average_precision", "f1",
-                  "ece", "n_test", "val_accuracy", "params", "train_seconds", "inference_images_per_s")
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 STEP_COMMANDS = {
     "demo": "make all",
@@ -43,26 +44,46 @@ def load_metrics(dataset: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def _fmt(column: str, value) -> str:
-    if pd.isna(value):
-        return "–"
-    if column in ("accuracy", "ci_low", "ci_high", "val_accuracy"):
-        return f"{100 * value:.2f} %"
-    if column in ("auc", "average_precision", "f1", "ece"):
-        return f"{value:.4f}"
-    if column in ("params", "n_test"):
-        return f"{int(value):,}"
-    if column in ("train_seconds", "inference_images_per_s"):
-        return f"{value:,.0f}"
-    return html.escape(str(value))
+def _table(rows, shown: list[columns.Column], first: tuple[str, list[str]] | None = None) -> str:
+    """An HTML table of ``rows`` (metrics rows) in the ``shown`` columns, under their headings;
+    ``first``: (heading, cells as HTML) of a leading column."""
+    head = ([f"<th>{html.escape(first[0])}</th>"] if first else []) + [
+        f"<th>{_keep(c.label)}</th>" for c in shown]
+    body = []
+    for i, row in enumerate(rows):
+        cells = [f"<td class='text'>{first[1][i]}</td>"] if first else []
+        cells += [f"<td class='{'text' if c.fmt == 'text' else 'num'}'>{_keep(c.text(row))}</td>"
+                  for c in shown]
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><tr>{''.join(head)}</tr>{''.join(body)}</table>"
+
+
+def _keep(text: str) -> str:
+    """``text`` as HTML where a wrapping heading keeps a number with its unit ("95 %") and a
+    parenthesis on one line ("(95 % CI)")."""
+    text = html.escape(text).replace(" %", "&nbsp;%")
+    return re.sub(r"\([^()]*\)", lambda m: m.group(0).replace(" ", "&nbsp;"), text)
 
 
 def metrics_html(metrics: pd.DataFrame) -> str:
-    columns = [c for c in METRIC_COLUMNS if c in metrics.columns]
-    head = "".join(f"<th>{c}</th>" for c in columns)
-    rows = "".join("<tr>" + "".join(f"<td>{_fmt(c, row[c])}</td>" for c in columns) + "</tr>"
-                   for _, row in metrics.iterrows())
-    return f"<table><tr>{head}</tr>{rows}</table>"
+    """The metrics table of a dataset's index: the columns declared for it, every model."""
+    return _table([row for _, row in metrics.iterrows()], columns.shown(columns.INDEX))
+
+
+#: Figure name (a regular expression; ``{}`` in the caption: its group, a model's name) ->
+#: caption and a sentence on what it shows, from ``helpers/figure_notes.csv``; the first that
+#: matches applies.
+_NOTES = Path(__file__).with_name("figure_notes.csv").read_text(encoding="utf-8").splitlines()
+FIGURE_NOTES = tuple(tuple(row) for row in csv.reader(_NOTES[1:]))
+
+
+def figure_note(stem: str) -> tuple[str, str]:
+    """The caption and the sentence of the figure saved as ``stem``.png (:data:`FIGURE_NOTES`)."""
+    for pattern, caption, sentence in FIGURE_NOTES:
+        found = re.fullmatch(pattern, stem)
+        if found:
+            return caption.format(*found.groups()), sentence
+    return stem.replace("_", " "), ""
 
 
 def _figures_html(root: Path) -> str:
@@ -73,20 +94,44 @@ def _figures_html(root: Path) -> str:
             pngs = pngs[:1] + pngs[-3:]
         if not pngs:
             continue
-        cells = "".join(
-            f'<a href="{p.relative_to(root).as_posix()}"><figure><img src="{p.relative_to(root).as_posix()}" '
-            f'loading="lazy"><figcaption>{html.escape(p.stem)}</figcaption></figure></a>' for p in pngs)
-        parts.append(f"<h2>{title}</h2><div class='grid'>{cells}</div>")
+        cells = []
+        for p in pngs:
+            src, (caption, sentence) = p.relative_to(root).as_posix(), figure_note(p.stem)
+            cells.append(f'<figure><a href="{src}"><img src="{src}" alt="{html.escape(caption)}" '
+                         f'loading="lazy"></a><figcaption><b>{html.escape(caption)}</b> '
+                         f"{html.escape(sentence)}</figcaption></figure>")
+        parts.append(f"<h2>{title}</h2><div class='grid'>{''.join(cells)}</div>")
     return "".join(parts)
 
 
+def _findings_html(root: Path) -> str:
+    """Notebook 05's closing paragraph, from the saved metrics (:func:`saved_summary`); none,
+    with a note, from a file older than the summary's fields."""
+    path = root / "performance_metrics.json"
+    try:
+        finding = saved_summary(json.loads(path.read_text())) if path.is_file() else None
+    except (KeyError, TypeError, IndexError) as error:
+        print(f"{paths.shown(path)}: no findings on the index (an older file? {error!r})")
+        finding = None
+    if not finding:
+        return ""
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(finding))
+    return f"<h2>Findings</h2><p class='findings'>{text}</p>"
+
+
 STYLE = """<style>
-body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}.grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:360px}
-figure img{width:100%;border:1px solid #ddd}figcaption{font-size:12px;text-align:center}
-.demo{background:#fff3cd;border:1px solid #e0c36a;padding:8px 12px;border-radius:4px}
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:4px 6px}
+th{background:#f3f3f3;vertical-align:bottom;text-align:center}td{text-align:right}td.num{text-align:right;white-space:nowrap}
+td.text{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;width:380px}
+figure img{width:100%;border:1px solid #ddd}figcaption{font-size:13px;margin-top:4px}
+.findings{max-width:75ch}.demo{background:#fff3cd;border:1px solid #e0c36a;padding:8px 12px;border-radius:4px}
 code{background:#f5f5f5;padding:1px 4px}</style>"""
+
+
+def _style() -> str:
+    """:data:`STYLE` on one line, as the pages carry it."""
+    return STYLE.replace("\n", "")
 
 
 def dataset_index(dataset: str) -> Path:
@@ -100,21 +145,22 @@ def dataset_index(dataset: str) -> Path:
     if report.get("is_demo") or (spec and spec.is_demo):
         body.append("<p class='demo'><b>DEMO</b>: synthetic data built offline so the pipeline "
                     "runs anywhere. These numbers are not a benchmark.</p>")
+    body.append(_findings_html(root))
+    metrics = load_metrics(dataset)
+    if metrics is not None:
+        body.append("<h2>Test metrics</h2>" + metrics_html(metrics))
+    if report.get("counts"):
+        counts = pd.DataFrame(report["counts"]).T
+        body.append("<h2>Images per split</h2>" + counts.to_html(border=0))
     body.append(f"<p>Reproduce: <code>{html.escape(STEP_COMMANDS.get(dataset, 'make all DATASET=' + dataset))}</code>"
                 f" · data fingerprint <code>{html.escape(str(report.get('data_fingerprint', '?')))}</code></p>")
     # no build time: the page is a function of the files it shows, so a rerun leaves git clean
-    if report.get("counts"):
-        counts = pd.DataFrame(report["counts"]).T
-        body.append("<h2>Data</h2>" + counts.to_html(border=0))
-    metrics = load_metrics(dataset)
-    if metrics is not None:
-        body.append("<h2>Test metrics (95 % bootstrap CI)</h2>" + metrics_html(metrics))
     notebooks = sorted((root / "notebooks").glob("*.html"))
     if notebooks:
         links = "".join(f"<li><a href='notebooks/{p.name}'>{html.escape(p.stem)}</a></li>" for p in notebooks)
         body.append(f"<h2>Executed notebooks</h2><ul>{links}</ul>")
     body.append(_figures_html(root))
-    page = f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}{''.join(body)}"
+    page = f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>{_style()}{''.join(body)}"
     return _write(root / "index.html", page)
 
 
@@ -149,23 +195,22 @@ def top_index() -> Path:
     """Write ``results/index.html``: one line per dataset, linking to its index."""
     items = []
     for folder in sorted(p for p in paths.RESULTS.iterdir() if p.name in DATASETS and (p / "index.html").exists()):
-        items.append(f"<li><a href='{folder.name}/index.html'>{folder.name}</a></li>")
+        items.append(f"<li><a href='{folder.name}/index.html'>{folder.name}</a>: "
+                     f"{html.escape(DATASETS[folder.name].title)}</li>")
     table = ""
     rows = best_rows()
     if rows:
-        table = "<h2>Best model per dataset (chosen on validation)</h2>" + _best_table(rows)
-    page = (f"<!doctype html><meta charset='utf-8'><title>Results</title>{STYLE}"
+        table = ("<h2>Best model per dataset</h2><p>Each dataset's detector with the highest validation "
+                 "accuracy (never chosen on test), scored on its test split. A dataset's page leads "
+                 "with its findings, then every model and the figures.</p>" + _best_table(rows))
+    page = (f"<!doctype html><meta charset='utf-8'><title>Results</title>{_style()}"
             f"<h1>AI-generated image detection: results</h1>{table}<h2>Datasets</h2><ul>{''.join(items)}</ul>")
     return _write(paths.RESULTS / "index.html", page)
 
 
 def _best_table(rows) -> str:
-    columns = [c for c in METRIC_COLUMNS if c in rows[0][1].index]
-    head = "<th>dataset</th>" + "".join(f"<th>{c}</th>" for c in columns)
-    body = "".join(f"<tr><td><a href='{d}/index.html'>{html.escape(_dataset_label(d, ranked))}</a></td>"
-                   + "".join(f"<td>{_fmt(c, r.get(c))}</td>" for c in columns) + "</tr>"
-                   for d, r, ranked in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    links = [f"<a href='{d}/index.html'>{html.escape(_dataset_label(d, ranked))}</a>" for d, _, ranked in rows]
+    return _table([r for _, r, _ in rows], columns.shown(columns.INDEX), ("dataset", links))
 
 
 def worst_case(dataset: str, model: str) -> str:
@@ -183,20 +228,17 @@ def worst_case(dataset: str, model: str) -> str:
 
 
 def readme_table() -> str:
-    """Markdown table of the best model per dataset, from the metrics files; the worst case is
-    the lowest accuracy under notebook 05's robustness protocol (a test subset)."""
-    lines = [("| dataset | model | test accuracy (95 % CI) | AUC | worst case, post-processed | test images "
-              "| reproduce |"),
-             "|---|---|---|---|---|---|---|"]
+    """Markdown table of the best model per dataset, from the metrics files, in the columns
+    declared for the README; the worst case is the lowest accuracy under notebook 05's
+    robustness protocol (a test subset)."""
+    shown = columns.shown(columns.README)
+    head = ["dataset", *(c.label for c in shown), "worst case, post-processed", "reproduce"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for dataset, row, ranked in best_rows():
-        ci = (f" ({100 * row['ci_low']:.2f}–{100 * row['ci_high']:.2f})"
-              if "ci_low" in row and pd.notna(row["ci_low"]) else "")
-        auc = f"{row['auc']:.4f}" if "auc" in row and pd.notna(row["auc"]) else "–"
-        n = f"{int(row['n_test']):,}" if "n_test" in row and pd.notna(row["n_test"]) else "–"
-        name = _dataset_label(dataset, ranked)
-        lines.append(f"| {name} | {row['model']} | {100 * row['accuracy']:.2f} %{ci} | {auc} | "
-                     f"{worst_case(dataset, row['model'])} | {n} | "
-                     f"`{STEP_COMMANDS.get(dataset, 'make all DATASET=' + dataset)}` |")
+        cells = [_dataset_label(dataset, ranked), *(c.text(row) for c in shown),
+                 worst_case(dataset, row["model"]),
+                 f"`{STEP_COMMANDS.get(dataset, 'make all DATASET=' + dataset)}`"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

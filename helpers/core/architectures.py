@@ -1,6 +1,7 @@
 """The detector architectures trained from scratch: ``seed_cnn``'s, the CIFAKE paper's, ``fast``
-(airbench-style) and ``two_scale`` (two ``fast`` views summed). What each model is and its
-options are in :mod:`.models`, which registers them; these are the classes.
+(airbench-style), ``npr`` (``fast`` on the neighbouring-pixel residual) and ``two_scale`` (two
+``fast`` views summed). What each model is and its options are in :mod:`.models`, which
+registers them; these are the classes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .npr import RESIDUAL_GAIN, npr_residual
 
 
 def _conv_relu_bn(cin: int, cout: int) -> list[nn.Module]:
@@ -131,6 +134,15 @@ class FastNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)).flatten(1)) * self.logit_scale
+
+
+class NPRNet(FastNet):
+    """:class:`FastNet` reading the neighbouring-pixel residual of its input (NPR, Tan et al.,
+    CVPR 2024; :mod:`helpers.core.npr`) instead of the pixels: the same blocks, so a comparison
+    with ``fast`` changes the input alone."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return super().features(npr_residual(x) * RESIDUAL_GAIN)
 
 
 class TwoScaleNet(nn.Module):

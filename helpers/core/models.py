@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .architectures import CIFAKEPaperCNN, FastNet, SeedCNN, TwoScaleNet
+from .architectures import CIFAKEPaperCNN, FastNet, NPRNet, SeedCNN, TwoScaleNet
 from .pretrained import LITE0_MEAN, LITE0_STD, Lite0Detector
 
 #: Side of the images Grad-CAM's target layer is chosen for when a model does not say.
@@ -171,6 +171,13 @@ def _resnet18(image_size: int, pretrained: bool = False) -> nn.Module:
 def _fast(image_size: int, width: int | None = None, patch: int | None = None) -> nn.Module:
     base = width or 64
     return FastNet(image_size, widths=(base, base * 2, base * 4), patch=patch)
+
+
+@register("npr", options={"width": int},
+          help={"width": "first-stage channels (None: 64)"})
+def _npr(image_size: int, width: int | None = None) -> nn.Module:
+    base = width or 64
+    return NPRNet(image_size, widths=(base, base * 2, base * 4), patch=1)
 
 
 @register("two_scale", options={"width": int, "local_width": int},

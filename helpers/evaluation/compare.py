@@ -19,6 +19,7 @@ from ..core.detector import DEFAULT_THRESHOLD, Detector, best_by_validation
 from ..core.models import count_parameters
 from ..core.repro import environment_fingerprint, write_csv, write_json
 from ..core.stats import Interval, difference_ci, proportion_ci
+from . import columns
 from .metrics import classification_metrics, classification_table, confusion_tables, predicted_labels
 from .robustness import resize_to
 
@@ -146,21 +147,25 @@ def evaluate_detector(detector: Detector, images: np.ndarray, labels: np.ndarray
 
 
 def metrics_frame(results: Sequence[ModelResult]) -> pd.DataFrame:
-    """One row per model: the columns of ``performance_metrics.csv``."""
-    return pd.DataFrame([r.metrics for r in results])
+    """One row per model: the columns of ``performance_metrics.csv``, the declared ones
+    (:data:`helpers.evaluation.columns.COLUMNS`) first, in their order."""
+    frame = pd.DataFrame([r.metrics for r in results])
+    first = [n for n in columns.csv_names() if n in frame.columns]
+    return frame[first + [n for n in frame.columns if n not in first]]
+
+
+def shown_names() -> list[str]:
+    """The CSV columns of notebook 05's headline table (the model is its index)."""
+    return [n for n in columns.csv_names(columns.NOTEBOOK) if n != "model"]
 
 
 def comparison_table(results: Sequence[ModelResult]) -> pd.DataFrame:
-    """The side-by-side table of several models (readable units)."""
-    frame = metrics_frame(results)
-    return pd.DataFrame({
-        "model": frame["model"],
-        "accuracy": frame["accuracy"].map("{:.2%}".format),
-        "95% CI": [f"[{lo:.2%}, {hi:.2%}]" for lo, hi in zip(frame["ci_low"], frame["ci_high"])],
-        "AUC": frame["auc"].round(4), "ECE": frame["ece"].round(4),
-        "parameters": frame["params"], "train s": frame["train_seconds"].round(1),
-        "inference img/s": frame["inference_images_per_s"].round(0),
-    }).set_index("model")
+    """The side-by-side table of several models: the declared columns of notebook 05, under
+    their headings, in their formats."""
+    rows = metrics_frame(results).to_dict(orient="records")
+    shown = columns.shown(columns.NOTEBOOK)
+    table = pd.DataFrame({c.label: [c.text(row) for row in rows] for c in shown})
+    return table.set_index(shown[0].label)
 
 
 def cross_generator(result: ModelResult, gan_images: np.ndarray, gan_resolution: int | None = None,

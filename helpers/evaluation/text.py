@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..core.stats import Interval
 from .compare import (
     ALL_TEST,
     COLOUR_BASELINE,
@@ -162,3 +164,20 @@ def summary(results: Sequence[ModelResult], best: ModelResult, robustness: pd.Da
     if is_demo:
         lines.append("These are DEMO numbers (a small synthetic set built offline), not a benchmark.")
     return " ".join(lines)
+
+
+def saved_summary(payload: dict[str, Any]) -> str | None:
+    """:func:`summary` of a run from its saved ``performance_metrics.json`` (the results index
+    leads with it); None when the file names no best model among its rows."""
+    results = [SimpleNamespace(name=m["model"], metrics=m) for m in payload.get("models") or []]
+    best = next((r for r in results if r.name == payload.get("best_model")), None)
+    if best is None:
+        return None
+
+    def frame(key: str) -> pd.DataFrame | None:
+        return pd.DataFrame(payload[key]) if payload.get(key) else None
+
+    cross = [{k: Interval(**v) if isinstance(v, dict) else v for k, v in c.items()}
+             for c in payload.get("cross_generator") or []]
+    return summary(results, best, frame("robustness"), cross, bool(payload.get("is_demo")),
+                   frame("colour_check"), frame("near_duplicate_check"))

@@ -120,6 +120,9 @@ def checkpoint_label(stem: str) -> str:
     return f"{stem} (generalist: ImageNet-pretrained)" if input_normalisation(stem) else stem
 
 
+GENERALIST = "generalist"  # helpers.training.generalist.NAME: trained on every generator the project has
+TRAINED_ON = {GENERALIST: "every generator the project has: Stable Diffusion 1.4, Midjourney, its "
+                          "FastGAN and the demo's DCGAN, with their photos (docs/generalist-study.md)"}
 KIND_TEXT = {"lite0": "ImageNet-pretrained EfficientNet-Lite0, fine-tuned",
              "lite0_probe": "ImageNet-pretrained EfficientNet-Lite0, frozen, with a linear probe"}
 
@@ -127,6 +130,8 @@ KIND_TEXT = {"lite0": "ImageNet-pretrained EfficientNet-Lite0, fine-tuned",
 def unseen_scores(detector: Detector) -> pd.DataFrame | None:
     """The detector's rows of the newest cross-dataset matrix (``results/*/cross_dataset.csv``,
     written by notebook 05) on sources it was not trained on; None when it was never scored."""
+    if detector.dataset == GENERALIST:
+        return held_out_scores(detector)
     title = f"{detector.dataset}/{detector.path.stem if detector.path else detector.architecture}"
     tables = sorted(paths.RESULTS.glob("*/cross_dataset.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
     for table_path in tables:
@@ -140,6 +145,18 @@ def unseen_scores(detector: Detector) -> pd.DataFrame | None:
         if len(rows):
             return rows
     return None
+
+
+def held_out_scores(detector: Detector) -> pd.DataFrame | None:
+    """For a generalist: the leave-one-generator-out figures of its input
+    (``results/generalist/held_out.csv``): the same recipe trained without each generator, scored
+    on that generator's images and photos; None before the study ran."""
+    try:
+        table = pd.read_csv(paths.RESULTS / GENERALIST / "held_out.csv")
+        rows = table[(table["input"] == detector.architecture) & table["fold"].str.startswith("without")]
+    except (OSError, KeyError, ValueError, pd.errors.ParserError):
+        return None
+    return rows.assign(source=[f"{g} (left out)" for g in rows["test_generator"]]) if len(rows) else None
 
 
 def _elsewhere(named, table: pd.DataFrame, detector: Detector, device: str) -> list:
@@ -162,7 +179,7 @@ def describe_model(detector: Detector) -> None:
     size = detector.image_size
     lines = [f"**Model:** `{detector.architecture}` ({detector.path.name}, epoch {detector.epoch})",
              f"**Kind:** {KIND_TEXT.get(detector.architecture, 'trained from scratch')}",
-             f"**Trained on:** {spec.title if spec else detector.dataset}",
+             f"**Trained on:** {spec.title if spec else TRAINED_ON.get(detector.dataset, detector.dataset)}",
              f"**Input:** {size}x{size} px"]
     if "val_acc" in metrics:
         lines.append(f"**Validation accuracy:** {metrics['val_acc']:.2%}")
