@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.core.accel import images_to_device, set_cpu_threads
-from helpers.gan.networks import GANConfig
+from helpers.gan.config import GANConfig
 from helpers.gan.train import GAN
 
 

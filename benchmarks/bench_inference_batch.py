@@ -4,7 +4,7 @@ several batch sizes, beside the old fixed batch of 512, in one run.
     .venv/bin/python benchmarks/bench_inference_batch.py [--batch-sizes 512 256 128 64 32 16]
         [--seconds 2] [--rounds 3] [--device cpu] [--only demo CIFAKE shoes]
 
-Each line times :func:`helpers.core.detector.predict_logits` (what ``Detector.predict_proba``
+Each line times :func:`helpers.core.scoring.predict_logits` (what ``Detector.predict_proba``
 runs on every chunk) on random uint8 images moved as ``predict_proba`` moves them
 (``images_to_device``) for ``--seconds`` after a warm-up, in ``--rounds`` interleaved rounds (median and
 range reported). The models are the project's defaults and the ImageNet baselines at their
@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.core.accel import cpu_has_bf16, cpu_name, images_to_device, inference_batch_size, set_cpu_threads
-from helpers.core.detector import predict_logits
 from helpers.core.models import build_model
+from helpers.core.scoring import predict_logits
 from helpers.training.config import default_config
 
 # (label, dataset, model): the defaults of each dataset and the pretrained baselines

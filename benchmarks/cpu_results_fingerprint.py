@@ -25,10 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.core.detector import Detector, predict_logits
+from helpers.core.detector import Detector
+from helpers.core.scoring import predict_logits
 from helpers.gan import quality
 from helpers.gan.augment import diff_augment
-from helpers.gan.networks import recipe_config
+from helpers.gan.config import recipe_config
 from helpers.gan.train import GAN, STAT_KEYS, to_unit_range
 from tests.conftest import textured, train_tiny_detector
 

@@ -41,8 +41,9 @@ from helpers.core.images import BadImageError, decode
 from helpers.core.repro import environment_fingerprint, seed_everything, write_json
 from helpers.data.sources import iter_source
 from helpers.gan import quality
-from helpers.gan.networks import RECIPES, recipe_config
-from helpers.gan.train import GAN, image_grid, save_checkpoint, save_png, train_gan
+from helpers.gan.config import RECIPES, recipe_config
+from helpers.gan.monitor import image_grid, save_checkpoint, save_png
+from helpers.gan.train import GAN, train_gan
 
 DEFAULT_ZIP = ROOT.parent / "shared" / "data" / "cifar10-test-jpg.zip"
 TARGET_FID = 45.0
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=2e-4, help="for G and D")
     parser.add_argument("--spectral-norm", action="store_true", help="spectral normalisation in D")
     parser.add_argument("--recipe", default="dcgan", choices=sorted(RECIPES),
-                        help="helpers.gan.networks.RECIPES (benchmarks/gan_recipes.py compares them)")
+                        help="helpers.gan.config.RECIPES (benchmarks/gan_recipes.py compares them)")
     parser.add_argument("--max-images", type=int, default=None, help="train on a random subset")
     parser.add_argument("--no-real-floor", action="store_true", help="skip the real-vs-real FID")
     parser.add_argument("--seed", type=int, default=0)

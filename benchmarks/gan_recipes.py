@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/gan_recipes.py --data sneakers --minutes 5 --score-at 1.25 2.5 5
     .venv/bin/python benchmarks/gan_recipes.py --data cifar10 --minutes 5 --score-at 1.25 2.5 5
 
-Trains each recipe of :data:`helpers.gan.networks.RECIPES` (DCGAN as published; DiffAugment
+Trains each recipe of :data:`helpers.gan.config.RECIPES` (DCGAN as published; DiffAugment
 with spectral norm, the hinge loss and an EMA generator; the same with a projected
 discriminator on frozen Lite0 features) on the same real images, with the same seed, batch
 size and generator, for the same *training* time, and scores each at fixed marks of training
@@ -42,8 +42,9 @@ from gan_fid_cifar10 import load_photos
 from helpers.core.accel import cpu_has_bf16, cpu_name, pick_device, set_cpu_threads
 from helpers.core.repro import environment_fingerprint, seed_everything, write_json
 from helpers.gan import quality
-from helpers.gan.networks import RECIPES, recipe_config
-from helpers.gan.train import EpochMonitor, image_grid, save_png, train_gan
+from helpers.gan.config import RECIPES, recipe_config
+from helpers.gan.monitor import EpochMonitor, image_grid, save_png
+from helpers.gan.train import train_gan
 
 SHARED = ROOT.parent / "shared" / "data"
 SOURCES = {"sneakers": SHARED / "sneakers", "cifar10": SHARED / "cifar10-test-jpg.zip"}
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
     write_json(out / "summary.json", {
         "data": args.data, "source": str(source), "n_train": len(images), "resolution": images.shape[1],
         "args": this_run["args"], "runs": runs,
-        "recipes": {r: RECIPES[r.split("+")[0]] for r in dict.fromkeys(r["recipe"] for r in rows)},
+        "recipes": {r: RECIPES[r.split("+")[0]].changes() for r in dict.fromkeys(r["recipe"] for r in rows)},
         "floor": floor,
         "rows": rows,
         "threads": threads, "wall_seconds": round(time.perf_counter() - wall, 1),

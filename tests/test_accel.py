@@ -80,7 +80,7 @@ def test_inference_batch_is_small_on_a_cpu_large_on_a_gpu_and_a_given_one_wins()
 
 
 def test_scoring_runs_in_cpu_sized_chunks_with_the_same_logits():
-    from helpers.core.detector import predict_logits
+    from helpers.core.scoring import predict_logits
 
     seen = []
 
@@ -163,7 +163,7 @@ def test_inference_runs_in_fp32_on_every_device(monkeypatch, device, capability)
 
 
 def test_scoring_never_enters_autocast_off_a_bf16_cpu_detector(monkeypatch):
-    from helpers.core.detector import predict_logits
+    from helpers.core.scoring import predict_logits
 
     def refuse(*args, **kwargs):
         raise AssertionError("inference entered autocast")

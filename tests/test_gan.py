@@ -14,30 +14,17 @@ from PIL import Image, JpegImagePlugin
 
 from helpers.data.cache import prepare
 from helpers.gan.augment import diff_augment, parse_policy
+from helpers.gan.config import PLAN, RECIPES, GANConfig, recipe_config
 from helpers.gan.export import export_dir, export_images, load_exported, verify_export
-from helpers.gan.networks import RECIPES, Discriminator, FastGenerator, GANConfig, Generator, recipe_config
-from helpers.gan.plan import (
-    CPU_MINUTES,
-    DEMO_EPOCHS,
-    DEMO_SECONDS,
-    GPU_STEPS,
-    STEP_OVERHEAD,
-    default_recipe,
-    plan_run,
-)
-from helpers.gan.train import (
-    GAN,
-    STAT_KEYS,
-    EpochMonitor,
-    load_checkpoint,
-    real_training_images,
-    save_checkpoint,
-    to_unit_range,
-    train_gan,
-)
+from helpers.gan.monitor import EpochMonitor, load_checkpoint, save_checkpoint
+from helpers.gan.networks import Discriminator, FastGenerator, Generator
+from helpers.gan.plan import plan_run
+from helpers.gan.train import GAN, STAT_KEYS, real_training_images, to_unit_range, train_gan
 from tests.conftest import ROOT, textured, write_dataset
 
 CPU = torch.device("cpu")
+
+DEMO_BUDGET, CPU_BUDGET, CUDA_BUDGET = (PLAN.budgets[kind] for kind in ("demo", "cpu", "cuda"))
 
 
 def probed_speed(monkeypatch, record: dict) -> list:
@@ -92,6 +79,23 @@ def test_unsupported_resolution_is_a_clear_error():
         GANConfig(generator="stylegan")
 
 
+def test_the_gan_settings_are_one_typed_config_with_named_presets():
+    """Issue #33: the recipes are GANConfig presets, a misspelt setting is refused (never
+    ignored), and the plan's numbers are read from one place (gan.config.PLAN)."""
+    assert all(isinstance(preset, GANConfig) for preset in RECIPES.values())
+    assert RECIPES["dcgan"] == GANConfig() and RECIPES["fastgan"].changes() == {
+        "generator": "fastgan", "discriminator": "projected", "loss": "hinge",
+        "augment": "color,translation,cutout", "ema_decay": 0.999, "beta1": 0.0, "beta2": 0.99}
+    assert recipe_config("diffaug", ngf=8).ngf == 8 and RECIPES["diffaug"].ngf == 64  # presets stay
+    with pytest.raises(TypeError, match=r"no fields \['nfg'\]"):
+        recipe_config("dcgan", nfg=8)
+    with pytest.raises(ValueError, match="unknown GAN recipe"):
+        recipe_config("stylegan")
+    assert GANConfig.from_dict({"ngf": 8, "removed_long_ago": 1}) == GANConfig(ngf=8)  # old checkpoints
+    assert PLAN.budget(True, "cuda") is DEMO_BUDGET and PLAN.budget(False, "mps") == PLAN.budgets["mps"]
+    assert PLAN.recipe(48) == PLAN.other_recipe
+
+
 def test_paper_initialisation():
     model = GAN(GANConfig(ngf=16, ndf=16), CPU)
     conv = model.G.net[0].weight
@@ -124,7 +128,7 @@ def test_one_step_of_each_recipe_changes_both_networks(recipe):
     assert any(not torch.equal(a, b) for a, b in zip(before_g, model.G.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_d, trained_d))
     # a projected discriminator's Lite0 and random projection never move
-    assert (len(frozen_d) > 0) == (RECIPES[recipe].get("discriminator") == "projected")
+    assert (len(frozen_d) > 0) == (RECIPES[recipe].discriminator == "projected")
     assert all(torch.equal(a, b) for a, b in zip(before_frozen, frozen_d))
 
 
@@ -294,7 +298,7 @@ def test_train_gan_rejects_images_at_the_wrong_resolution():
 
 
 def test_real_training_images_are_the_real_train_split_at_the_gan_resolution(project_dirs, tmp_path, monkeypatch):
-    probed_speed(monkeypatch, {"fp32": 1e6})  # a fast CPU: the demo's full DEMO_EPOCHS
+    probed_speed(monkeypatch, {"fp32": 1e6})  # a fast CPU: the demo's full DEMO_BUDGET.epochs
     cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=20), progress=False)
     images, labels = cache.part("train")
     real = real_training_images(cache)
@@ -303,8 +307,8 @@ def test_real_training_images_are_the_real_train_split_at_the_gan_resolution(pro
     assert real_training_images(cache, 64).shape[1:] == (64, 64, 3)
     plan = plan_run(cache, CPU)  # the demo on a CPU: the small, fast settings
     n_real = int((labels == 0).sum())
-    assert (plan.config.epochs, plan.config.ngf, plan.fid_samples, plan.n_real) == (DEMO_EPOCHS, 32, 64, n_real)
-    assert plan.recipe == default_recipe(32) == "fastgan" and plan.config.discriminator == "projected"
+    assert (plan.config.epochs, plan.config.ngf, plan.fid_samples, plan.n_real) == (DEMO_BUDGET.epochs, 32, 64, n_real)
+    assert plan.recipe == PLAN.recipe(32) == "fastgan" and plan.config.discriminator == "projected"
     shoes_like = plan_run(cache, CPU, resolution=64, cpu_bf16=False)  # the study's best at 64 px too
     assert shoes_like.recipe == "fastgan" and shoes_like.config.generator == "fastgan"
     assert plan.config.batch_size == min(32, n_real)  # never more than the training images
@@ -331,9 +335,9 @@ def test_exported_jpegs_carry_the_real_images_tables(project_dirs, tmp_path, mon
     probed = probed_speed(monkeypatch, {"fp32": 50.0})
     plan = plan_run(cache, CPU, recipe="dcgan", batch_size=8)  # not the demo: the CPU time budget
     assert [(c.generator, c.batch_size, c.resolution) for c in probed] == [("dcgan", 8, 32)]
-    per_step = STEP_OVERHEAD * 8 / 50.0  # seconds, at the probed 50 images/s
+    per_step = PLAN.step_overhead * 8 / 50.0  # seconds, at the probed 50 images/s
     epoch_seconds = plan.n_real // 8 * per_step
-    assert 0 <= CPU_MINUTES * 60 - plan.steps * per_step < epoch_seconds  # as many epochs as fit
+    assert 0 <= CPU_BUDGET.seconds - plan.steps * per_step < epoch_seconds  # as many epochs as fit
     assert plan.fid_samples == plan.n_real // 2 and plan.score_every == -(-plan.config.epochs // 8)
     assert plan.config.epoch_steps == 0  # full passes: many fit the budget
 
@@ -364,8 +368,8 @@ def test_a_big_dataset_gets_short_epochs_so_the_budget_holds_its_scores(project_
     cache.meta["is_demo"] = False  # the CPU budget's rules, not the demo's
     n_real = int((cache.part("train")[1] == 0).sum())
     probed_speed(monkeypatch, {"fp32": 80.0})
-    per_step = STEP_OVERHEAD * 2 / 80.0
-    budget_steps = int(CPU_MINUTES * 60 / per_step)
+    per_step = PLAN.step_overhead * 2 / 80.0
+    budget_steps = int(CPU_BUDGET.seconds / per_step)
     plan = plan_run(cache, CPU, batch_size=2, scores=budget_steps // (n_real // 2 - 1))
     assert 0 < plan.config.epoch_steps < n_real // 2 and "epoch_steps" in plan.auto
     assert plan.steps_per_epoch == plan.config.epoch_steps and plan.score_every == 1
@@ -404,19 +408,19 @@ def test_the_plan_takes_bfloat16_where_the_probe_measures_it_faster(project_dirs
     probed = probed_speed(monkeypatch, {"fp32": 100.0, "bf16": 150.0})
     for accelerator in ("cuda", "mps"):  # no CPU probe; the accelerator's fixed length
         plan = plan_run(cache, torch.device(accelerator), resolution=64, batch_size=2)
-        assert not plan.config.cpu_bf16 and plan.steps <= GPU_STEPS < plan.steps + plan.steps_per_epoch
+        assert not plan.config.cpu_bf16 and plan.steps <= CUDA_BUDGET.steps < plan.steps + plan.steps_per_epoch
     assert probed == []
 
 
 def test_the_demo_trains_its_gan_for_at_most_demo_seconds(project_dirs, tmp_path, monkeypatch):
-    """The demo's GAN: DEMO_EPOCHS on a fast CPU, fewer (never none) where the measured speed
-    would take longer than DEMO_SECONDS, so `make all` keeps its budget on a slower machine."""
+    """The demo's GAN: its budget's epochs on a fast CPU, fewer (never none) where the measured
+    speed would take longer than its seconds, so `make all` keeps its budget on a slower machine."""
     cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=20), progress=False)
     n_real = int((cache.part("train")[1] == 0).sum())
     probed_speed(monkeypatch, {"fp32": 1e6})
-    assert plan_run(cache, CPU, batch_size=2).config.epochs == DEMO_EPOCHS
+    assert plan_run(cache, CPU, batch_size=2).config.epochs == DEMO_BUDGET.epochs
     images = 2 * (n_real // 2) * 2  # 2 epochs of n_real // 2 steps of 2 images
-    per_image = DEMO_SECONDS / images / STEP_OVERHEAD  # the seconds that fit them in DEMO_SECONDS
+    per_image = DEMO_BUDGET.seconds / images / PLAN.step_overhead  # the seconds that fit them in the demo's
     probed_speed(monkeypatch, {"fp32": 1.01 / per_image})  # just over 2 epochs' worth
     assert plan_run(cache, CPU, batch_size=2).config.epochs == 2
     probed_speed(monkeypatch, {"fp32": 1e-3})  # far too slow for one epoch: still one
@@ -441,18 +445,18 @@ def test_the_gan_speed_probe_times_each_native_precision_and_leaves_the_random_s
 
 def test_the_gan_speed_probe_is_measured_once_per_configuration(project_dirs, monkeypatch):
     import helpers.gan.plan as gan_plan
-    from helpers.core import accel
+    from helpers.core import precision_probe
 
     calls = []
     monkeypatch.setattr(gan_plan, "measure_gan_speed", lambda config: calls.append(config) or {"fp32": 9.0})
-    monkeypatch.setattr(accel, "load_per_core", lambda: 0.25)  # a quiet machine
+    monkeypatch.setattr(precision_probe, "load_per_core", lambda: 0.25)  # a quiet machine
     config = recipe_config("dcgan", ngf=8, ndf=8, batch_size=4)
     assert gan_plan.gan_speed_probe(config) == {"fp32": 9.0, "load_per_core": 0.25, "cached": False}
     assert gan_plan.gan_speed_probe(config) == {"fp32": 9.0, "load_per_core": 0.25, "cached": True}
     assert len(calls) == 1
     gan_plan.gan_speed_probe(recipe_config("dcgan", ngf=8, ndf=8, batch_size=8))  # another batch
     assert len(calls) == 2
-    monkeypatch.setattr(accel, "load_per_core", lambda: 1.7)  # busy: used for this run, not kept
+    monkeypatch.setattr(precision_probe, "load_per_core", lambda: 1.7)  # busy: used for this run, not kept
     busy = gan_plan.gan_speed_probe(recipe_config("dcgan", ngf=8, ndf=8, batch_size=16))
     assert "load average 1.70" in busy["unsteady"] and len(calls) == 4  # measured twice
     assert "unsteady" in gan_plan.gan_speed_probe(recipe_config("dcgan", ngf=8, ndf=8, batch_size=16))
@@ -486,7 +490,7 @@ def test_notebook_runs_on_a_tiny_demo_layout(project_dirs, tmp_path):
     assert (run / "curves" / "gan_losses.png").exists() and (run / "curves" / "gan_quality.png").exists()
     metrics = json.loads((run / "gan_metrics.json").read_text())
     assert metrics["quality"]["n_fake"] == 8 and np.isfinite(metrics["quality"]["fid"])
-    assert metrics["floor"]["n_fake"] == 8 and metrics["recipe"] == default_recipe(32)
+    assert metrics["floor"]["n_fake"] == 8 and metrics["recipe"] == PLAN.recipe(32)
     manifest = json.loads((data_dir / "processed" / "demo" / "gan" / "manifest.json").read_text())
     assert manifest["count"] == 6 and manifest["encoding"] == "PNG"
 
@@ -637,15 +641,15 @@ def test_diff_augment_draws_on_the_batch_device_without_copies_or_reads(monkeypa
 
 
 def test_the_demo_is_as_short_on_a_gpu_or_mac_as_on_a_cpu(project_dirs, tmp_path, monkeypatch):
-    """A GPU's demo once trained GPU_STEPS and scored 5,000 images ten times; now it is the
-    CPU demo's plan: DEMO_EPOCHS of the narrow network, one score of 64 images."""
+    """A GPU's demo once trained a GPU run's steps and scored 5,000 images ten times; now it is
+    the CPU demo's plan: the demo budget's epochs of the narrow network, one score of 64 images."""
     cache = prepare("demo", write_dataset(tmp_path / "tiny", n_per_class=20), progress=False)
-    probed = probed_speed(monkeypatch, {"fp32": 1e6})  # a CPU fast enough for all DEMO_EPOCHS
+    probed = probed_speed(monkeypatch, {"fp32": 1e6})  # a CPU fast enough for all DEMO_BUDGET.epochs
     cpu = plan_run(cache, CPU, batch_size=2)
     assert len(probed) == 1
     for accelerator in ("cuda", "mps"):
         plan = plan_run(cache, torch.device(accelerator), batch_size=2)
-        assert plan.config == cpu.config and plan.config.epochs == DEMO_EPOCHS
+        assert plan.config == cpu.config and plan.config.epochs == DEMO_BUDGET.epochs
         assert (plan.fid_samples, plan.score_every, plan.steps) == (cpu.fid_samples, cpu.score_every, cpu.steps)
     assert len(probed) == 1  # an accelerator runs no CPU probe
 

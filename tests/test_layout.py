@@ -43,6 +43,27 @@ def test_a_cycle_is_found(tmp_path):
     assert imports.cycles(edges) == [["helpers.a.x", "helpers.a.y", "helpers.a.x"]]
 
 
+#: Modules stay readable at once (CONTRIBUTING.md: about 400 lines); over this bound a module is
+#: split along a seam (issue #33 split accel, detector, loop, models, predict, gan.train and
+#: gan.quality this way).
+MAX_MODULE_LINES = 420
+
+
+def long_modules(root=ROOT, bound: int = MAX_MODULE_LINES) -> dict[str, int]:
+    """The modules of ``root/helpers`` longer than ``bound`` lines, with their lengths."""
+    lengths = {p.relative_to(root).as_posix(): len(p.read_text().splitlines())
+               for p in sorted((root / "helpers").rglob("*.py"))}
+    return {path: n for path, n in lengths.items() if n > bound}
+
+
+def test_every_module_is_short_enough_to_read_at_once(tmp_path):
+    assert long_modules() == {}, f"split these along a seam (at most {MAX_MODULE_LINES} lines)"
+    (tmp_path / "helpers" / "a").mkdir(parents=True)  # the check can fail
+    (tmp_path / "helpers" / "a" / "long.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    (tmp_path / "helpers" / "short.py").write_text("x = 1\n" * MAX_MODULE_LINES)
+    assert long_modules(tmp_path) == {"helpers/a/long.py": MAX_MODULE_LINES + 1}
+
+
 def test_imports_are_at_the_top_of_modules():
     inside = []
     for path in sorted((ROOT / "helpers").rglob("*.py")):

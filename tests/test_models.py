@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -199,3 +201,37 @@ def test_adding_a_model_is_one_decorated_function(monkeypatch):
         models.build_model("blind", 16)
     with pytest.raises(ValueError, match="registered twice"):
         models.register("tiny")(lambda image_size: Tiny(4))
+
+
+def test_every_model_option_is_settable_from_the_configuration_and_the_command_line(monkeypatch):
+    """Issue #33: `two_scale`'s `local_width` was declared by its @register but no TrainConfig
+    field, so no run could set it. TrainConfig's option fields now come from the registry."""
+    from dataclasses import asdict, fields
+
+    from helpers.training import __main__ as cli
+    from helpers.training.config import TrainConfig, config_class, default_config
+
+    assert models.option_types()["local_width"] is int and models.option_types()["pretrained"] is bool
+    assert set(models.option_types()) <= {f.name for f in fields(TrainConfig)}  # nothing listed by hand
+    config = cli.config_of(cli._parser().parse_args(["--dataset", "sneakers", "--local-width", "8"]))
+    assert config.model == "two_scale" and config.model_options == {"width": 32, "local_width": 8}
+    net = models.build_model(config.model, 64, **config.build_options)
+    assert net.local_view.block1[0].out_channels == 8 and net.global_view.block1[0].out_channels == 32
+    assert default_config("sneakers", device="cpu").local_width is None  # unset: the model's 16
+    with pytest.raises(TypeError, match="does not take the options"):  # refused, never dropped
+        models.build_model("seed_cnn", 32, **default_config("demo", model="seed_cnn", width=8).build_options)
+    # `pretrained` chooses the starting weights: passed to build_model, not saved to rebuild it
+    resnet = default_config("cifake", model="resnet18", pretrained=True)
+    assert resnet.build_options == {"pretrained": True} and resnet.model_options == {}
+    # a checkpoint saved before `local_width` existed still loads, the field at its default
+    old = {k: v for k, v in asdict(config).items() if k != "local_width"}
+    assert TrainConfig.from_dict(old) == replace(config, local_width=None)
+    # a future option: declared once, it becomes a field, with the registry's help
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    models.register("deep", options={"depth": int}, help={"depth": "blocks"})(lambda image_size, depth=None: None)
+    future = config_class(models.option_types())
+    assert future(depth=3).depth == 3 and future().depth is None
+    assert [f.metadata["help"] for f in fields(future) if f.name == "depth"] == ["deep: blocks"]
+    models.register("other", options={"depth": float})(lambda image_size, depth=None: None)
+    with pytest.raises(TypeError, match="'depth' is int for one model and float"):
+        models.option_types()

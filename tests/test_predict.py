@@ -15,7 +15,7 @@ from helpers.core import images as image_rule
 from helpers.core.detector import Detector, best_path
 from helpers.core.images import decode_file
 from helpers.data.datasets import get_spec
-from helpers.tools import predict
+from helpers.tools import predict, verdicts
 from tests.conftest import point_paths_at, train_tiny_detector
 
 
@@ -331,7 +331,7 @@ def test_predict_on_the_wild_folder_stays_within_a_small_images_memory(results_t
 
 
 def test_a_score_that_is_not_finite_is_an_error_never_a_verdict():
-    table = predict._table(["a.png", "b.png", "c.png", "d.png"], np.array([0.7, np.nan, np.inf, np.nan]),
+    table = verdicts.verdict_table(["a.png", "b.png", "c.png", "d.png"], np.array([0.7, np.nan, np.inf, np.nan]),
                            [None, None, None, "corrupt"], 0.5)
     assert table["label"].tolist()[:1] == ["FAKE"] and table["label"].iloc[1:].isna().all()
     assert table["error"].iloc[1].startswith("no verdict: the detector returned nan instead of a "

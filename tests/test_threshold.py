@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.core import accel
-from helpers.core.detector import Detector, choose_threshold
+from helpers.core import accel, precision_probe
+from helpers.core.detector import Detector
+from helpers.core.scoring import choose_threshold
 from helpers.data.cache import prepare
 from helpers.evaluation.compare import evaluate_detector
 from helpers.tools import predict
@@ -90,18 +91,18 @@ def test_cpu_precision_is_measured_once_per_machine_and_model(tmp_path, monkeypa
         return {"fp32": 1000.0, "bf16": 1100.0}  # faster, but not by BF16_MIN_SPEED_UP
 
     monkeypatch.setattr(accel, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(accel, "measure_cpu_precision", measured)
+    monkeypatch.setattr(precision_probe, "measure_cpu_precision", measured)
     cache_file = tmp_path / "probe.json"
-    use, record = accel.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
+    use, record = precision_probe.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
     assert use is False and record["cached"] is False and calls == [(32, 64)]
-    use, record = accel.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
+    use, record = precision_probe.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
     assert use is False and record["cached"] is True and len(calls) == 1  # reused
-    accel.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 128, cache_file)  # another batch size
+    precision_probe.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 128, cache_file)  # another batch size
     assert len(calls) == 2 and len(json.loads(cache_file.read_text())) == 2
-    monkeypatch.setattr(accel, "measure_cpu_precision", lambda *a, **k: {"fp32": 1000.0, "bf16": 1200.0})
-    assert accel.choose_cpu_amp(lambda: None, {"model": "other"}, 32, 64, cache_file)[0] is True
+    monkeypatch.setattr(precision_probe, "measure_cpu_precision", lambda *a, **k: {"fp32": 1000.0, "bf16": 1200.0})
+    assert precision_probe.choose_cpu_amp(lambda: None, {"model": "other"}, 32, 64, cache_file)[0] is True
     monkeypatch.setattr(accel, "cpu_has_bf16", lambda: False)  # emulated bfloat16: never
-    assert accel.choose_cpu_amp(lambda: None, {"model": "x"}, 32, 64, cache_file)[0] is False
+    assert precision_probe.choose_cpu_amp(lambda: None, {"model": "x"}, 32, 64, cache_file)[0] is False
 
 
 def test_a_noisy_or_loaded_precision_reading_is_used_once_never_cached(tmp_path, monkeypatch):
@@ -119,16 +120,16 @@ def test_a_noisy_or_loaded_precision_reading_is_used_once_never_cached(tmp_path,
         return next(readings)
 
     monkeypatch.setattr(accel, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(accel, "measure_cpu_precision", measured)
+    monkeypatch.setattr(precision_probe, "measure_cpu_precision", measured)
     cache_file = tmp_path / "probe.json"
-    use, record = accel.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
+    use, record = precision_probe.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
     assert use is False and len(calls) == 2  # measured again, still noisy: used for this run only
     assert "disagree" in record["unsteady"] and not cache_file.exists()
-    use, record = accel.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
+    use, record = precision_probe.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
     assert "load average 1.80" in record["unsteady"] and not cache_file.exists() and len(calls) == 4
-    use, record = accel.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
+    use, record = precision_probe.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
     assert use is True and "unsteady" not in record and cache_file.exists()
-    use, record = accel.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
+    use, record = precision_probe.choose_cpu_amp(lambda: None, {"model": "m"}, 32, 64, cache_file)
     assert use is True and record["cached"] is True and len(calls) == 5
 
 
@@ -151,7 +152,7 @@ def test_the_precision_probe_times_both_precisions_without_moving_the_random_str
     torch.manual_seed(123)
     before = torch.rand(3)
     torch.manual_seed(123)
-    rates = accel.measure_cpu_precision(lambda: build_model("fast", 16, width=8), 16, 8, steps=1)
+    rates = precision_probe.measure_cpu_precision(lambda: build_model("fast", 16, width=8), 16, 8, steps=1)
     assert {"fp32", "bf16"} <= set(rates) and min(rates["fp32"], rates["bf16"]) > 0
     assert [len(v) for v in rates["readings"].values()] == [3, 3]
     assert torch.equal(torch.rand(3), before)
@@ -175,12 +176,12 @@ def test_the_load_a_probe_sees_leaves_out_its_own_threads(monkeypatch):
 
     import torch
 
-    from helpers.core import accel
+    from helpers.core import precision_probe
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (2.1, 0.0, 0.0))  # this run alone
-    assert accel.load_per_core() == pytest.approx(0.05)
+    assert precision_probe.load_per_core() == pytest.approx(0.05)
     monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 0.0, 0.0))  # two more jobs of 2 threads
-    assert accel.load_per_core() == pytest.approx(2.0)
-    assert "load average 2.00" in accel.probe_problem({"load_per_core": accel.load_per_core()})
+    assert precision_probe.load_per_core() == pytest.approx(2.0)
+    assert "load average 2.00" in precision_probe.probe_problem({"load_per_core": precision_probe.load_per_core()})

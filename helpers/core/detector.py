@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from . import paths
-from .accel import images_to_device, inference_autocast, inference_batch_size, to_float
+from .accel import images_to_device, inference_batch_size
 from .domain import DomainCheck
 from .models import build_model
 from .repro import atomic_path
+from .scoring import DEFAULT_THRESHOLD, predict_logits
 
 T = TypeVar("T")
 
@@ -38,8 +39,6 @@ T = TypeVar("T")
 CHECKPOINT_FORMAT = "aidetect-detector"
 # What torch.load raises for a truncated or foreign file.
 CORRUPT_CHECKPOINT = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile)
-#: The decision threshold of checkpoints saved before thresholds were chosen on validation.
-DEFAULT_THRESHOLD = 0.5
 #: Checkpoints in a ``models/`` folder that are not detectors: the GAN's (``gan.pt``, formerly ``dcgan.pt``).
 NON_DETECTOR_PREFIXES = ("gan.", "dcgan")
 
@@ -91,7 +90,7 @@ class Detector:
     """A trained detector and what was saved with it.
 
     ``threshold``: an image is called AI-generated when P(FAKE) >= it (chosen on validation by
-    :func:`choose_threshold`). ``metrics``: the saved epoch's validation ``val_acc``,
+    :func:`helpers.core.scoring.choose_threshold`). ``metrics``: the saved epoch's validation ``val_acc``,
     ``val_loss`` and ``epoch``. ``mean``/``std``: per-channel normalisation of pixels scaled to 0-1.
     """
 
@@ -395,55 +394,3 @@ def resolve(dataset: str, model: str | Path | None = None) -> Path:
     if candidate.suffix == ".pt" or candidate.exists():
         return candidate
     return paths.RESULTS / dataset / "models" / f"{model}.pt"
-
-
-# --------------------------------------------------------------------------- scoring
-
-def choose_threshold(labels: np.ndarray, p_fake: np.ndarray) -> tuple[float, float]:
-    """The decision threshold on P(FAKE) that maximises accuracy on ``labels`` (0/1), and that
-    accuracy. An image is called FAKE when ``p_fake >= threshold``.
-
-    Candidates are 0.5 and the midpoints between consecutive distinct probabilities; among
-    equally accurate ones the closest to 0.5 wins, so a detector whose best cut already lies
-    at 0.5 keeps it, and a wide gap between the classes puts the cut where 0.5 falls in it.
-    ``labels`` and ``p_fake`` are (N,) arrays; raises ValueError when they are empty.
-    """
-    labels = np.asarray(labels).astype(np.int64).ravel()
-    p_fake = np.asarray(p_fake, dtype=np.float64).ravel()
-    if len(labels) == 0 or len(labels) != len(p_fake):
-        raise ValueError(f"need as many labels as probabilities (got {len(labels)} and {len(p_fake)})")
-    values = np.unique(p_fake)
-    candidates = np.unique(np.concatenate([[DEFAULT_THRESHOLD], (values[1:] + values[:-1]) / 2,
-                                           [values[0], np.nextafter(values[-1], np.inf)]]))
-    # accuracy at each candidate from sorted scores: FAKE called right at or above the cut,
-    # REAL right below it
-    fake = np.sort(p_fake[labels == 1])
-    real = np.sort(p_fake[labels == 0])
-    fake_right = len(fake) - np.searchsorted(fake, candidates, side="left")
-    real_right = np.searchsorted(real, candidates, side="left")
-    accuracy = (fake_right + real_right) / len(labels)
-    best = np.flatnonzero(accuracy == accuracy.max())
-    pick = best[np.argmin(np.abs(candidates[best] - DEFAULT_THRESHOLD))]
-    return float(candidates[pick]), float(accuracy[pick])
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   batch_size: int | None = None, cpu_amp: bool = False) -> torch.Tensor:
-    """Logits (N,) float32 of a uint8 (N, 3, H, W) tensor already on the model's device.
-
-    One pass per image (no test-time mirror: every consumer scores as validation did), in fp32
-    on every device; with ``cpu_amp`` in bfloat16 on CPUs that have it natively
-    (:func:`helpers.core.accel.inference_autocast`).
-    """
-    device = images.device
-    batch_size = inference_batch_size(device, batch_size)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = to_float(images[start:start + batch_size], mean, std)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with inference_autocast(device, cpu_amp):
-            logits = model(x).float().flatten()
-        out.append(logits)
-    return torch.cat(out) if out else torch.zeros(0, device=device)

@@ -33,7 +33,7 @@ def processed_dir(dataset: str) -> Path:
 
 
 def probe_cache() -> Path:
-    """Where this machine's speed probes are kept (:func:`helpers.core.accel.cached_probe`):
+    """Where this machine's speed probes are kept (:func:`helpers.core.precision_probe.cached_probe`):
     ``data/processed/cpu_precision.json``, derived and safe to delete."""
     return DATA / "processed" / "cpu_precision.json"
 

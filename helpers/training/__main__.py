@@ -45,15 +45,19 @@ def _parser() -> argparse.ArgumentParser:
                     "dataset's default configuration (helpers.training.config.DEFAULTS). Works under "
                     "`torchrun --nproc_per_node=N` (DistributedDataParallel).")
     helps = field_help()
+    options = p.add_argument_group("model options", "declared by each model's @register in "
+                                   "helpers/core/models.py; a model refuses one it does not take")
     for f in fields(TrainConfig):
         kind, flag = _field_type(f.name), "--" + f.name.replace("_", "-")
         text = helps[f.name] or f"TrainConfig.{f.name}"
         if f.name == "model":
             text += f" (one of {', '.join(sorted(models.MODELS))}; default: the dataset's)"
+        group = options if f.name in models.option_types() else p
         if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            p.add_argument(flag, type=kind, default=None, help=f"{text} [default: the dataset's, else {f.default}]")
+            group.add_argument(flag, type=kind, default=None,
+                               help=f"{text} [default: the dataset's, else {f.default}]")
     p.add_argument("--data-source", default=None, help="local folder or archive of the dataset")
     p.add_argument("--split-seed", type=int, default=None,
                    help="seed of the train/val/test split (default: --seed); vary --seed alone to "

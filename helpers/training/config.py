@@ -5,26 +5,23 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 
 import pandas as pd
 from torch import nn
 
+from ..core import models
 from ..core.accel import pick_device
 from ..data.datasets import get_spec
 
 
 @dataclass
-class TrainConfig:
-    """Everything that decides a training run (saved in the checkpoint)."""
+class RunSettings:
+    """What decides a training run besides the model's options (:data:`TrainConfig` adds those)."""
 
     dataset: str = "demo"  # a name of helpers.data.datasets.DATASETS
     model: str = "fast"  # a name of helpers.core.models.MODELS
-    width: int | None = None  # first-stage channels of `fast` (None: 64), of `two_scale`'s global view
-    patch: int | None = None  # `fast`: stem patch side (None: the input brought to ~32x32)
-    pretrained: bool = False  # resnet18: ImageNet weights from the torch hub cache
-    input_size: int | None = None  # lite0, lite0_probe: side the backbone sees (None: >= 64 px)
     image_size: int | None = None  # None: the cache's; must match the cache otherwise
     epochs: int = 10  # passes over the training split (the saved one is the best on validation)
     batch_size: int = 128  # global: split across processes under torchrun
@@ -43,7 +40,7 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda, then mps, then cpu
     amp: bool = True  # mixed precision on CUDA: bfloat16 from sm_80, else float16 + GradScaler
     cpu_amp: bool | None = None  # bfloat16 autocast on the CPU; None: measured per machine and
-    # model (accel.choose_cpu_amp): 1.6x faster on one AVX512-BF16 CPU, slower on another
+    # model (precision_probe.choose_cpu_amp): 1.6x faster on one AVX512-BF16 CPU, slower on another
     channels_last: bool = True  # memory format of the model and batches
     compile: bool = False  # torch.compile the model (CUDA; slow to start)
     threads: int | None = None  # CPU threads (None: every core)
@@ -51,10 +48,46 @@ class TrainConfig:
     deterministic: bool | None = None  # None: CPU yes, CUDA and MPS no (accel.deterministic_by_default)
 
     @property
+    def build_options(self) -> dict:
+        """Keyword options of ``build_model`` this configuration sets (None and False left out);
+        one the model does not declare is refused there, not dropped here."""
+        values = {name: getattr(self, name) for name in models.option_types() if hasattr(self, name)}
+        return {k: v for k, v in values.items() if v is not None and v is not False}
+
+    @property
     def model_options(self) -> dict:
-        """Keyword options of ``build_model`` this configuration sets (saved with checkpoints)."""
-        options = {"width": self.width, "patch": self.patch, "input_size": self.input_size}
-        return {k: v for k, v in options.items() if v}
+        """:attr:`build_options` but those choosing the starting weights (saved with checkpoints:
+        what rebuilds the architecture)."""
+        return {k: v for k, v in self.build_options.items() if k not in models.START_OPTIONS}
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """The configuration a checkpoint saved (``asdict``): a field it lacks (saved before the
+        field existed, e.g. ``local_width``) takes its default; a key no longer a field is dropped."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def config_class(option_types: dict[str, type]) -> type:
+    """:class:`RunSettings` plus one field per model option (``name -> type``): None (False for a
+    flag) means the model's own default; its help is the registry's (``@register(help=...)``)."""
+    def option_field(name: str, kind: type):
+        default = False if kind is bool else None
+        return (name, kind if kind is bool else kind | None,
+                field(default=default, metadata={"help": models.option_help(name)}))
+
+    return make_dataclass("TrainConfig", [option_field(n, k) for n, k in option_types.items()],
+                          bases=(RunSettings,), namespace={"__module__": __name__, "__doc__": (
+                              "Everything that decides a training run (saved in the checkpoint): "
+                              "RunSettings' fields and one per model option of the registry.")})
+
+
+#: Everything that decides a training run (saved in the checkpoint): :class:`RunSettings` plus
+#: one field per option a registered model declares (``helpers.core.models``, its ``@register``:
+#: ``width``, ``patch``, ``local_width``, ``input_size``, ``pretrained``, ...), so a new option is
+#: settable here, on the command line and in notebook 03 (``MODEL_OPTIONS``) without being listed
+#: again.
+TrainConfig = config_class(models.option_types())
 
 
 #: Per-dataset defaults, chosen on validation, never on test; anything not listed takes
@@ -122,12 +155,13 @@ def default_config(dataset: str, **overrides) -> TrainConfig:
 
 
 def field_help() -> dict[str, str]:
-    """Each TrainConfig field's help: its comment in this file's class body (the trailing
-    comment and the comment lines under it), so the command line (and any other generated
-    form) says what the class says. Fields without a comment get ``""``."""
+    """Each TrainConfig field's help, so the command line (and any other generated form) says
+    what the code says: a model option's is the registry's (``@register(help=...)``); any other
+    field's is its comment in :class:`RunSettings`' body (the trailing comment and the comment
+    lines under it). Fields without either get ``""``."""
     helps: dict[str, str] = {}
     current = None
-    for line in inspect.getsource(TrainConfig).splitlines():
+    for line in inspect.getsource(RunSettings).splitlines():
         code, _, comment = line.strip().partition("#")
         name = code.split(":", 1)[0].strip() if ":" in code and "=" in code else None
         if name and name.isidentifier():
@@ -136,7 +170,7 @@ def field_help() -> dict[str, str]:
             helps[current] += " " + comment.strip()
         else:
             current = None if code else current
-    return {f.name: helps.get(f.name, "") for f in fields(TrainConfig)}
+    return {f.name: f.metadata.get("help") or helps.get(f.name, "") for f in fields(TrainConfig)}
 
 
 @dataclass

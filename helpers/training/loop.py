@@ -20,7 +20,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,54 +33,31 @@ from tqdm.auto import tqdm
 
 from ..core import paths
 from ..core.accel import (
-    autocast,
     channel_stats,
-    choose_cpu_amp,
     deterministic_by_default,
-    grad_scaler,
     images_to_device,
-    load_scaler_state,
     pick_device,
     set_cpu_threads,
 )
-from ..core.detector import Detector, choose_threshold, predict_logits, validation_rank
+from ..core.detector import Detector, validation_rank
 from ..core.models import build_model, input_normalisation
+from ..core.precision_probe import choose_cpu_amp
 from ..core.repro import atomic_path, environment_fingerprint, seed_everything
+from ..core.scoring import choose_threshold, predict_logits
 from ..data.cache import check_counts, split_counts
 from .batches import TrainingBatches
 from .config import TrainConfig, TrainResult
 from .degrade import run_name
 from .domain import add_domain_check
+from .learner import Learner, make_learner, train_epoch
 from .probe import fit_linear_head, pooled_features
-
-RESUME_FORMAT = "aidetect-resume"
-
-
-def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
-    """Linear warm-up over ``warmup`` of the ``total`` steps, then linear decay to zero."""
-    warm = max(1, round(warmup * total))
-    if step < warm:
-        return peak * (step + 1) / warm
-    return peak * max(0.0, (total - step) / max(1, total - warm))
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum; weight decay on weights of rank >= 2 only."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+from .resume import Progress, cpu_state, resume_progress, save_resume_point
 
 
 def _dist() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 def _logits(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
@@ -105,7 +82,7 @@ def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean:
 def _resolve_cpu_amp(config: TrainConfig, size: int, device: torch.device, batch: int,
                      announce: bool) -> tuple[TrainConfig, dict | None]:
     """``config`` with ``cpu_amp`` decided: as given, or (None) by the cached probe of
-    :func:`helpers.core.accel.choose_cpu_amp` at this run's batch size. Off the CPU: False."""
+    :func:`helpers.core.precision_probe.choose_cpu_amp` at this run's batch size. Off the CPU: False."""
     if device.type != "cpu":
         return replace(config, cpu_amp=False), None
     if config.cpu_amp is not None:
@@ -122,104 +99,6 @@ def _resolve_cpu_amp(config: TrainConfig, size: int, device: torch.device, batch
         if probe.get("unsteady"):
             print(f"  not kept for later runs: {probe['unsteady']}; measured again next time")
     return replace(config, cpu_amp=use), probe
-
-
-@dataclass
-class _Learner:
-    """The model and what its updates need."""
-
-    net: nn.Module  # the model whose weights are trained and saved
-    runner: nn.Module  # what a step calls: ``net``, or ``net`` wrapped by DDP and torch.compile
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler  # float16 loss scaling (accel.grad_scaler); a no-op for bfloat16 and fp32
-
-
-def _learner(config: TrainConfig, size: int, device: torch.device, world: int) -> _Learner:
-    net = build_model(config.model, size, pretrained=config.pretrained, **config.model_options).to(device)
-    net.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
-    runner: nn.Module = net
-    if world > 1:
-        runner = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        runner = torch.compile(runner)
-    # float16 on CUDA below sm_80 needs loss scaling; bfloat16 and fp32 get a pass-through
-    return _Learner(net, runner, make_optimizer(net, config), grad_scaler(device, config.amp))
-
-
-@dataclass
-class _Progress:
-    """How far a run has got: what ``<model>.last.pt`` keeps so that a resumed run goes on
-    exactly where it stopped."""
-
-    epoch: int = 0  # epochs done
-    rows: list[dict] = field(default_factory=list)  # the history, one dict per epoch
-    best: dict | None = None  # the best validation metrics so far, with their epoch
-    best_state: dict | None = None  # the weights that had them (on the CPU)
-    bad_epochs: int = 0  # epochs since the best one, for early stopping
-
-    def stopped(self, patience: int | None) -> bool:
-        return bool(patience) and self.bad_epochs >= patience
-
-
-def _resume(last_path: Path, ckpt_path: Path, config_dict: dict, fingerprint: str, learner: _Learner,
-            announce: bool) -> _Progress:
-    """The progress saved in ``last_path``, loaded into ``learner``, if it is of this very
-    configuration and data; a fresh start otherwise."""
-    if not last_path.is_file():
-        return _Progress()
-    state = torch.load(last_path, map_location="cpu", weights_only=True)
-    if not (state.get("format") == RESUME_FORMAT and state["config"] == config_dict
-            and state["data_fingerprint"] == fingerprint):
-        if announce:
-            print(f"{last_path} is from another configuration or data: starting afresh")
-        return _Progress()
-    learner.net.load_state_dict(state["model"])
-    learner.optimizer.load_state_dict(state["optimizer"])
-    load_scaler_state(learner.scaler, state.get("scaler"))  # saved in another precision: a fresh scaler
-    if announce:
-        print(f"resuming from {last_path} after epoch {state['epoch']}")
-    return _Progress(epoch=state["epoch"], rows=state["history"], best=state["best"],
-                     best_state=torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"],
-                     bad_epochs=state["bad_epochs"])
-
-
-def _save_resume_point(path: Path, config_dict: dict, fingerprint: str, learner: _Learner,
-                       done: _Progress) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"format": RESUME_FORMAT, "config": config_dict, "data_fingerprint": fingerprint,
-                    "epoch": done.epoch, "model": _cpu_state(learner.net),
-                    "optimizer": learner.optimizer.state_dict(), "scaler": learner.scaler.state_dict(),
-                    "history": done.rows, "best": done.best, "bad_epochs": done.bad_epochs}, tmp)
-
-
-def train_epoch(learner: _Learner, batches: TrainingBatches, epoch: int, config: TrainConfig,
-                show_bar: bool) -> dict[str, float]:
-    """One epoch of optimiser steps; the summed loss, correct verdicts (under augmentation and
-    label smoothing) and images seen, and the last step's learning rate."""
-    device = batches.images.device
-    total_steps = batches.steps * config.epochs
-    sum_loss = torch.zeros((), device=device)  # summed on the device: no sync per step
-    sum_correct = torch.zeros((), device=device)
-    lr = config.lr
-    bar = tqdm(batches.epoch(epoch), total=batches.steps, desc=f"epoch {epoch + 1}", leave=False,
-               mininterval=1.0, disable=not show_bar)
-    for step, (x, y) in enumerate(bar):
-        lr = lr_at(epoch * batches.steps + step, total_steps, config.lr, config.warmup)
-        for group in learner.optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(device, config.amp, cpu=config.cpu_amp):
-            logits = learner.runner(x).float().flatten()
-        target = y * (1 - config.label_smoothing) + config.label_smoothing / 2
-        loss = F.binary_cross_entropy_with_logits(logits, target)
-        learner.optimizer.zero_grad(set_to_none=True)
-        learner.scaler.scale(loss).backward()
-        learner.scaler.step(learner.optimizer)
-        learner.scaler.update()
-        sum_loss += loss.detach() * len(y)
-        sum_correct += ((logits.detach() > 0).float() == y).sum()
-    return {"loss": sum_loss.item(), "correct": sum_correct.item(),  # .item() waits for the device
-            "seen": float(batches.steps * batches.batch_size), "lr": lr}
 
 
 def _device(config: TrainConfig, rank: int, world: int) -> torch.device:
@@ -259,7 +138,7 @@ class _Run:
     batches: TrainingBatches
     x_val: torch.Tensor  # (N, 3, H, W) uint8 on the device
     y_val: torch.Tensor  # (N,) float32 0/1
-    learner: _Learner
+    learner: Learner
     detector: Detector  # what is saved for the best epoch (rank 0)
     out: Path
     fingerprint: str
@@ -296,7 +175,7 @@ def _start(cache, config: TrainConfig, out_dir: str | Path | None, progress: boo
     y_val = torch.from_numpy(val_labels.astype(np.float32)).to(device)
     config, probe = _resolve_cpu_amp(replace(config, image_size=size), size, device,
                                      batches.batch_size, announce)
-    learner = _learner(config, size, device, world)
+    learner = make_learner(config, size, device, world)
     if _is_probe(learner.net):  # frozen features: one pass, then logistic regression
         config = replace(config, epochs=1)
     batches.config = config
@@ -353,7 +232,7 @@ def _probe_epoch(run: _Run) -> dict:
             "probe_C": chosen["C"], "feature_seconds": feature_seconds}
 
 
-def _keep(run: _Run, done: _Progress, row: dict) -> None:
+def _keep(run: _Run, done: Progress, row: dict) -> None:
     """Record an epoch: the best weights (saved as the detector), the history, the resume point."""
     metrics = {"val_loss": row["val_loss"], "val_acc": row["val_acc"]}
     done.rows.append(row)
@@ -362,7 +241,7 @@ def _keep(run: _Run, done: _Progress, row: dict) -> None:
         done.bad_epochs += 1
     elif done.best is None or validation_rank(metrics) > validation_rank(done.best):
         done.best, done.bad_epochs = {**metrics, "epoch": row["epoch"]}, 0
-        done.best_state = _cpu_state(run.learner.net)
+        done.best_state = cpu_state(run.learner.net)
         if run.rank == 0:
             run.detector.metrics, run.detector.epoch = done.best, row["epoch"]
             run.detector.seconds_to_epoch = sum(r["seconds"] for r in done.rows)
@@ -372,7 +251,7 @@ def _keep(run: _Run, done: _Progress, row: dict) -> None:
     if run.rank == 0:
         with atomic_path(run.out / f"{run_name(run.config.model, run.config.degrade)}_history.csv") as tmp:
             pd.DataFrame(done.rows).to_csv(tmp, index=False)
-        _save_resume_point(run.last_path, asdict(run.config), run.fingerprint, run.learner, done)
+        save_resume_point(run.last_path, asdict(run.config), run.fingerprint, run.learner, done)
 
 
 def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
@@ -393,8 +272,8 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
     """
     run = _start(cache, config, out_dir, progress)
     config = run.config
-    done = (_resume(run.last_path, run.ckpt_path, asdict(config), run.fingerprint, run.learner,
-                    run.announce) if resume else _Progress())
+    done = (resume_progress(run.last_path, run.ckpt_path, asdict(config), run.fingerprint, run.learner,
+                    run.announce) if resume else Progress())
     start_epoch = done.epoch
     bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.model} on {config.dataset}",
                unit="epoch", disable=not run.announce, initial=start_epoch, total=config.epochs)
@@ -427,7 +306,7 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
 def _finish(run: _Run, history: pd.DataFrame, cache) -> None:
     """Add what is known only at the end of the run to the best checkpoint: the whole run's
     time and epochs, the decision threshold chosen on validation
-    (:func:`helpers.core.detector.choose_threshold`, one pass per image) and the domain check
+    (:func:`helpers.core.scoring.choose_threshold`, one pass per image) and the domain check
     fitted on the training images (:func:`helpers.training.domain.add_domain_check`)."""
     if not run.ckpt_path.is_file():
         return
@@ -463,7 +342,7 @@ def _finite_outputs(run: _Run, row: dict) -> bool:
     return bad == 0
 
 
-def _refuse_without_a_finite_epoch(run: _Run, done: _Progress) -> None:
+def _refuse_without_a_finite_epoch(run: _Run, done: Progress) -> None:
     """Raise :class:`NonFiniteModelError` when no epoch had finite validation outputs; the
     resume point of such a run goes too (resuming it would only continue the overflow)."""
     if done.best is not None:
@@ -479,4 +358,3 @@ def _refuse_without_a_finite_epoch(run: _Run, done: _Progress) -> None:
 
 def _run_name(run: _Run) -> str:
     return f"{run.config.model} on {run.config.dataset}"
-
