@@ -224,18 +224,26 @@ def describe(table: pd.DataFrame) -> str:
     return "  \n".join(lines)
 
 
-def plot(table: pd.DataFrame):
-    """Heat maps of AUC and of the share of fakes flagged, detectors x sources."""
+def heatmaps(table: pd.DataFrame, panels: Sequence[tuple[str, str, pd.DataFrame | None]]):
+    """Side-by-side heat maps, detectors x sources, one per ``(column, title, colour)`` of
+    ``panels``: the column's values written in each cell, coloured (0 red to 1 green) by
+    ``colour``, a detectors x sources frame, or by the values themselves where it is None."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 1.6 + 0.6 * table["detector"].nunique()))
-    for ax, column, title in ((axes[0], "auc", "ROC AUC (0.5 = chance)"),
-                              (axes[1], "fake_flagged", "fakes flagged at the detector's threshold")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 1.6 + 0.6 * table["detector"].nunique()))
+    for ax, (column, title, colour) in zip(axes, panels):
         grid = table.pivot(index="detector", columns="source", values=column)
-        sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="RdYlGn", cbar=False, ax=ax)
+        sns.heatmap(grid if colour is None else colour, annot=grid, fmt=".2f", vmin=0, vmax=1,
+                    cmap="RdYlGn", cbar=False, ax=ax)
         ax.set_title(title, fontsize=10)
         ax.set(xlabel="", ylabel="")
         plt.setp(ax.get_xticklabels(), rotation=25, ha="right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot(table: pd.DataFrame):
+    """Heat maps of AUC and of the share of fakes flagged, detectors x sources."""
+    return heatmaps(table, (("auc", "ROC AUC (0.5 = chance)", None),
+                            ("fake_flagged", "fakes flagged at the detector's threshold", None)))

@@ -21,7 +21,7 @@ from ..core.detector import Detector
 from ..core.images import BadImageError, decode
 from ..core.stats import proportion_ci, ranking_ci
 from ..data.datasets import get_spec
-from .cross_dataset import Source
+from .cross_dataset import Source, heatmaps
 
 
 def read_with_sides(source: Source, size: int, jpeg_quality: int | None):
@@ -113,20 +113,9 @@ def describe(table: pd.DataFrame, coverage: float = 0.95, target: float = 0.90) 
 def plot(table: pd.DataFrame):
     """Heat maps, detectors x sources: the share judged in domain, and the AUROC of the
     check's score between the detector's own test images and each source."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 1.6 + 0.6 * table["detector"].nunique()))
     # colour says how right the check is: green where its own test images pass and where
     # other sources are flagged; the numbers are the shares judged in domain
     right = table.assign(right=np.where(table["own_test"], table["in_domain"], 1 - table["in_domain"]))
-    for ax, column, title in ((axes[0], "in_domain", "share judged in domain (own test: ~0.95 wanted; others: low)"),
-                              (axes[1], "auroc", "AUROC, own test images vs this source")):
-        grid = table.pivot(index="detector", columns="source", values=column)
-        colour = right.pivot(index="detector", columns="source", values="right") if column == "in_domain" else grid
-        sns.heatmap(colour, annot=grid, fmt=".2f", vmin=0, vmax=1, cmap="RdYlGn", cbar=False, ax=ax)
-        ax.set_title(title, fontsize=10)
-        ax.set(xlabel="", ylabel="")
-        plt.setp(ax.get_xticklabels(), rotation=25, ha="right", fontsize=8)
-    fig.tight_layout()
-    return fig
+    colour = right.pivot(index="detector", columns="source", values="right")
+    return heatmaps(table, (("in_domain", "share judged in domain (own test: ~0.95 wanted; others: low)", colour),
+                            ("auroc", "AUROC, own test images vs this source", None)))

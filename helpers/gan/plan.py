@@ -170,7 +170,9 @@ def plan_run(cache, device: torch.device, recipe: str | None = None, resolution:
     n_scores = pick("scores", scores, budget.scores)
     width = pick("ngf", width, budget.width)
     config = recipe_config(recipe, resolution=resolution, batch_size=batch_size, ngf=width, ndf=width, seed=seed)
-    probe = gan_speed_probe(config) if device.type == "cpu" else {}
+    # the probe sets a CPU run's length and its precision: not needed when both were asked
+    needs_probe = device.type == "cpu" and (epochs is None or cpu_bf16 is not False)
+    probe = gan_speed_probe(config) if needs_probe else {}
     bf16 = use_cpu_bf16(probe, resolution, cpu_bf16) if device.type == "cpu" else False
     if cpu_bf16 is None:
         auto.append("cpu_bf16")
