@@ -45,10 +45,10 @@ from ..core.detector import Detector
 from ..core.repro import fingerprint_bytes, write_csv
 from ..core.stats import ranking_ci
 from ..data.cache import ImageCache, find_cache, prepare
-from ..data.datasets import SPLITS, DataUnavailableError
+from ..data.datasets import SPLITS, DataUnavailableError, get_spec
 from ..gan.demo import demo_fakes
 from ..gan.export import load_exported
-from .config import TrainConfig
+from .config import DEFAULTS, TrainConfig
 from .domain import shorter_sides
 from .loop import fit
 
@@ -58,7 +58,7 @@ MIXTURE_VERSION = 1  # bump when the way pairs are drawn changes
 #: not drown the 1,745 shoes; the smaller pairs give what they have
 CAPS = {"train": 2000, "val": 300, "test": 1000}
 #: the training recipe of every detector of the study: the demo's ``fast`` settings, longer
-RECIPE = dict(width=32, epochs=10, batch_size=128, lr=0.05, translate=2)
+RECIPE = {**{k: v for k, v in DEFAULTS["demo"].items() if k != "model"}, "epochs": 10}
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class Pair:
 def _cache(dataset: str, size: int, seed: int, sources: dict[str, str]) -> ImageCache:
     cache = find_cache(dataset, size, seed)
     if cache is None:
-        if dataset not in sources and dataset != "demo":
+        if dataset not in sources and not get_spec(dataset).is_demo:  # the demo builds itself
             raise DataUnavailableError(
                 f"no {size}-px cache of {dataset}: pass --data-source {dataset}=PATH (its local copy)")
         cache = prepare(dataset, sources.get(dataset), size, seed, make_fakes=demo_fakes)
