@@ -45,11 +45,10 @@ sys.path.insert(0, str(ROOT))
 from helpers.core.accel import set_cpu_threads, to_float
 from helpers.core.pretrained import LITE0_MEAN, LITE0_STD, Lite0Detector
 from helpers.core.repro import environment_fingerprint, seed_everything, write_json
-from helpers.core.stats import ranking_ci
+from helpers.core.stats import ranking_ci, stratified_subset
 from helpers.data.cache import find_cache
 from helpers.data.datasets import get_spec
 from helpers.evaluation import cross_dataset
-from helpers.evaluation.metrics import stratified_subset
 from helpers.gan import quality
 from helpers.training.probe import fit_linear_head
 

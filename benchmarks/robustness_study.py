@@ -23,9 +23,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.core.detector import Detector
+from helpers.core.postprocess import perturbed_sets
+from helpers.core.stats import stratified_subset
 from helpers.data.cache import prepare
-from helpers.evaluation.metrics import stratified_subset
-from helpers.evaluation.robustness import perturbed_sets, robustness_table, worst_case
+from helpers.evaluation.robustness import robustness_table, worst_case
 from helpers.gan.demo import demo_fakes
 from helpers.training.config import default_config
 from helpers.training.loop import fit

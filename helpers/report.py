@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .core import paths
-from .core.detector import best_by_validation
 from .core.repro import atomic_path
+from .core.selection import best_by_validation
 from .data.datasets import DATASETS
 from .evaluation import columns
 from .evaluation.text import saved_summary
@@ -166,7 +166,7 @@ def dataset_index(dataset: str) -> Path:
 
 def best_rows() -> list[tuple[str, pd.Series, bool]]:
     """Per dataset, the model chosen on *validation* data, as notebook 05 chooses it
-    (:func:`helpers.core.detector.best_by_validation`: accuracy, then the lower loss), as
+    (:func:`helpers.core.selection.best_by_validation`: accuracy, then the lower loss), as
     ``(dataset, row, True)``; never on the test split. A metrics file without validation figures
     (an older one) is listed, every model as ``(dataset, row, False)``, never ranked."""
     rows = []

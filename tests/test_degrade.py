@@ -8,16 +8,18 @@ import pytest
 import torch
 
 from helpers.core.detector import Detector, best_path
-from helpers.data.cache import prepare
-from helpers.evaluation import figures
-from helpers.evaluation.robustness import (
+from helpers.core.postprocess import (
     centre_crop,
     gaussian_blur,
     jpeg_compress,
+    perturbations,
     rescale,
     severity_grid,
-    severity_table,
 )
+from helpers.core.selection import kind_note, robustness_key
+from helpers.data.cache import prepare
+from helpers.evaluation import figures
+from helpers.evaluation.robustness import severity_table
 from helpers.training import degrade as d
 from helpers.training.batches import TrainingBatches
 from helpers.training.config import default_config
@@ -108,9 +110,42 @@ def test_a_tiny_run_with_degradations_saves_its_recipe_and_is_the_default(projec
     assert clean.checkpoint.name == "fast.pt" and robust.checkpoint.name == "fast-cnndet.pt"
     detector = Detector.load(robust.checkpoint)
     assert detector.config["degrade"] == "cnndet" and np.isfinite(robust.history["train_loss"]).all()
-    # predict and the app take the robust detector of the dataset by default
-    assert best_path("demo") == robust.checkpoint
+    # each checkpoint carries its worst case under notebook 05's protocol, measured on validation
+    measured = {run.checkpoint: Detector.load(run.checkpoint).robustness for run in (clean, robust)}
+    for figures_ in measured.values():
+        assert figures_["split"] == "val" and figures_["n_images"] == len(cache.part("val")[1])
+        assert 0 <= figures_["worst_accuracy"] <= 1 and figures_["worst_condition"] in {
+            p.name for p in perturbations()}
+    # predict and the app take the one with the best measured worst case
+    assert robustness_key(measured[best_path("demo")]) == max(map(robustness_key, measured.values()))
     assert best_path("demo", robust=False) in (clean.checkpoint, robust.checkpoint)
+
+
+def _saved(folder, name, val_acc, robustness=None, degrade="none"):
+    from helpers.core.models import build_model
+
+    det = Detector(build_model("fast", 32, width=8).eval(), "fast", "demo", 32, [0.5] * 3, [0.25] * 3,
+                   {"degrade": degrade}, {"val_acc": val_acc, "val_loss": 0.1}, "abc",
+                   robustness=robustness)
+    return det.save(folder / f"{name}.pt")
+
+
+def test_the_default_detector_is_the_best_worst_case_on_validation(project_dirs):
+    folder = project_dirs[1] / "demo" / "models"
+    folder.mkdir(parents=True)
+    fig = lambda clean, worst: {"split": "val", "n_images": 100, "clean_accuracy": clean,
+                                "worst_accuracy": worst, "worst_condition": "blur sigma 1"}
+    old_robust = _saved(folder, "fast-all", 0.99, degrade="all")  # older: not measured
+    specialist = _saved(folder, "fast", 0.98, fig(0.98, 0.62))
+    robust = _saved(folder, "fast-cnndet", 0.95, fig(0.95, 0.90), degrade="cnndet")
+    assert best_path("demo") == robust  # measured ones outrank the unmeasured, whatever the flag
+    assert best_path("demo", robust=False) == old_robust  # the validation rule alone
+    _saved(folder, "fast-odd", 0.50, fig(0.50, 0.95))  # the clean accuracy counts as a condition
+    assert best_path("demo") == robust
+    assert robustness_key(fig(0.95, 0.90)) == 0.90 and robustness_key(None) is None
+    note = kind_note({"degrade": "none"}, fig(0.98, 0.62))
+    assert note.startswith("specialist") and "worst 62.0% under blur sigma 1" in note
+    assert specialist.is_file()
 
 
 def test_severity_curves_run_and_plot(tmp_path):

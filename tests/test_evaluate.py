@@ -13,8 +13,16 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
 from helpers.core.detector import Detector, detector_paths
+from helpers.core.postprocess import (
+    centre_crop,
+    gaussian_blur,
+    jpeg_compress,
+    perturbations,
+    perturbed_sets,
+    rescale,
+)
 from helpers.core.repro import json_ready, write_csv
-from helpers.core.stats import difference_ci, proportion_ci
+from helpers.core.stats import difference_ci, proportion_ci, stratified_subset
 from helpers.evaluation import columns
 from helpers.evaluation.compare import (
     colour_check,
@@ -32,19 +40,8 @@ from helpers.evaluation.metrics import (
     confident_mistakes,
     confusion_tables,
     expected_calibration_error,
-    stratified_subset,
 )
-from helpers.evaluation.robustness import (
-    centre_crop,
-    gaussian_blur,
-    high_frequency_energy,
-    jpeg_compress,
-    perturbations,
-    perturbed_sets,
-    rescale,
-    resize_to,
-    robustness_table,
-)
+from helpers.evaluation.robustness import high_frequency_energy, resize_to, robustness_table
 from helpers.evaluation.text import (
     describe_colour_check,
     describe_cross_generator,
@@ -319,8 +316,14 @@ def test_pipeline_writes_metrics_robustness_and_cross_generator(detector, projec
     colour = colour_check(result, 1 - labels * 0.9, n_bootstrap=200)  # colour wrong everywhere
     assert "on the 24 images whose colours mislead it" in summary([result], result, None, [], colour=colour)
     near = near_duplicate_check(result, np.arange(24) < 4, n_bootstrap=200)
-    assert "Without the 4 test images that have a near-duplicate" in summary([result], result, None, [],
-                                                                              near=near)
+    assert "Without the 4 images of the test split that have a near-duplicate" in summary(
+        [result], result, None, [], near=near)
+
+
+def test_counts_in_findings_read_as_english():
+    from helpers.evaluation.text import images
+
+    assert images(1) == "1 image" and images(19622) == "19,622 images" and images(0) == "0 images"
 
 
 def test_fingerprint_mismatch_is_refused(detector):
@@ -411,7 +414,7 @@ def test_near_duplicate_check_scores_the_test_images_without_copies_in_train(pre
     assert table.loc["near-duplicate in train", ["n_images", "accuracy"]].tolist() == [3, 2 / 3]
     assert table.loc["no near-duplicate in train", ["n_images", "accuracy"]].tolist() == [13, 11 / 13]
     text = describe_near_duplicate_check(table.reset_index())
-    assert text.startswith("3 of the 16 test images") and "84.6%" in text and "81.2%" in text
+    assert text.startswith("3 of the 16 images in the test split") and "84.6%" in text and "81.2%" in text
     none = near_duplicate_check(result, np.zeros(16, dtype=bool), n_bootstrap=200)
     assert "No test image has a near-duplicate" in describe_near_duplicate_check(none)
 

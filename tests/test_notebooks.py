@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 
 from helpers.core import parameters
+from helpers.core.detector import Detector
+from helpers.training.config import ROBUST_DEGRADE
+from helpers.training.degrade import run_name
 from tests.conftest import ROOT, shared_path, write_dataset
 
 papermill = pytest.importorskip("papermill")
@@ -76,13 +79,18 @@ def test_train_gan_evaluate_gradcam_notebooks_run_in_order(project_dirs, tmp_pat
     run("05_evaluate.ipynb", tmp_path, N_BOOTSTRAP=50, GALLERY_SIZE=4, **common)
     run("06_gradcam.ipynb", tmp_path, N_PER_GROUP=2, N_AVERAGE=16, N_FAITHFUL=8, **common)
     demo = results / "demo"
-    # notebook 03 trains the default and fits the linear probe; 05 evaluates both
-    assert (demo / "models" / "fast.pt").exists() and (demo / "models" / "lite0_probe.pt").exists()
+    # notebook 03 trains the default, fits the linear probe and trains the robust detector;
+    # 05 evaluates all three
+    robust = run_name("fast", ROBUST_DEGRADE["demo"])
+    names = sorted({"fast", "lite0_probe", robust})
+    for name in names:
+        assert Detector.load(demo / "models" / f"{name}.pt").robustness["split"] == "val"
     assert list((demo / "curves").glob("*.png")) and list((demo / "generated_images").glob("*.png"))
     metrics = pd.read_csv(demo / "performance_metrics.csv")
-    assert sorted(metrics["model"]) == ["fast", "lite0_probe"] and metrics["ci_low"].notna().all()
+    assert sorted(metrics["model"]) == names and metrics["ci_low"].notna().all()
     assert (demo / "confusion_matrix.png").exists() and (demo / "gradcam" / "faithfulness.csv").exists()
-    severity = pd.read_csv(demo / "robustness_severity.csv")  # the clean detector's severity curves
+    severity = pd.read_csv(demo / "robustness_severity.csv")  # the clean and the robust detector's curves
+    assert robust in set(severity["model"]) and severity["model"].nunique() == 2
     assert set(severity["family"]) == {"blur", "rescale", "jpeg", "crop", "rescale_jpeg"}
     assert (severity["acc_low"] <= severity["accuracy"]).all() and list((demo / "evaluation").glob("severity_*.png"))
     near = pd.read_csv(demo / "near_duplicate_check.csv")
@@ -90,7 +98,7 @@ def test_train_gan_evaluate_gradcam_notebooks_run_in_order(project_dirs, tmp_pat
         assert rows["images"].tolist() == ["all test images", "no near-duplicate in train",
                                            "near-duplicate in train"]
     unseen = pd.read_csv(demo / "cross_dataset_unseen.csv")
-    assert unseen.set_index("detector")["pretrained"].to_dict() == {"demo/fast": False, "demo/lite0_probe": True}
+    assert unseen.set_index("detector")["pretrained"].to_dict() == {f"demo/{n}": n == "lite0_probe" for n in names}
 
 
 # --------------------------------------------------------------------------- each notebook alone

@@ -37,7 +37,7 @@ def test_older_files_without_validation_figures_are_listed_never_ranked_by_test(
 def test_one_rule_chooses_the_best_detector():
     """best_by_validation is the one rule: validation accuracy, then loss; records without
     validation figures are never candidates; ties go to the first listed."""
-    from helpers.core.detector import best_by_validation
+    from helpers.core.selection import best_by_validation
 
     records = [{"name": "test_best", "test_acc": 1.0},
                {"name": "a", "val_acc": 0.9, "val_loss": 0.3},
@@ -87,7 +87,7 @@ def test_the_index_reads_well_and_rebuilds_the_same(project_dirs):
         assert raw not in page, raw
     assert "<th>average precision</th>" in page and "<td class='num'>20 min</td>" in page
     assert page.index("<h2>Findings</h2>") < page.index("<h2>Test metrics</h2>")
-    assert "<b>fast</b> (chosen on validation accuracy) classifies 97.93% of the 19622 test images" in page
+    assert "<b>fast</b> (chosen on validation accuracy) classifies 97.93% of the 19,622 images of the test split" in page
     assert "<b>ROC curves</b> True- against false-positive rate" in page
     top = report.top_index().read_text()
     assert "<th>test accuracy (95&nbsp;%&nbsp;CI)</th>" in top and "97.93&nbsp;% (97.73–98.12)" in top

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pickle
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ from .domain import DomainCheck
 from .models import build_model
 from .repro import atomic_path
 from .scoring import DEFAULT_THRESHOLD, predict_logits
+from .selection import best_by_validation, is_robust, robustness_key, validation_rank
 
 T = TypeVar("T")
 
@@ -50,39 +51,6 @@ def train_hint(dataset: str) -> str:
 
 def _hint(path: Path) -> str:
     return train_hint(path.parent.parent.name if path.parent.name == "models" else "<dataset>")
-
-
-def validation_rank(metrics: Mapping[str, float]) -> tuple[float, float]:
-    """Sort key of the validation rule: best accuracy, ties broken by the lower loss.
-
-    Used to pick the saved epoch of a run and the best detector of a dataset. Checked against
-    the alternatives on the shoes (docs/shoes-detector-study.md): half an error apart.
-    """
-    return float(metrics.get("val_acc", 0.0)), -float(metrics.get("val_loss", np.inf))
-
-
-def has_validation(metrics: Mapping[str, float] | None) -> bool:
-    """Whether ``metrics`` carry a finite validation accuracy (``val_acc``), the figure the
-    validation rule ranks by; older records without one are listed, never ranked."""
-    value = (metrics or {}).get("val_acc")
-    try:
-        return value is not None and bool(np.isfinite(float(value)))
-    except (TypeError, ValueError):
-        return False
-
-
-def best_by_validation(candidates: Iterable[T], metrics: Callable[[T], Mapping[str, float] | None]) -> T | None:
-    """The one place that chooses "the best detector": of ``candidates``, the one ranked first
-    by :func:`validation_rank` among those whose ``metrics(candidate)`` has validation figures
-    (:func:`has_validation`); ties go to the first listed. None when none has them: never a
-    fallback on test figures (the project's rule: choices on validation, never on test).
-
-    Used by :func:`best_path` (a dataset's checkpoints), notebook 05's
-    :func:`helpers.evaluation.compare.best_result`, the cross-dataset specialists and the
-    results index (:mod:`helpers.report`).
-    """
-    ranked = [c for c in candidates if has_validation(metrics(c))]
-    return max(ranked, key=lambda c: validation_rank(metrics(c))) if ranked else None
 
 
 @dataclass
@@ -115,6 +83,9 @@ class Detector:
     path: Path | None = None
     title: str | None = None  # how tables name it; None: the file's stem
     domain: DomainCheck | None = None  # None: an older checkpoint saved without a domain check
+    # notebook 05's protocol on validation (helpers.evaluation.robustness.validation_robustness);
+    # None: an older checkpoint
+    robustness: dict | None = None
 
     @property
     def name(self) -> str:
@@ -180,6 +151,8 @@ class Detector:
             ckpt.update(threshold=self.threshold, threshold_val_acc=self.threshold_val_acc)
         if self.domain is not None:
             ckpt["domain"] = self.domain.state()
+        if self.robustness is not None:
+            ckpt["robustness"] = self.robustness
         return ckpt
 
     def save(self, path: str | Path) -> Path:
@@ -223,7 +196,8 @@ class Detector:
                    threshold=float(ckpt.get("threshold", DEFAULT_THRESHOLD)),
                    threshold_val_acc=ckpt.get("threshold_val_acc"),
                    threshold_chosen="threshold" in ckpt, path=path,
-                   domain=DomainCheck.from_state(ckpt["domain"]) if ckpt.get("domain") else None).to(device)
+                   domain=DomainCheck.from_state(ckpt["domain"]) if ckpt.get("domain") else None,
+                   robustness=ckpt.get("robustness")).to(device)
 
     @property
     def device(self) -> torch.device:
@@ -345,28 +319,20 @@ def is_checkpoint(path: str | Path) -> bool:
     return isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT
 
 
-def is_robust(config: Mapping[str, Any] | None) -> bool:
-    """Whether a detector trained with degradations (``TrainConfig.degrade``, issue #34)."""
-    return (config or {}).get("degrade", "none") not in ("none", None, "")
-
-
-def kind_note(config: Mapping[str, Any] | None) -> str:
-    """How ``predict`` and the app name a detector's training: robust (the recipe) or specialist."""
-    if is_robust(config):
-        return f"robust: trained with degradations {config['degrade']!r}"
-    return "specialist: trained on clean images only"
-
-
 def best_path(dataset: str, robust: bool = True) -> Path:
-    """The detector of ``dataset`` that ``predict`` and the app use by default: with ``robust``,
-    among those trained with degradations (:func:`is_robust`) if there is any, as those survive
-    resizing, blur, cropping and recompression; the one :func:`best_by_validation` chooses (ties:
-    the newest; the newest when no checkpoint has validation figures).
+    """The detector of ``dataset`` that ``predict`` and the app use by default.
+
+    With ``robust``: the one with the best worst-case accuracy over notebook 05's protocol
+    measured on validation (:func:`robustness_key`; ties: :func:`validation_rank`), as users'
+    images have been resized, blurred, cropped and recompressed; checkpoints without that
+    figure (older ones) only when none has it, and then those trained with degradations
+    (:func:`is_robust`) first. Without ``robust``: the one :func:`best_by_validation` chooses.
+    Ties and no validation figures: the newest. Never a choice on test figures.
 
     Raises FileNotFoundError, with the command that trains one, when there is none. A corrupt
     file is skipped with a warning, never silently.
     """
-    found = []  # (path, metrics, robust), newest first so that ties go to the newest
+    found = []  # (path, metrics, trained robust, worst case), newest first: ties go to the newest
     for path in sorted(detector_paths(dataset), key=lambda p: (p.stat().st_mtime, p.name), reverse=True):
         try:
             ckpt = _read(path)
@@ -376,13 +342,31 @@ def best_path(dataset: str, robust: bool = True) -> Path:
                           stacklevel=2)
             continue
         if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
-            found.append((path, ckpt.get("metrics") or {}, robust and is_robust(ckpt.get("config"))))
+            found.append((path, ckpt.get("metrics") or {}, is_robust(ckpt.get("config")),
+                          robustness_key(ckpt.get("robustness"))))
     if not found:
         raise FileNotFoundError(
             f"no trained detector in {paths.RESULTS / dataset / 'models'}; run {train_hint(dataset)}")
-    found = [item for item in found if item[2]] or found  # the robust ones, when there are any
+    measured = [item for item in found if item[3] is not None]
+    if robust and measured:
+        return max(measured, key=lambda item: (item[3], validation_rank(item[1])))[0]
+    if robust:
+        found = [item for item in found if item[2]] or found  # older checkpoints: the flag
     best = best_by_validation(found, lambda item: item[1])
     return (best or found[0])[0]  # none with validation figures: the newest, never one chosen on test
+
+
+def overview(dataset: str) -> list[dict[str, Any]]:
+    """One row per detector of ``dataset`` with what :func:`best_path` weighs: its validation
+    accuracy, its training degradations, its worst case under notebook 05's protocol on
+    validation (NaN when not measured) and whether it is the default of ``predict`` and the app."""
+    detectors, _ = load_all(dataset)
+    default = best_path(dataset) if detectors else None
+    return [{"detector": d.name, "degradations": d.config.get("degrade") or "none",
+             "validation accuracy": d.val_accuracy,
+             "worst case on validation": (d.robustness or {}).get("worst_accuracy", float("nan")),
+             "worst condition": (d.robustness or {}).get("worst_condition"),
+             "default of predict": d.path == default} for d in detectors]
 
 
 def resolve(dataset: str, model: str | Path | None = None) -> Path:

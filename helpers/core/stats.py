@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+from sklearn.model_selection import train_test_split
 
 
 @dataclass(frozen=True)
@@ -156,3 +157,15 @@ def ranking_ci(labels, scores, metric: str = "auc", n_resamples: int = 1000, con
     low, high = np.quantile(np.concatenate(draws), [alpha, 1 - alpha])
     return Interval(float(estimate), float(low), float(high), "stratified percentile bootstrap",
                     len(labels), confidence)
+
+
+def stratified_subset(labels, max_images: int | None, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``max_images`` items with the class proportions of ``labels``
+    (seeded, sorted); all indices when ``max_images`` is None or not smaller than the set."""
+    labels = np.asarray(labels)
+    if max_images is None or max_images >= labels.size:
+        return np.arange(labels.size)
+
+    chosen, _ = train_test_split(np.arange(labels.size), train_size=max_images, random_state=seed,
+                                 stratify=labels)
+    return np.sort(chosen)

@@ -15,9 +15,10 @@ import pandas as pd
 
 from ..core import paths
 from ..core.accel import inference_batch_size
-from ..core.detector import DEFAULT_THRESHOLD, Detector, best_by_validation
+from ..core.detector import DEFAULT_THRESHOLD, Detector
 from ..core.models import count_parameters
 from ..core.repro import environment_fingerprint, json_ready, write_csv, write_json
+from ..core.selection import best_by_validation
 from ..core.stats import Interval, difference_ci, proportion_ci
 from . import columns
 from .metrics import classification_metrics, classification_table, confusion_tables, predicted_labels
@@ -253,7 +254,7 @@ def cross_generator_frame(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 
 def best_result(results: Sequence[ModelResult]) -> ModelResult:
-    """The model chosen on *validation* data by :func:`helpers.core.detector.best_by_validation`
+    """The model chosen on *validation* data by :func:`helpers.core.selection.best_by_validation`
     (the rule that picks a dataset's best checkpoint), never on the test split. Raises
     ValueError when no model has validation figures."""
     best = best_by_validation(results, lambda r: r.detector.metrics)

@@ -28,16 +28,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.detector import Detector, best_by_validation, load_all, train_hint
+from ..core.detector import Detector, load_all, train_hint
 from ..core.images import BadImageError, decode
 from ..core.models import input_normalisation
-from ..core.stats import ranking_ci
+from ..core.selection import best_by_validation
+from ..core.stats import ranking_ci, stratified_subset
 from ..data.cache import find_cache
 from ..data.datasets import DATASETS, get_spec
 from ..data.sources import read_files
 from ..gan.export import export_dir, load_manifest
 from .compare import fingerprint_problem
-from .metrics import stratified_subset
 
 
 @dataclass

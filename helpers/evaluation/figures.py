@@ -147,7 +147,7 @@ def plot_robustness(table: pd.DataFrame):
     return fig
 
 
-#: x-axis labels of :func:`plot_severity`, per family of ``robustness.SEVERITIES``
+#: x-axis labels of :func:`plot_severity`, per family of ``helpers.core.postprocess.SEVERITIES``
 SEVERITY_AXES = {"blur": "Gaussian blur sigma (px)", "rescale": "rescale factor (and back)",
                  "jpeg": "JPEG quality", "crop": "crop (fraction of the side, resized back)",
                  "rescale_jpeg": "rescale x q/100, then JPEG quality q"}

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
-from sklearn.model_selection import train_test_split
 
 from ..core.detector import DEFAULT_THRESHOLD
 from ..core.stats import proportion_ci
@@ -124,15 +123,3 @@ def confident_mistakes(y_true, p_fake, files: Sequence[str], k: int = 12,
         "predicted": [CLASS_NAMES[c] for c in y_pred[order]],
         "p_fake": p_fake[order], "confidence": conf,
     })
-
-
-def stratified_subset(labels, max_images: int | None, seed: int = 0) -> np.ndarray:
-    """Indices of at most ``max_images`` items with the class proportions of ``labels``
-    (seeded, sorted); all indices when ``max_images`` is None or not smaller than the set."""
-    labels = np.asarray(labels)
-    if max_images is None or max_images >= labels.size:
-        return np.arange(labels.size)
-
-    chosen, _ = train_test_split(np.arange(labels.size), train_size=max_images, random_state=seed,
-                                 stratify=labels)
-    return np.sort(chosen)

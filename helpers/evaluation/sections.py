@@ -13,11 +13,12 @@ import pandas as pd
 
 from ..core import notebook as nbh
 from ..core import paths, repro
+from ..core.postprocess import perturbed_sets
 from ..data import datasets
 from ..gan import export
 from . import breakdown, compare, cross_dataset, figures, metrics, text
 from . import domain as domain_eval
-from .robustness import clean_and_robust, perturbed_sets, robustness_table, severity_table
+from .robustness import clean_and_robust, robustness_table, severity_table
 
 
 @dataclass

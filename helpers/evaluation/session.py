@@ -20,11 +20,12 @@ import pandas as pd
 
 from ..core import accel, detector, paths
 from ..core import notebook as nbh
+from ..core.stats import stratified_subset
 from ..data import cache as data
 from ..data import datasets
 from ..explore import stats
 from ..gan.demo import demo_fakes
-from . import compare, metrics
+from . import compare
 from .sections import Section, Sections
 
 #: The notebook whose cell tagged ``parameters`` declares :class:`EvaluationParameters`.
@@ -99,7 +100,7 @@ class SplitAtSize:
     @cached_property
     def subset(self) -> np.ndarray:
         """The robustness checks' stratified, seeded subsample (indices into the test split)."""
-        return metrics.stratified_subset(self.labels, self.max_images, self.seed)
+        return stratified_subset(self.labels, self.max_images, self.seed)
 
 
 class Evaluation(Sections):

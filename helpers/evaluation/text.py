@@ -22,6 +22,11 @@ from .compare import (
 )
 
 
+def images(n: int) -> str:
+    """``n`` with a thousands separator and the right number: "1 image", "19,622 images"."""
+    return f"{int(n):,} image" + ("" if int(n) == 1 else "s")
+
+
 def describe_robustness(table: pd.DataFrame) -> str:
     """A sentence per model naming its most damaging perturbation (from the numbers)."""
     lines = []
@@ -45,8 +50,9 @@ def describe_near_duplicate_check(table: pd.DataFrame) -> str:
     if near.n_images == 0:
         return (f"No test image has a near-duplicate in the train split, so **{overall.model}**'s "
                 f"{overall.accuracy:.1%} does not rest on copies of training images.")
-    return (f"{near.n_images} of the {overall.n_images} test images have a near-duplicate in the "
-            f"train split; **{overall.model}** gets {near.accuracy:.1%} of those right. Without "
+    return (f"{near.n_images:,} of the {images(overall.n_images)} in the test split have a "
+            f"near-duplicate in the train split; **{overall.model}** gets {near.accuracy:.1%} of "
+            f"those right. Without "
             f"them its accuracy is {clean.accuracy:.1%} (95% CI [{clean.ci_low:.1%}, "
             f"{clean.ci_high:.1%}]), against {overall.accuracy:.1%} on all test images.")
 
@@ -62,9 +68,9 @@ def describe_colour_check(table: pd.DataFrame) -> str:
     if wrong.n_images == 0:
         return text + ("Colour alone classifies every test image correctly, so this test split "
                        "cannot show whether the detector sees more than colour.")
-    text += (f"On the {wrong.n_images} images whose colours mislead the baseline, the detector is "
+    text += (f"On the {images(wrong.n_images)} whose colours mislead the baseline, the detector is "
              f"right on {wrong.accuracy:.1%} [{wrong.ci_low:.1%}, {wrong.ci_high:.1%}], against "
-             f"{right.accuracy:.1%} on the other {right.n_images}. ")
+             f"{right.accuracy:.1%} on the other {right.n_images:,}. ")
     if wrong.ci_low <= 0.5:
         text += ("That interval reaches chance level: this test split cannot show that the detector "
                  "sees more than colour where colour misleads.")
@@ -127,7 +133,7 @@ def summary(results: Sequence[ModelResult], best: ModelResult, robustness: pd.Da
     ``near`` are :func:`colour_check` and :func:`near_duplicate_check` tables."""
     m = best.metrics
     lines = [(f"**{best.name}** (chosen on validation accuracy) classifies {m['accuracy']:.2%} of the "
-              f"{m['n_test']} test images correctly (95% CI [{m['ci_low']:.2%}, {m['ci_high']:.2%}], "
+              f"{images(m['n_test'])} of the test split correctly (95% CI [{m['ci_low']:.2%}, {m['ci_high']:.2%}], "
               f"{m['ci_method']}), at threshold {m['threshold']:g}: {m['n_errors']} mistakes. "
               f"ROC AUC {m['auc']:.4f}, average precision {m['average_precision']:.4f}, "
               f"expected calibration error {m['ece']:.4f}, test loss {m['test_loss']:.4f}.")]
@@ -151,14 +157,14 @@ def summary(results: Sequence[ModelResult], best: ModelResult, robustness: pd.Da
         base = mine.loc[(COLOUR_BASELINE, ALL_TEST)]
         wrong = mine.loc[(best.name, COLOUR_WRONG)]
         if wrong["n_images"]:
-            lines.append(f"Colour alone gets {base['accuracy']:.1%}; on the {wrong['n_images']} "
-                         f"images whose colours mislead it, {best.name} is right on "
+            lines.append(f"Colour alone gets {base['accuracy']:.1%}; on the "
+                         f"{images(wrong['n_images'])} whose colours mislead it, {best.name} is right on "
                          f"{wrong['accuracy']:.1%} [{wrong['ci_low']:.1%}, {wrong['ci_high']:.1%}].")
     if near is not None and len(near):
         mine = near[near["model"] == best.name].set_index("images")
         copies, clean = mine.loc[NEAR_COPY], mine.loc[NO_NEAR_COPY]
         if copies["n_images"]:
-            lines.append(f"Without the {copies['n_images']} test images that have a near-duplicate "
+            lines.append(f"Without the {images(copies['n_images'])} of the test split that have a near-duplicate "
                          f"in training: {clean['accuracy']:.1%} [{clean['ci_low']:.1%}, "
                          f"{clean['ci_high']:.1%}].")
     if is_demo:

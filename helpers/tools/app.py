@@ -24,9 +24,10 @@ from PIL import Image, ImageOps
 from helpers.core import images as image_rule
 from helpers.core import paths
 from helpers.core.accel import pick_device
-from helpers.core.detector import Detector, best_path, detector_paths, is_checkpoint, kind_note
+from helpers.core.detector import Detector, best_path, detector_paths, is_checkpoint
 from helpers.core.models import input_normalisation
 from helpers.core.paths import printable
+from helpers.core.selection import kind_note
 from helpers.data.datasets import DATASETS
 from helpers.explain import cams
 from helpers.explain.figures import overlay
@@ -59,7 +60,7 @@ def _stamp(dataset: str) -> tuple:
 @st.cache_data(show_spinner=False)
 def detectors(dataset: str, stamp: tuple) -> tuple[list[str], str | None, str]:
     """Detector checkpoints of ``dataset`` (not the GAN's or other ``.pt`` files), the default
-    one (its robust detector, if any: :func:`best_path`) and whether it is robust or the
+    one (the best measured worst case on validation: :func:`best_path`) and whether it is robust or the
     specialist; recomputed only when the files change (``stamp``)."""
     found = [path for path, _ in stamp if is_checkpoint(path)]
     best = str(best_path(dataset)) if found else None
@@ -107,9 +108,9 @@ def choose_detector(default_dataset: str) -> Path | None:
     labels = {f"default: {Path(best).stem} ({kind})": Path(best),
               **{checkpoint_label(Path(f).stem): Path(f) for f in files}}
     choice = st.sidebar.selectbox("Checkpoint", list(labels), key="checkpoint",
-                                  help="'default' is the dataset's robust detector (trained with "
-                                       "degradations: resizing, blur, cropping, JPEG), if there is one, "
-                                       "with the best validation accuracy; the others, specialists "
+                                  help="'default' is the dataset's detector with the best worst-case "
+                                       "accuracy on validation images resized, blurred, cropped or "
+                                       "recompressed (notebook 05's protocol); the others, specialists "
                                        "included, stay selectable; 'generalist' ones start from "
                                        "ImageNet weights and may carry over better to other sources")
     return labels[choice]
@@ -183,6 +184,10 @@ def describe_model(detector: Detector) -> None:
              f"**Input:** {size}x{size} px"]
     if "val_acc" in metrics:
         lines.append(f"**Validation accuracy:** {metrics['val_acc']:.2%}")
+    if detector.robustness:  # notebook 05's protocol on validation, which chose the default
+        r = detector.robustness
+        lines.append(f"**Resized, blurred, cropped or recompressed** (validation): worst "
+                     f"{r['worst_accuracy']:.1%}, under {r['worst_condition']}")
     unseen = unseen_scores(detector)
     if unseen is None:
         lines.append("**On sources it never saw:** not scored yet (`make evaluate` fills notebook "

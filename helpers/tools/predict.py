@@ -35,10 +35,11 @@ import pandas as pd
 
 from ..core import images as image_rule
 from ..core.accel import pick_device
-from ..core.detector import Detector, best_path, kind_note
+from ..core.detector import Detector, best_path
 from ..core.image_cost import identified
 from ..core.images import IMAGE_SUFFIXES, BadImageError
 from ..core.paths import printable
+from ..core.selection import kind_note
 from ..data.datasets import DATASETS
 from ..data.entries import walk_folder
 from .verdicts import COLUMNS, domain_summary, print_table, verdict_table, write_csv
@@ -345,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     threshold = detector.decision_threshold(args.threshold)
     size = detector.image_size
     print(f"model {detector.path} ({detector.architecture}, trained on {detector.dataset}, "
-          f"{kind_note(detector.config)}{'' if args.model else ', the dataset default'}, "
+          f"{kind_note(detector.config, detector.robustness)}{'' if args.model else ', the dataset default'}, "
           f"{size}x{size} input, device {device}); FAKE when P >= {threshold:.3g} "
           f"({'given' if args.threshold is not None else detector.threshold_source})", file=sys.stderr)
     if detector.dataset == "demo":

@@ -101,6 +101,18 @@ DEFAULTS: dict[str, dict] = {
     "cifake": dict(model="seed_cnn", epochs=40, batch_size=512, lr=0.1, translate=2),
 }
 
+#: The degradation recipe (helpers.training.degrade.RECIPES) of each dataset's ROBUST detector,
+#: the second detector notebook 03 trains (the default's model and settings plus the recipe);
+#: None: none is trained (the default already holds under notebook 05's protocol). Chosen on
+#: validation by the rule of docs/robustness-study.md: among recipes within 0.5 pp of the best
+#: clean accuracy the best worst case, else the best measured trade-off. ``predict`` and the app
+#: take the detector with the best worst case measured on validation (core.detector.best_path).
+ROBUST_DEGRADE: dict[str, str | None] = {
+    "demo": "all",  # within 0.5 pp of the clean one's validation accuracy, the best worst case
+    "cifake": "blur_rescale_crop_light",  # none within 0.5 pp; the best clean among those within 5 pp
+    "sneakers": None,  # the clean two_scale loses at most 3.5 pp on validation; cnndet, brc bought nothing
+}
+
 #: On a CUDA GPU the dataset's default trains longer: the same recipe, as far as the CPU studies
 #: could take it (CIFAKE's validation accuracy still rose at the CPU run's 40th epoch; the shoes'
 #: at its 50th). UNMEASURED: no GPU has been lent to this project yet; benchmarks/gpu_check.py

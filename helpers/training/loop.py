@@ -6,7 +6,7 @@
 * channels_last; mixed precision on CUDA, bfloat16 on CPUs where a probe measured it faster.
 * SGD with Nesterov momentum, linear warm-up then linear decay to zero, label smoothing,
   weight decay on weights only.
-* The saved epoch is the best on validation (:func:`helpers.core.detector.validation_rank`);
+* The saved epoch is the best on validation (:func:`helpers.core.selection.validation_rank`);
   the decision threshold is then chosen on validation and saved with it.
 
 Every epoch's randomness comes from ``(seed, epoch)``, so a run resumed from
@@ -39,11 +39,13 @@ from ..core.accel import (
     pick_device,
     set_cpu_threads,
 )
-from ..core.detector import Detector, validation_rank
+from ..core.detector import Detector
 from ..core.models import build_model, input_normalisation
+from ..core.postprocess import validation_robustness
 from ..core.precision_probe import choose_cpu_amp
 from ..core.repro import atomic_path, environment_fingerprint, seed_everything
 from ..core.scoring import choose_threshold, predict_logits
+from ..core.selection import validation_rank
 from ..data.cache import check_counts, split_counts
 from .batches import TrainingBatches
 from .config import TrainConfig, TrainResult
@@ -306,8 +308,10 @@ def fit(cache, config: TrainConfig, out_dir: str | Path | None = None, progress:
 def _finish(run: _Run, history: pd.DataFrame, cache) -> None:
     """Add what is known only at the end of the run to the best checkpoint: the whole run's
     time and epochs, the decision threshold chosen on validation
-    (:func:`helpers.core.scoring.choose_threshold`, one pass per image) and the domain check
-    fitted on the training images (:func:`helpers.training.domain.add_domain_check`)."""
+    (:func:`helpers.core.scoring.choose_threshold`, one pass per image), the domain check
+    fitted on the training images (:func:`helpers.training.domain.add_domain_check`) and the
+    worst case under notebook 05's protocol on validation, which chooses the detector
+    ``predict`` uses (:func:`helpers.evaluation.robustness.validation_robustness`)."""
     if not run.ckpt_path.is_file():
         return
     logits = _logits(run.learner.net, run.x_val, run.batches.mean, run.batches.std, run.config)
@@ -324,6 +328,9 @@ def _finish(run: _Run, history: pd.DataFrame, cache) -> None:
     except ImportError as err:  # the pretrained wheels missing: the pixel statistics alone
         warnings.warn(f"domain check on pixel statistics only ({err})", stacklevel=2)
         add_domain_check(detector, cache, "stats", seed=run.config.seed)
+    images, labels = cache.part("val")
+    detector.robustness = validation_robustness(detector, images, labels, seed=run.config.seed,
+                                                device=run.x_val.device)
     detector.save(run.ckpt_path)
 
 
