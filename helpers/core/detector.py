@@ -32,7 +32,7 @@ from .domain import DomainCheck
 from .models import build_model
 from .repro import atomic_path
 from .scoring import DEFAULT_THRESHOLD, predict_logits
-from .selection import best_by_validation, is_robust, robustness_key, validation_rank
+from .selection import best_by_validation, is_robust, most_robust
 
 T = TypeVar("T")
 
@@ -83,7 +83,7 @@ class Detector:
     path: Path | None = None
     title: str | None = None  # how tables name it; None: the file's stem
     domain: DomainCheck | None = None  # None: an older checkpoint saved without a domain check
-    # notebook 05's protocol on validation (helpers.evaluation.robustness.validation_robustness);
+    # notebook 05's protocol on validation (helpers.core.postprocess.validation_robustness);
     # None: an older checkpoint
     robustness: dict | None = None
 
@@ -322,17 +322,17 @@ def is_checkpoint(path: str | Path) -> bool:
 def best_path(dataset: str, robust: bool = True) -> Path:
     """The detector of ``dataset`` that ``predict`` and the app use by default.
 
-    With ``robust``: the one with the best worst-case accuracy over notebook 05's protocol
-    measured on validation (:func:`robustness_key`; ties: :func:`validation_rank`), as users'
-    images have been resized, blurred, cropped and recompressed; checkpoints without that
-    figure (older ones) only when none has it, and then those trained with degradations
-    (:func:`is_robust`) first. Without ``robust``: the one :func:`best_by_validation` chooses.
+    With ``robust``: :func:`helpers.core.selection.most_robust`, the best validation accuracy
+    among those whose worst case over notebook 05's protocol, measured on validation, is within
+    a noise margin of the best, as users' images have been resized, blurred, cropped and
+    recompressed; checkpoints without that figure (older ones) only when none has it, and then
+    those trained with degradations (:func:`is_robust`) first. Without ``robust``: the one :func:`best_by_validation` chooses.
     Ties and no validation figures: the newest. Never a choice on test figures.
 
     Raises FileNotFoundError, with the command that trains one, when there is none. A corrupt
     file is skipped with a warning, never silently.
     """
-    found = []  # (path, metrics, trained robust, worst case), newest first: ties go to the newest
+    found = []  # (path, metrics, trained robust, robustness), newest first: ties go to the newest
     for path in sorted(detector_paths(dataset), key=lambda p: (p.stat().st_mtime, p.name), reverse=True):
         try:
             ckpt = _read(path)
@@ -343,13 +343,13 @@ def best_path(dataset: str, robust: bool = True) -> Path:
             continue
         if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
             found.append((path, ckpt.get("metrics") or {}, is_robust(ckpt.get("config")),
-                          robustness_key(ckpt.get("robustness"))))
+                          ckpt.get("robustness")))
     if not found:
         raise FileNotFoundError(
             f"no trained detector in {paths.RESULTS / dataset / 'models'}; run {train_hint(dataset)}")
-    measured = [item for item in found if item[3] is not None]
-    if robust and measured:
-        return max(measured, key=lambda item: (item[3], validation_rank(item[1])))[0]
+    chosen = most_robust(found, lambda item: item[3], lambda item: item[1]) if robust else None
+    if chosen is not None:
+        return chosen[0]
     if robust:
         found = [item for item in found if item[2]] or found  # older checkpoints: the flag
     best = best_by_validation(found, lambda item: item[1])

@@ -15,7 +15,7 @@ from sklearn import metrics as skm
 from ..core.detector import Detector
 from ..core.images import fit_square
 from ..core.postprocess import Perturbation, severity_grid
-from ..core.selection import is_robust, validation_rank
+from ..core.selection import is_robust, most_robust, validation_rank
 from ..core.stats import proportion_ci, ranking_ci
 from .metrics import predicted_labels
 
@@ -32,7 +32,7 @@ def high_frequency_energy(images: np.ndarray) -> float:
 def robustness_table(detector: Detector, sets: dict[str, tuple[Perturbation | None, np.ndarray]],
                      labels: np.ndarray, device: str = "cpu", batch_size: int | None = None,
                      threshold: float | None = None, clean_p_fake: np.ndarray | None = None) -> pd.DataFrame:
-    """Accuracy, AUC and per-class recall of ``detector`` on each set of :func:`perturbed_sets`.
+    """Accuracy, AUC and per-class recall of ``detector`` on each set of :func:`helpers.core.postprocess.perturbed_sets`.
 
     ``clean_p_fake`` (the predictions already made on the clean set) saves one pass.
     ``threshold`` None: the detector's own.
@@ -101,14 +101,17 @@ def severity_table(detectors: Sequence[Detector], images: np.ndarray, labels: np
 
 def clean_and_robust(detectors: Sequence[Detector]) -> list[Detector]:
     """The detectors notebook 05's severity curves compare: the best clean one (trained
-    without degradations) and the best robust one (with), each by validation accuracy
-    (:func:`helpers.core.selection.validation_rank`); the robust one's image size decides
-    when they differ. One or none of each may exist."""
+    without degradations, by :func:`helpers.core.selection.validation_rank`) and the robust one
+    users get among those trained with degradations (:func:`helpers.core.selection.most_robust`,
+    by validation accuracy when none was measured); the robust one's image size decides when
+    they differ. One or none of each may exist."""
     out = []
     for robust in (False, True):
         group = [d for d in detectors if is_robust(d.config) == robust]
-        if group:
-            out.append(max(group, key=lambda d: validation_rank(d.metrics or {})))
+        rank = max(group, key=lambda d: validation_rank(d.metrics or {})) if group else None
+        pick = most_robust(group, lambda d: d.robustness, lambda d: d.metrics) if robust else None
+        if pick or rank:
+            out.append(pick or rank)
     size = out[-1].image_size if out else None
     return [d for d in out if d.image_size == size]
 
@@ -125,4 +128,3 @@ def worst_case(table: pd.DataFrame) -> pd.DataFrame:
                      "worst_accuracy": float(worst["accuracy"]) if worst is not None else np.nan,
                      "worst_condition": worst["condition"] if worst is not None else None})
     return pd.DataFrame(rows)
-

@@ -50,10 +50,10 @@ def describe_near_duplicate_check(table: pd.DataFrame) -> str:
     if near.n_images == 0:
         return (f"No test image has a near-duplicate in the train split, so **{overall.model}**'s "
                 f"{overall.accuracy:.1%} does not rest on copies of training images.")
-    return (f"{near.n_images:,} of the {images(overall.n_images)} in the test split have a "
+    verb = "has" if near.n_images == 1 else "have"
+    return (f"{near.n_images:,} of the {images(overall.n_images)} in the test split {verb} a "
             f"near-duplicate in the train split; **{overall.model}** gets {near.accuracy:.1%} of "
-            f"those right. Without "
-            f"them its accuracy is {clean.accuracy:.1%} (95% CI [{clean.ci_low:.1%}, "
+            f"those right. Without them its accuracy is {clean.accuracy:.1%} (95% CI [{clean.ci_low:.1%}, "
             f"{clean.ci_high:.1%}]), against {overall.accuracy:.1%} on all test images.")
 
 
@@ -164,7 +164,8 @@ def summary(results: Sequence[ModelResult], best: ModelResult, robustness: pd.Da
         mine = near[near["model"] == best.name].set_index("images")
         copies, clean = mine.loc[NEAR_COPY], mine.loc[NO_NEAR_COPY]
         if copies["n_images"]:
-            lines.append(f"Without the {images(copies['n_images'])} of the test split that have a near-duplicate "
+            lines.append(f"Without the {images(copies['n_images'])} of the test split that "
+                         f"{'has' if copies['n_images'] == 1 else 'have'} a near-duplicate "
                          f"in training: {clean['accuracy']:.1%} [{clean['ci_low']:.1%}, "
                          f"{clean['ci_high']:.1%}].")
     if is_demo:

@@ -27,7 +27,7 @@ from helpers.core.accel import pick_device
 from helpers.core.detector import Detector, best_path, detector_paths, is_checkpoint
 from helpers.core.models import input_normalisation
 from helpers.core.paths import printable
-from helpers.core.selection import kind_note
+from helpers.core.selection import kind_note, robustness_key
 from helpers.data.datasets import DATASETS
 from helpers.explain import cams
 from helpers.explain.figures import overlay
@@ -184,10 +184,10 @@ def describe_model(detector: Detector) -> None:
              f"**Input:** {size}x{size} px"]
     if "val_acc" in metrics:
         lines.append(f"**Validation accuracy:** {metrics['val_acc']:.2%}")
-    if detector.robustness:  # notebook 05's protocol on validation, which chose the default
+    if robustness_key(detector.robustness) is not None:  # what chose the default (on validation)
         r = detector.robustness
         lines.append(f"**Resized, blurred, cropped or recompressed** (validation): worst "
-                     f"{r['worst_accuracy']:.1%}, under {r['worst_condition']}")
+                     f"{r['worst_accuracy']:.1%}, under {r.get('worst_condition', '?')}")
     unseen = unseen_scores(detector)
     if unseen is None:
         lines.append("**On sources it never saw:** not scored yet (`make evaluate` fills notebook "

@@ -311,7 +311,8 @@ def _finish(run: _Run, history: pd.DataFrame, cache) -> None:
     (:func:`helpers.core.scoring.choose_threshold`, one pass per image), the domain check
     fitted on the training images (:func:`helpers.training.domain.add_domain_check`) and the
     worst case under notebook 05's protocol on validation, which chooses the detector
-    ``predict`` uses (:func:`helpers.evaluation.robustness.validation_robustness`)."""
+    ``predict`` uses (:func:`helpers.core.postprocess.validation_robustness`; the same images
+    for every detector of a cache, whatever its training seed)."""
     if not run.ckpt_path.is_file():
         return
     logits = _logits(run.learner.net, run.x_val, run.batches.mean, run.batches.std, run.config)
@@ -329,8 +330,7 @@ def _finish(run: _Run, history: pd.DataFrame, cache) -> None:
         warnings.warn(f"domain check on pixel statistics only ({err})", stacklevel=2)
         add_domain_check(detector, cache, "stats", seed=run.config.seed)
     images, labels = cache.part("val")
-    detector.robustness = validation_robustness(detector, images, labels, seed=run.config.seed,
-                                                device=run.x_val.device)
+    detector.robustness = validation_robustness(detector, images, labels, device=run.x_val.device)
     detector.save(run.ckpt_path)
 
 
