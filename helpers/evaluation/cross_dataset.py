@@ -31,7 +31,7 @@ import pandas as pd
 from ..core.detector import Detector, load_all, train_hint
 from ..core.images import BadImageError, decode
 from ..core.models import input_normalisation
-from ..core.selection import best_by_validation
+from ..core.selection import best_by_validation, most_robust
 from ..core.stats import ranking_ci, stratified_subset
 from ..data.cache import find_cache
 from ..data.datasets import DATASETS, get_spec
@@ -116,7 +116,8 @@ def is_pretrained(detector: Detector) -> bool:
 def dataset_detectors(datasets: Sequence[str] | None = None, device: str = "cpu",
                       seed: int = 0) -> tuple[list[Detector], list[tuple[str, str]]]:
     """Of each dataset: its best detector trained from scratch (by validation: the
-    *specialist*) and every ImageNet-pretrained one, each trained on that dataset's latest
+    *specialist*), every ImageNet-pretrained one and the one ``predict`` and the app use
+    (:func:`helpers.core.selection.most_robust`) when it is another, each trained on that dataset's latest
     cache (so its own test split is clean of its training images); ``(detectors, skipped)``,
     titled ``<dataset>/<name>``."""
     detectors, skipped = [], []
@@ -131,6 +132,9 @@ def dataset_detectors(datasets: Sequence[str] | None = None, device: str = "cpu"
         if scratch and specialist is None:
             skipped.append((dataset, "no detector trained from scratch has validation figures"))
         chosen = ([specialist] if specialist else []) + [d for d in found if is_pretrained(d)]
+        users = most_robust(found, lambda d: d.robustness, lambda d: d.metrics)
+        if users is not None and all(users is not d for d in chosen):
+            chosen.append(users)  # the app shows its row as "on sources it never saw"
         for detector in chosen:
             detector.title = f"{dataset}/{detector.name}"
             cache = find_cache(dataset, detector.image_size, seed)
