@@ -108,10 +108,10 @@ def clean_and_robust(detectors: Sequence[Detector]) -> list[Detector]:
     out = []
     for robust in (False, True):
         group = [d for d in detectors if is_robust(d.config) == robust]
-        rank = max(group, key=lambda d: validation_rank(d.metrics or {})) if group else None
+        if not group:
+            continue
         pick = most_robust(group, lambda d: d.robustness, lambda d: d.metrics) if robust else None
-        if pick or rank:
-            out.append(pick or rank)
+        out.append(pick or max(group, key=lambda d: validation_rank(d.metrics or {})))
     size = out[-1].image_size if out else None
     return [d for d in out if d.image_size == size]
 
